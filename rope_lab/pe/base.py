@@ -1,0 +1,249 @@
+"""The encoding interface: a frozen config per method, a registry, and the hooks value.
+
+Every method is a frozen dataclass whose fields are its parameters. Its validation runs
+in ``__post_init__`` so a bad value fails when the config is made, before anything is
+computed. The model never asks which method it holds; it calls
+``encoding.hooks(head_dim=..., n_heads=..., d_model=..., seq_len=...)`` and gets a
+:class:`Hooks` pytree: arrays for every number (so switching between methods that differ
+only in frequencies or scales does not recompile) and a few static fields that describe
+structure (rotary dimension, pairing layout, which absolute table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, ClassVar
+
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+REGISTRY: dict[str, type["Encoding"]] = {}
+
+
+def register(cls):
+  """Class decorator: adds a method config to the registry under ``cls.name``."""
+  if cls.name in REGISTRY:
+    raise ValueError(f"encoding name {cls.name!r} registered twice")
+  REGISTRY[cls.name] = cls
+  return cls
+
+
+class ConfigError(ValueError):
+  """A parameter of an encoding config is invalid; the message names it."""
+
+
+def check(condition: bool, method: str, field: str, valid: str, value: Any) -> None:
+  """Raises ConfigError naming ``method.field``, the valid range and the bad value."""
+  if not condition:
+    raise ConfigError(f"{method}: parameter {field!r} must be {valid}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+@struct.dataclass
+class RotaryTables:
+  """cos/sin of position x frequency as coarse and fine tables (angle addition).
+
+  angle(p) = angle(hi * fine_size) + angle(lo) with p = hi * fine_size + lo. Both
+  parts are reduced modulo 2*pi in float64 on the host before rounding to float32, so
+  the result stays at float32 rounding level at any position the tables cover.
+  ``near_*`` hold plain (unscaled) rows for positions < near_size (LongRoPE's n_hat);
+  they are empty when unused.
+  """
+
+  cos_coarse: jnp.ndarray  # [n_coarse, P]
+  sin_coarse: jnp.ndarray
+  cos_fine: jnp.ndarray  # [fine_size, P]
+  sin_fine: jnp.ndarray
+  cos_near: jnp.ndarray  # [n_near, P]; n_near may be 0
+  sin_near: jnp.ndarray
+  fine_size: int = struct.field(pytree_node=False)
+  rotary_dim: int = struct.field(pytree_node=False)
+  layout: str = struct.field(pytree_node=False)  # "half" (GPT-NeoX/Llama) or "interleaved"
+
+
+@struct.dataclass
+class PositionMap:
+  """p -> ((p mod period) // group) * scale, plus window ids p // window.
+
+  period 0 and window 0 mean "off"; group 1 and scale 1 are the identity. These cover
+  LongEmbed's recurrent, grouped, interpolated and parallel-window positions with one
+  formula, so the skeleton needs no per-method code.
+  """
+
+  period: jnp.ndarray  # int32 scalar
+  group: jnp.ndarray  # int32 scalar
+  scale: jnp.ndarray  # float32 scalar
+  window: jnp.ndarray  # int32 scalar
+  # Randomized positions (training only): sorted random draws from [0, randomize_range).
+  randomize_range: int = struct.field(pytree_node=False, default=0)
+
+
+@struct.dataclass
+class XposScales:
+  zeta: jnp.ndarray  # [P] per-pair base of the decay
+  scale_base: jnp.ndarray  # scalar
+  center: jnp.ndarray  # scalar: positions are shifted by -center before exponentiation
+
+
+@struct.dataclass
+class SelfExtend:
+  group: jnp.ndarray  # int32 scalar G
+  window: jnp.ndarray  # int32 scalar W
+
+
+@struct.dataclass
+class Hooks:
+  """Everything the model skeleton needs from an encoding, resolved for one length."""
+
+  positions: PositionMap
+  logit_scale: jnp.ndarray  # scalar multiplying q.k / sqrt(d)
+  rotary: RotaryTables | None = None
+  alibi_slopes: jnp.ndarray | None = None  # [n_heads]
+  xpos: XposScales | None = None
+  self_extend: SelfExtend | None = None
+  # Absolute table added to token embeddings: "none", "sinusoidal" or "learned".
+  absolute: str = struct.field(pytree_node=False, default="none")
+  sinusoid_inv_freq: jnp.ndarray | None = None  # [d_model // 2]
+  sinusoid_layout: str = struct.field(pytree_node=False, default="interleaved")
+  learned_length: int = struct.field(pytree_node=False, default=0)
+
+
+def identity_positions() -> PositionMap:
+  return PositionMap(
+      period=jnp.int32(0), group=jnp.int32(1), scale=jnp.float32(1.0), window=jnp.int32(0)
+  )
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoding:
+  """Base of every method config. Subclasses set ``name``, ``paper`` and ``changes``."""
+
+  name: ClassVar[str] = ""
+  paper: ClassVar[str] = ""
+  changes: ClassVar[str] = ""  # which hooks it fills, for the method table
+
+  def __post_init__(self):
+    self._coerce_types()
+    self.validate()
+
+  def _coerce_types(self):
+    """Accepts ints for float fields and lists for tuple fields (config files, JSON)."""
+    hints = typing.get_type_hints(type(self))
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      hint = str(hints.get(field.name, ""))
+      if value is None or isinstance(value, bool):
+        if isinstance(value, bool) and hint in ("float", "int"):
+          raise ConfigError(f"{self.name}: parameter {field.name!r} must be {hint}, got {value!r}")
+        continue
+      if hint.startswith("float") and isinstance(value, (int, np.integer)):
+        object.__setattr__(self, field.name, float(value))
+      elif hint.startswith("int") and isinstance(value, float):
+        if not value.is_integer():
+          raise ConfigError(f"{self.name}: parameter {field.name!r} must be an integer, got {value!r}")
+        object.__setattr__(self, field.name, int(value))
+      elif hint.startswith("tuple") and isinstance(value, (list, np.ndarray)):
+        object.__setattr__(self, field.name, tuple(float(v) for v in value))
+
+  def validate(self) -> None:
+    """Raises ConfigError for an invalid parameter. Overridden per method."""
+
+  def params(self) -> dict[str, Any]:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+  # Host-side hooks, overridden by the methods that use them. ---------------------
+
+  def rotary_dim(self, head_dim: int) -> int:
+    """Number of leading head dimensions that rotate (0: no rotary encoding)."""
+    return 0
+
+  def inv_freq(self, head_dim: int, seq_len: int) -> np.ndarray | None:
+    """float64 [rotary_dim // 2] inverse frequencies at the current length."""
+    return None
+
+  def attention_scaling(self, seq_len: int) -> float:
+    """Factor on both q and k (as Hugging Face applies it to cos/sin); logits get its square."""
+    return 1.0
+
+  def position_map(self) -> PositionMap:
+    return identity_positions()
+
+  def max_rotary_position(self, seq_len: int) -> int:
+    """Largest mapped position the rotary tables must cover, plus one."""
+    return seq_len
+
+  def near_positions(self) -> int:
+    """LongRoPE's n_hat: leading positions that keep the unscaled frequencies."""
+    return 0
+
+  def hooks(self, *, head_dim: int, n_heads: int, d_model: int, seq_len: int) -> Hooks:
+    """Resolves every hook for sequences of ``seq_len`` tokens."""
+    from rope_lab.pe import rotary  # local import: rotary imports this module
+
+    if seq_len < 1:
+      raise ConfigError(f"{self.name}: seq_len must be >= 1, got {seq_len}")
+    tables = None
+    rot_dim = self.rotary_dim(head_dim)
+    if rot_dim:
+      inv_freq = self.inv_freq(head_dim, seq_len)
+      near = self.near_positions()
+      near_inv = self.unscaled_inv_freq(head_dim) if near else None
+      tables = rotary.rotary_tables(
+          inv_freq,
+          max_position=self.max_rotary_position(seq_len),
+          rotary_dim=rot_dim,
+          layout=self.layout_name(),
+          near_inv_freq=near_inv,
+          near_size=near,
+      )
+    factor = self.attention_scaling(seq_len)
+    return Hooks(
+        positions=self.position_map(),
+        logit_scale=jnp.float32(factor * factor),
+        rotary=tables,
+        **self.extra_hooks(head_dim=head_dim, n_heads=n_heads, d_model=d_model, seq_len=seq_len),
+    )
+
+  def layout_name(self) -> str:
+    return "half"
+
+  def extra_hooks(self, *, head_dim: int, n_heads: int, d_model: int, seq_len: int) -> dict:
+    """Non-rotary hooks (ALiBi slopes, xPos scales, absolute tables, SelfExtend)."""
+    return {}
+
+
+def make(name: str, **params) -> Encoding:
+  """Builds a registered encoding by name; unknown names and parameters are errors."""
+  cls = REGISTRY.get(name)
+  if cls is None:
+    raise ConfigError(f"unknown encoding {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(params) - known)
+  if unknown:
+    raise ConfigError(
+        f"{name}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(known)) or 'none'}"
+    )
+  return cls(**params)
+
+
+def from_dict(spec: dict[str, Any]) -> Encoding:
+  """{"name": ..., <params>} -> Encoding (the form configs and JSON files use)."""
+  if "name" not in spec:
+    raise ConfigError(f"encoding spec needs a 'name' field, got keys {sorted(spec)}")
+  params = {k: v for k, v in spec.items() if k != "name"}
+  return make(spec["name"], **params)
+
+
+def to_dict(encoding: Encoding) -> dict[str, Any]:
+  out = {"name": encoding.name}
+  for key, value in encoding.params().items():
+    out[key] = list(value) if isinstance(value, tuple) else value
+  return out
+
