@@ -12,7 +12,6 @@ structure (rotary dimension, pairing layout, which absolute table).
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import Any, ClassVar
 
 import jax.numpy as jnp
@@ -121,6 +120,11 @@ def identity_positions() -> PositionMap:
 # ----------------------------------------------------------------------------- configs
 
 
+def required():
+  """A parameter with no sensible default: None until set, and validate() insists."""
+  return dataclasses.field(default=None, metadata={"required": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class Encoding:
   """Base of every method config. Subclasses set ``name``, ``paper`` and ``changes``."""
@@ -134,23 +138,25 @@ class Encoding:
     self.validate()
 
   def _coerce_types(self):
-    """Accepts ints for float fields and lists for tuple fields (config files, JSON)."""
-    hints = typing.get_type_hints(type(self))
+    """Accepts ints for float fields and lists for tuple fields (config files, JSON); rejects the rest."""
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      hint = str(hints.get(field.name, ""))
-      if value is None or isinstance(value, bool):
-        if isinstance(value, bool) and hint in ("float", "int"):
-          raise ConfigError(f"{self.name}: parameter {field.name!r} must be {hint}, got {value!r}")
+      kind = str(field.type).split(" | ")[0]  # annotations are strings: "float | None" -> "float"
+      if value is None:
         continue
-      if hint.startswith("float") and isinstance(value, (int, np.integer)):
-        object.__setattr__(self, field.name, float(value))
-      elif hint.startswith("int") and isinstance(value, float):
-        if not value.is_integer():
-          raise ConfigError(f"{self.name}: parameter {field.name!r} must be an integer, got {value!r}")
-        object.__setattr__(self, field.name, int(value))
-      elif hint.startswith("tuple") and isinstance(value, (list, np.ndarray)):
-        object.__setattr__(self, field.name, tuple(float(v) for v in value))
+      ok = {
+          "float": isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool),
+          "int": isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+          or isinstance(value, float) and value.is_integer(),
+          "bool": isinstance(value, (bool, np.bool_)),
+          "str": isinstance(value, str),
+          "tuple": isinstance(value, (tuple, list, np.ndarray)),
+      }.get(kind, True)
+      if not ok:
+        raise ConfigError(f"{self.name}: parameter {field.name!r} must be {kind}, got {value!r}")
+      converted = {"float": float, "int": int, "bool": bool,
+                   "tuple": lambda v: tuple(float(x) for x in v)}.get(kind, lambda v: v)(value)
+      object.__setattr__(self, field.name, converted)
 
   def validate(self) -> None:
     """Raises ConfigError for an invalid parameter. Overridden per method."""

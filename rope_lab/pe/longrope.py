@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from rope_lab.pe.base import ConfigError, check, register
+from rope_lab.pe.base import ConfigError, check, register, required
 from rope_lab.pe.rope_family import RoPE, _check_original
 from rope_lab.pe.rotary import default_inv_freq
 
@@ -49,9 +49,9 @@ class LongRoPE(RoPE):
   paper = "Ding et al. 2024, LongRoPE"
   changes = "rotary frequencies (short/long switch), attention temperature"
 
-  short_factor: tuple | None = None
-  long_factor: tuple | None = None
-  original_max_position_embeddings: int | None = None
+  short_factor: tuple | None = required()
+  long_factor: tuple | None = required()
+  original_max_position_embeddings: int | None = required()
   factor: float | None = None  # extension ratio s for the attention factor; None: 1
   attention_factor: float | None = None  # overrides sqrt(1 + ln s / ln L_orig)
   n_hat: int = 0  # leading positions kept un-interpolated

@@ -12,11 +12,11 @@ import math
 
 import numpy as np
 
-from rope_lab.pe.base import ConfigError, Encoding, PositionMap, SelfExtend, check, register
-from rope_lab.pe.base import identity_positions
-from rope_lab.pe.rotary import default_inv_freq
-
 import jax.numpy as jnp
+
+from rope_lab.pe.base import ConfigError, Encoding, PositionMap, SelfExtend, check, register
+from rope_lab.pe.base import identity_positions, required
+from rope_lab.pe.rotary import default_inv_freq
 
 # ----------------------------------------------------------------------------- maths
 
@@ -169,7 +169,7 @@ class LinearScaling(RoPE):
   paper = "Chen et al. 2023, Position Interpolation"
   changes = "rotary frequencies"
 
-  factor: float | None = None
+  factor: float | None = required()
 
   def validate(self):
     super().validate()
@@ -188,7 +188,7 @@ class NTKAware(RoPE):
   paper = "bloc97 2023, NTK-aware scaled RoPE"
   changes = "rotary frequencies"
 
-  alpha: float | None = None
+  alpha: float | None = required()
 
   def validate(self):
     super().validate()
@@ -211,8 +211,8 @@ class DynamicNTK(RoPE):
   paper = "emozilla 2023, Dynamically scaled RoPE"
   changes = "rotary frequencies (follow the current length)"
 
-  factor: float | None = None
-  original_max_position_embeddings: int | None = None
+  factor: float | None = required()
+  original_max_position_embeddings: int | None = required()
 
   def validate(self):
     super().validate()
@@ -225,30 +225,23 @@ class DynamicNTK(RoPE):
     return default_inv_freq(dim, base)
 
 
-@register
 @dataclasses.dataclass(frozen=True)
-class NTKByParts(RoPE):
-  """NTK-by-parts (Peng et al. 2023, sec. 3.2): YaRN's interpolation without the temperature."""
+class _YarnRamp(RoPE):
+  """The NTK-by-parts ramp shared by NTK-by-parts, YaRN and Dynamic YaRN."""
 
-  name = "ntk_by_parts"
-  paper = "Peng et al. 2023, YaRN (sec. 3.2)"
-  changes = "rotary frequencies"
-
-  factor: float | None = None
-  original_max_position_embeddings: int | None = None
+  original_max_position_embeddings: int | None = required()
   beta_fast: float = 32.0
   beta_slow: float = 1.0
   truncate: bool = True  # floor/ceil the correction range as the reference does
 
   def validate(self):
     super().validate()
-    _check_factor(self.name, self.factor)
     _check_original(self.name, self.original_max_position_embeddings)
     check(self.beta_fast > self.beta_slow > 0, self.name, "beta_fast/beta_slow",
           "beta_fast > beta_slow > 0", (self.beta_fast, self.beta_slow))
 
   def yarn_factor(self, seq_len: int) -> float:
-    return self.factor
+    return 1.0
 
   def inv_freq(self, head_dim, seq_len):
     return yarn_inv_freq(
@@ -257,20 +250,11 @@ class NTKByParts(RoPE):
     )
 
 
-@register
 @dataclasses.dataclass(frozen=True)
-class YaRN(NTKByParts):
-  """YaRN (Peng et al. 2023): NTK-by-parts + logits x (0.1 ln s + 1)^2.
+class _YarnTemperature(Encoding):
+  """YaRN's attention temperature: q and k x (0.1 ln s + 1), or the mscale/mscale_all_dim ratio."""
 
-  With ``mscale`` and ``mscale_all_dim`` set (DeepSeek form) the q/k factor is
-  mscale(s, mscale) / mscale(s, mscale_all_dim); ``attention_factor`` overrides both.
-  """
-
-  name = "yarn"
-  paper = "Peng et al. 2023, YaRN"
-  changes = "rotary frequencies, attention temperature"
-
-  attention_factor: float | None = None
+  attention_factor: float | None = None  # overrides the formula when set
   mscale: float | None = None
   mscale_all_dim: float | None = None
 
@@ -290,14 +274,45 @@ class YaRN(NTKByParts):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class DynamicYaRN(YaRN):
-  """Dynamic YaRN (Peng et al. 2023, sec. 3.3): s = max(1, L / L_orig) at the current length L."""
+class NTKByParts(_YarnRamp):
+  """NTK-by-parts (Peng et al. 2023, sec. 3.2): YaRN's interpolation without the temperature."""
+
+  name = "ntk_by_parts"
+  paper = "Peng et al. 2023, YaRN (sec. 3.2)"
+  changes = "rotary frequencies"
+
+  factor: float | None = required()
+
+  def validate(self):
+    super().validate()
+    _check_factor(self.name, self.factor)
+
+  def yarn_factor(self, seq_len: int) -> float:
+    return self.factor
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class YaRN(_YarnTemperature, NTKByParts):
+  """YaRN (Peng et al. 2023): NTK-by-parts + q, k x (0.1 ln s + 1), so logits x its square.
+
+  With ``mscale`` and ``mscale_all_dim`` set (DeepSeek form) the q/k factor is
+  mscale(s, mscale) / mscale(s, mscale_all_dim); ``attention_factor`` overrides both.
+  """
+
+  name = "yarn"
+  paper = "Peng et al. 2023, YaRN"
+  changes = "rotary frequencies, attention temperature"
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class DynamicYaRN(_YarnTemperature, _YarnRamp):
+  """Dynamic YaRN (Peng et al. 2023, sec. 3.3): YaRN with s = max(1, L / L_orig) at the current length L."""
 
   name = "dynamic_yarn"
   paper = "Peng et al. 2023, YaRN (Dynamic scaling)"
   changes = "rotary frequencies, attention temperature (follow the current length)"
-
-  factor: float | None = 1.0  # unused: the factor follows the length
 
   def yarn_factor(self, seq_len: int) -> float:
     return max(1.0, seq_len / self.original_max_position_embeddings)
@@ -361,7 +376,7 @@ class TruncatedBasis(RoPE):
   changes = "rotary frequencies"
 
   factor: float = 1.0
-  cutoff_wavelength: float | None = None  # b = 2 pi / cutoff_wavelength (tokens)
+  cutoff_wavelength: float | None = required()  # b = 2 pi / cutoff_wavelength (tokens)
   zero_ratio: float = 8.0  # a = b / zero_ratio
   rho_ratio: float = 16.0  # rho = b / rho_ratio
 
@@ -390,7 +405,7 @@ class RandomizedPositions(RoPE):
   paper = "Ruoss et al. 2023, Randomized Positional Encodings"
   changes = "position map (training only)"
 
-  max_position: int | None = None
+  max_position: int | None = required()
 
   def validate(self):
     super().validate()
@@ -418,7 +433,7 @@ class SelfExtendRoPE(RoPE):
 
   group_size: int = 8
   window: int = 512
-  original_max_position_embeddings: int | None = None
+  original_max_position_embeddings: int | None = required()
 
   def validate(self):
     super().validate()
