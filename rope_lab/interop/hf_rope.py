@@ -1,0 +1,146 @@
+"""Hugging Face rope settings <-> rope_lab encoding configs.
+
+Reads both the newer ``rope_parameters`` dictionary and the older ``rope_scaling`` +
+``rope_theta`` form of a config.json, for rope types default, linear, dynamic, yarn,
+longrope and llama3, plus ``partial_rotary_factor``. The mapping follows what
+transformers computes: e.g. "dynamic" uses ``max_position_embeddings`` as the original
+length, and yarn/longrope fall back to max / original when ``factor`` is absent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rope_lab import pe
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+
+
+class HFConfigError(ValueError):
+  """A Hugging Face config field is missing, malformed or unsupported; the message names it."""
+
+
+def _field(params: dict, key: str, where: str, kind=(int, float)):
+  if key not in params or params[key] is None:
+    raise HFConfigError(f"{where}: field {key!r} is required for rope_type {params.get('rope_type')!r}")
+  value = params[key]
+  if kind and not isinstance(value, kind) or isinstance(value, bool):
+    raise HFConfigError(f"{where}: field {key!r} must be a number, got {value!r}")
+  return value
+
+
+def rope_parameters(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+  """The rope dictionary of a config.json in the newer form, and the field it came from."""
+  if config.get("rope_parameters") is not None:
+    params, where = dict(config["rope_parameters"]), "rope_parameters"
+    if any(isinstance(v, dict) for v in params.values()):
+      raise HFConfigError("rope_parameters: per-layer-type rope settings are not supported")
+  elif config.get("rope_scaling") is not None:
+    params, where = dict(config["rope_scaling"]), "rope_scaling"
+  else:
+    params, where = {}, "rope_parameters"
+  if not isinstance(params, dict):
+    raise HFConfigError(f"{where}: must be a dictionary, got {type(params).__name__}")
+  params.setdefault("rope_type", params.pop("type", "default"))
+  params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+  if "partial_rotary_factor" in config:
+    params.setdefault("partial_rotary_factor", config["partial_rotary_factor"])
+  return params, where
+
+
+def encoding_from_hf(config: dict[str, Any]) -> pe.Encoding:
+  """config.json dictionary -> the rope_lab encoding transformers would apply."""
+  params, where = rope_parameters(config)
+  rope_type = params["rope_type"]
+  if rope_type not in SUPPORTED_ROPE_TYPES:
+    raise HFConfigError(
+        f"{where}: field 'rope_type' is {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+    )
+  max_position = config.get("max_position_embeddings")
+  common = {
+      "base": float(_field(params, "rope_theta", where)),
+      "rotary_fraction": float(params.get("partial_rotary_factor") or 1.0),
+      "layout": "half",  # every supported architecture uses rotate-half
+  }
+  original = params.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+  if rope_type in ("yarn", "longrope", "llama3"):
+    original = original or max_position
+    if original is None:
+      raise HFConfigError(f"{where}: field 'original_max_position_embeddings' (or max_position_embeddings) is required")
+  try:
+    if rope_type == "default":
+      return pe.make("rope", **common)
+    if rope_type == "linear":
+      return pe.make("pi", factor=float(_field(params, "factor", where)), **common)
+    if rope_type == "dynamic":
+      if max_position is None:
+        raise HFConfigError("config: field 'max_position_embeddings' is required for rope_type 'dynamic'")
+      return pe.make("dynamic_ntk", factor=float(_field(params, "factor", where)),
+                     original_max_position_embeddings=int(max_position), **common)
+    factor = params.get("factor")
+    if factor is None and rope_type in ("yarn", "longrope"):
+      if max_position is None:
+        raise HFConfigError(f"{where}: field 'factor' is required when max_position_embeddings is absent")
+      factor = max_position / original
+    if rope_type == "yarn":
+      return pe.make(
+          "yarn", factor=float(factor), original_max_position_embeddings=int(original),
+          beta_fast=float(params.get("beta_fast") or 32.0), beta_slow=float(params.get("beta_slow") or 1.0),
+          truncate=bool(params.get("truncate", True)), attention_factor=params.get("attention_factor"),
+          mscale=params.get("mscale"), mscale_all_dim=params.get("mscale_all_dim"), **common)
+    if rope_type == "longrope":
+      for key in ("short_factor", "long_factor"):
+        if not isinstance(params.get(key), (list, tuple)):
+          raise HFConfigError(f"{where}: field {key!r} must be a list of numbers, got {params.get(key)!r}")
+      return pe.make(
+          "longrope", short_factor=params["short_factor"], long_factor=params["long_factor"],
+          original_max_position_embeddings=int(original), factor=float(factor),
+          attention_factor=params.get("attention_factor"), require_monotone=False, **common)
+    return pe.make(
+        "llama3", factor=float(_field(params, "factor", where)),
+        low_freq_factor=float(_field(params, "low_freq_factor", where)),
+        high_freq_factor=float(_field(params, "high_freq_factor", where)),
+        original_max_position_embeddings=int(original), **common)
+  except pe.ConfigError as e:
+    raise HFConfigError(f"{where}: {e}") from None
+
+
+def encoding_to_hf(encoding: pe.Encoding, *, max_position_embeddings: int) -> dict[str, Any]:
+  """rope_lab encoding -> ``rope_parameters`` dictionary that transformers reads back identically."""
+  enc = encoding
+  if getattr(enc, "layout", "half") != "half":
+    raise HFConfigError(f"{enc.name}: layout {enc.layout!r} has no Hugging Face equivalent (rotate-half only)")
+  out: dict[str, Any] = {"rope_theta": enc.base}
+  if enc.rotary_fraction != 1.0:
+    out["partial_rotary_factor"] = enc.rotary_fraction
+  if enc.name == "rope":
+    out["rope_type"] = "default"
+  elif enc.name == "pi":
+    out.update(rope_type="linear", factor=enc.factor)
+  elif enc.name == "dynamic_ntk":
+    if enc.original_max_position_embeddings != max_position_embeddings:
+      raise HFConfigError("dynamic_ntk: transformers uses max_position_embeddings as the original length; "
+                          f"set max_position_embeddings={enc.original_max_position_embeddings}")
+    out.update(rope_type="dynamic", factor=enc.factor)
+  elif enc.name == "yarn":
+    out.update(rope_type="yarn", factor=enc.factor, beta_fast=enc.beta_fast, beta_slow=enc.beta_slow,
+               truncate=enc.truncate, original_max_position_embeddings=enc.original_max_position_embeddings)
+    for key in ("attention_factor", "mscale", "mscale_all_dim"):
+      if getattr(enc, key) is not None:
+        out[key] = getattr(enc, key)
+  elif enc.name == "longrope":
+    if enc.n_hat:
+      raise HFConfigError("longrope: n_hat > 0 has no Hugging Face equivalent")
+    out.update(rope_type="longrope", short_factor=list(enc.short_factor), long_factor=list(enc.long_factor),
+               original_max_position_embeddings=enc.original_max_position_embeddings,
+               factor=enc.factor or 1.0)
+    if enc.attention_factor is not None:
+      out["attention_factor"] = enc.attention_factor
+  elif enc.name == "llama3":
+    out.update(rope_type="llama3", factor=enc.factor, low_freq_factor=enc.low_freq_factor,
+               high_freq_factor=enc.high_freq_factor,
+               original_max_position_embeddings=enc.original_max_position_embeddings)
+  else:
+    raise HFConfigError(f"encoding {enc.name!r} has no Hugging Face rope_type; supported: rope, pi, "
+                        "dynamic_ntk, yarn, longrope, llama3")
+  return out
