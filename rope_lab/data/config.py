@@ -1,0 +1,141 @@
+"""DataConfig: what the trainer and the evaluation code say about their data.
+
+A frozen dataclass validated in ``__post_init__`` so a bad value fails when the
+config is built, with a message that names the field, long before any file is
+read. Also resolves the data directory (argument, then ``ROPE_LAB_DATA_DIR``,
+then the user's cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from rope_lab.data.errors import DataConfigError, DatasetNotPreparedError, UnknownDatasetError
+from rope_lab.data.sources import parse_dataset_name
+
+DATA_DIR_ENV = "ROPE_LAB_DATA_DIR"
+
+TOKENIZER_KINDS = ("byte", "bpe", "unigram")
+ORDERINGS = ("random", "in_context")
+PACKINGS = ("pack", "concat")
+
+
+def _check(condition: bool, field: str, valid: str, value: Any) -> None:
+  if not condition:
+    raise DataConfigError(f"DataConfig.{field} must be {valid}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where training text comes from and how it becomes batches.
+
+  Attributes:
+    dataset: ``kjv`` (default; King James Bible, one document per book),
+      ``pystdlib`` (Python standard library source, one document per file),
+      ``a+b`` (documents of both), ``tfds:<name>[/<config>]`` (a prepared TFDS
+      catalog dataset), ``files:<glob>`` (local UTF-8 files, one document per
+      file) or ``random:`` (random bytes, no preparation; for tests).
+    tokenizer: ``byte`` (default), ``bpe`` or ``unigram`` (SentencePiece model
+      trained on the training split and cached in the data directory), or a
+      path to an existing SentencePiece ``.model`` file.
+    vocab_size: required for ``bpe``/``unigram``; must be left unset (or equal
+      the model's size) for ``byte`` and for a ``.model`` path.
+    data_dir: where prepared datasets and caches live; None means
+      ``$ROPE_LAB_DATA_DIR`` or ``~/.cache/rope_lab/data``.
+    ordering: ``random`` document order, or ``in_context`` (In-Context
+      Pretraining: related documents are placed next to each other). The
+      latter needs ``packing='concat'``, where a row spans several documents.
+    packing: ``pack`` (every document piece is its own segment; positions
+      restart per piece; short pieces share a row) or ``concat`` (documents
+      joined by the end-of-document id into one stream cut into rows; one
+      segment per row, attention crosses document boundaries).
+    shuffle: shuffle training rows (differently in every epoch).
+    num_epochs: stop after this many passes; None repeats forever.
+    train_split: split used by make_train_iterator.
+    text_feature: the text feature of a ``tfds:`` dataset; None picks
+      ``text``, ``book_text`` or ``content``, or the only text feature.
+    icp_neighbours: nearest neighbours per document for in-context ordering.
+    auto_prepare: prepare an embedded dataset (and train a SentencePiece
+      model) on first use instead of failing. Both are fast and offline.
+  """
+
+  dataset: str = "kjv"
+  tokenizer: str = "byte"
+  vocab_size: int | None = None
+  data_dir: str | None = None
+  ordering: str = "random"
+  packing: str = "pack"
+  shuffle: bool = True
+  num_epochs: int | None = None
+  train_split: str = "train"
+  text_feature: str | None = None
+  icp_neighbours: int = 8
+  auto_prepare: bool = True
+
+  def __post_init__(self):
+    _check(isinstance(self.dataset, str) and self.dataset.strip() != "",
+           "dataset", "a non-empty dataset name", self.dataset)
+    try:
+      parse_dataset_name(self.dataset)
+    except UnknownDatasetError as e:
+      raise UnknownDatasetError(f"DataConfig.dataset: {e}") from None
+    _check(isinstance(self.tokenizer, str)
+           and (self.tokenizer in TOKENIZER_KINDS or self.tokenizer.endswith(".model")),
+           "tokenizer", f"one of {TOKENIZER_KINDS} or a path ending in .model", self.tokenizer)
+    _check(self.vocab_size is None
+           or (isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool)
+               and self.vocab_size > 0),
+           "vocab_size", "None or a positive int", self.vocab_size)
+    if self.tokenizer in ("bpe", "unigram"):
+      _check(self.vocab_size is not None, "vocab_size",
+             f"set when tokenizer={self.tokenizer!r} (the size of the model to train)",
+             self.vocab_size)
+    _check(self.ordering in ORDERINGS, "ordering", f"one of {ORDERINGS}", self.ordering)
+    _check(self.packing in PACKINGS, "packing", f"one of {PACKINGS}", self.packing)
+    if self.ordering == "in_context":
+      # Packing gives every document its own segment, so neighbouring documents
+      # would never see each other and the ordering would change nothing.
+      _check(self.packing == "concat", "packing",
+             "'concat' when ordering='in_context' (so a context spans related documents)",
+             self.packing)
+    _check(isinstance(self.shuffle, bool), "shuffle", "a bool", self.shuffle)
+    _check(self.num_epochs is None
+           or (isinstance(self.num_epochs, int) and self.num_epochs > 0),
+           "num_epochs", "None or a positive int", self.num_epochs)
+    _check(isinstance(self.train_split, str) and self.train_split != "",
+           "train_split", "a split name", self.train_split)
+    _check(isinstance(self.icp_neighbours, int) and self.icp_neighbours >= 1,
+           "icp_neighbours", "an int >= 1", self.icp_neighbours)
+    _check(self.data_dir is None or (isinstance(self.data_dir, str) and self.data_dir != ""),
+           "data_dir", "None or a directory path", self.data_dir)
+
+
+def default_data_dir() -> str:
+  """``$XDG_CACHE_HOME/rope_lab/data`` or ``~/.cache/rope_lab/data``."""
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache, "rope_lab", "data")
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+  """Returns the data directory to use, creating only the default one.
+
+  An explicitly given directory (argument or ``ROPE_LAB_DATA_DIR``) must
+  exist: a typo there should fail loudly rather than silently prepare a second
+  copy of everything somewhere else.
+  """
+  if data_dir is not None:
+    source = "DataConfig.data_dir"
+  elif os.environ.get(DATA_DIR_ENV):
+    data_dir, source = os.environ[DATA_DIR_ENV], f"${DATA_DIR_ENV}"
+  else:
+    path = default_data_dir()
+    os.makedirs(path, exist_ok=True)
+    return path
+  path = os.path.abspath(os.path.expanduser(data_dir))
+  if not os.path.isdir(path):
+    raise DatasetNotPreparedError(
+        f"data directory {path!r} (from {source}) does not exist; create it, or leave "
+        f"{source} unset to use {default_data_dir()!r}")
+  return path
