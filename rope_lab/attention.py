@@ -1,0 +1,282 @@
+"""Causal self-attention: one contract, three implementations.
+
+Every path computes, for query token i and key token j (H query heads share K key/value
+heads, head h reading kv head h // (H / K), as Hugging Face's ``repeat_kv``)::
+
+    s_ij = cap(logit_scale * q_i . k_j / sqrt(Dh)) + bias_ij      (cap: c tanh(s / c), off by default)
+    a_ij = softmax_j(s_ij over allowed j),    out_i = sum_j a_ij v_j
+
+* q and k are rotated (rotary + xPos, ``pe.apply.rotate_qk``) at the mapped positions p.
+* SelfExtend (Jin et al. 2024): s_ij uses q/k rotated at the normal positions when
+  p_i - p_j < W and q/k rotated at the grouped positions (``pe.apply.self_extend_positions``)
+  otherwise (``pe.apply.self_extend_use_normal``).
+* bias_ij: ALiBi's -m_h |p_i - p_j| (``pe.apply.alibi_bias``) when the hooks carry slopes.
+* j is allowed when j <= i (token index, never the mapped position, which may wrap or
+  restart), segment_i == segment_j and window_i == window_j (parallel context windows).
+
+Implementations (``IMPLEMENTATIONS``), all honouring every hook:
+
+* ``reference``: einsum, masks and softmax in float32 over the full [L, L] logits; the
+  only one that can return the attention probabilities.
+* ``dot_product``: ``jax.nn.dot_product_attention`` with the ALiBi bias and a boolean mask,
+  pinned to ``implementation='xla'`` so every backend computes the same thing. SelfExtend is expressed exactly in one call by
+  concatenating along the head dimension, q' = [q_near | q_far], and along the keys,
+  k' = [[k_near | 0] ; [0 | k_far]], v' = [[v | 0] ; [v | 0]], with the mask choosing the
+  near copy of key j inside the window and the far copy outside; one softmax over 2L keys
+  is then exactly the merged softmax (at 4x the logit flops). The soft cap cannot be
+  expressed; ``ModelConfig`` rejects that combination.
+* ``chunked``: blockwise attention with an online softmax (Milakov & Gimelshein 2018; Dao
+  et al. 2022): a scan over query blocks and, for each, a scan over key blocks in which
+  blocks wholly in the future are skipped by ``lax.cond``. Logits, bias, masks and the
+  SelfExtend merge are computed per [C, C] block from the token metadata, so memory grows
+  linearly with L. Each query block is rematerialised in the backward pass
+  (``jax.checkpoint``), so gradients also stay linear in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rope_lab.pe import apply as pe_apply
+from rope_lab.pe.base import Hooks
+
+IMPLEMENTATIONS = ("reference", "dot_product", "chunked")
+
+# Masked logits: finite (so 0 * masked stays 0 and max() over a masked block is defined)
+# yet far below any real logit, so exp(masked - max) underflows to exactly 0.
+NEG_INF = -0.5 * float(jnp.finfo(jnp.float32).max)
+_PAD_INDEX = int(jnp.iinfo(jnp.int32).max)  # token index of chunk padding: in every query's future
+
+
+class TokenMeta(NamedTuple):
+  """Per-token facts the masks, bias and rotation read, each int32 [B, L]."""
+
+  index: jnp.ndarray  # position of the token in its row: causality
+  positions: jnp.ndarray  # mapped positions (pe.apply.map_positions): rotary, ALiBi, SelfExtend
+  segments: jnp.ndarray  # packed-document id (0 = padding); all equal without segment masking
+  windows: jnp.ndarray  # parallel-context window id; all 0 unless the position map has a window
+
+
+class Rotated(NamedTuple):
+  """q [B, L, K, G, Dh] and k [B, L, K, Dh] after rotary/xPos; ``*_far`` only with SelfExtend."""
+
+  q: jnp.ndarray
+  k: jnp.ndarray
+  q_far: jnp.ndarray | None = None
+  k_far: jnp.ndarray | None = None
+
+
+def rotate(hooks: Hooks, q_BxLxHxD, k_BxLxKxD, positions_BxL) -> Rotated:
+  """Rotates q and k at the mapped positions (and, for SelfExtend, at the grouped ones)."""
+  b, length, n_heads, head_dim = q_BxLxHxD.shape
+  n_kv = k_BxLxKxD.shape[2]
+  group = lambda q: q.reshape(b, length, n_kv, n_heads // n_kv, head_dim)
+  q, k = pe_apply.rotate_qk(hooks, q_BxLxHxD, k_BxLxKxD, positions_BxL, positions_BxL)
+  if hooks.self_extend is None:
+    return Rotated(group(q), k)
+  q_pos, k_pos = pe_apply.self_extend_positions(hooks.self_extend, positions_BxL)
+  q_far, k_far = pe_apply.rotate_qk(hooks, q_BxLxHxD, k_BxLxKxD, q_pos, k_pos)
+  return Rotated(group(q), k, group(q_far), k_far)
+
+
+def allowed(q_meta: TokenMeta, k_meta: TokenMeta) -> jnp.ndarray:
+  """bool [B, Lq, Lk]: causal, same segment, same window."""
+  pair = lambda a, b: (a[:, :, None], b[:, None, :])
+  qi, ki = pair(q_meta.index, k_meta.index)
+  qs, ks = pair(q_meta.segments, k_meta.segments)
+  qw, kw = pair(q_meta.windows, k_meta.windows)
+  return (qi >= ki) & (qs == ks) & (qw == kw)
+
+
+# The two attention products fold the G query heads sharing a kv head into the query
+# rows, so each is one batched GEMM over (B, K); XLA:CPU runs a dot with two free lhs
+# dimensions markedly slower.
+
+
+def _scores(q_BxQxKxGxD, k_BxSxKxD) -> jnp.ndarray:
+  """q . k in float32: [B, K, G, Q, S]."""
+  b, n_q, n_kv, n_group, head_dim = q_BxQxKxGxD.shape
+  q = q_BxQxKxGxD.transpose(0, 2, 3, 1, 4).reshape(b, n_kv, n_group * n_q, head_dim)
+  s = jnp.einsum("bkqd,bskd->bkqs", q, k_BxSxKxD, preferred_element_type=jnp.float32)
+  return s.reshape(b, n_kv, n_group, n_q, -1)
+
+
+def _weighted_sum(p_BxKxGxQxS, v_BxSxKxD) -> jnp.ndarray:
+  """sum_s p v in float32: [B, K, G, Q, D]; p is cast to v's dtype first."""
+  b, n_kv, n_group, n_q, n_s = p_BxKxGxQxS.shape
+  p = p_BxKxGxQxS.astype(v_BxSxKxD.dtype).reshape(b, n_kv, n_group * n_q, n_s)
+  out = jnp.einsum("bkqs,bskd->bkqd", p, v_BxSxKxD, preferred_element_type=jnp.float32)
+  return out.reshape(b, n_kv, n_group, n_q, -1)
+
+
+def block_logits(
+    rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks, soft_cap: float | None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(masked float32 logits [B, K, G, Lq, Lk], allowed [B, 1, 1, Lq, Lk]) for one block.
+
+  ``rot`` holds the query rows of the block in q/q_far and its key rows in k/k_far.
+  """
+  _, _, n_kv, n_group, head_dim = rot.q.shape
+  scale = hooks.logit_scale / math.sqrt(head_dim)
+  s = _scores(rot.q, rot.k) * scale
+  if hooks.self_extend is not None:
+    near = pe_apply.self_extend_use_normal(hooks.self_extend, q_meta.positions, k_meta.positions)
+    s = jnp.where(near[:, None, None], s, _scores(rot.q_far, rot.k_far) * scale)
+  if soft_cap is not None:
+    s = soft_cap * jnp.tanh(s / soft_cap)
+  if hooks.alibi_slopes is not None:
+    bias = pe_apply.alibi_bias(hooks.alibi_slopes, q_meta.positions, k_meta.positions)
+    s = s + bias.reshape(bias.shape[0], n_kv, n_group, *bias.shape[2:])
+  mask = allowed(q_meta, k_meta)[:, None, None]
+  return jnp.where(mask, s, NEG_INF), mask
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def reference(
+    rot: Rotated, v_BxLxKxD, meta: TokenMeta, hooks: Hooks, *, soft_cap: float | None = None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(out [B, L, H, Dh], probabilities float32 [B, H, L, L]) with the full logit matrix."""
+  b, length, n_kv, n_group, head_dim = rot.q.shape
+  logits, _ = block_logits(rot, meta, meta, hooks, soft_cap)
+  probs = jax.nn.softmax(logits, axis=-1)
+  out = _weighted_sum(probs, v_BxLxKxD).astype(v_BxLxKxD.dtype).transpose(0, 3, 1, 2, 4)
+  heads = n_kv * n_group
+  return out.reshape(b, length, heads, head_dim), probs.reshape(b, heads, length, length)
+
+
+# ----------------------------------------------------------------------------- dot_product
+
+
+def dot_product(
+    rot: Rotated, v_BxLxKxD, meta: TokenMeta, hooks: Hooks, *, soft_cap: float | None = None
+) -> jnp.ndarray:
+  """out [B, L, H, Dh] through ``jax.nn.dot_product_attention`` (see the module docstring)."""
+  if soft_cap is not None:
+    raise ValueError("attention 'dot_product' cannot apply a logit soft cap; use 'reference' or 'chunked'")
+  b, length, n_kv, n_group, head_dim = rot.q.shape
+  q = rot.q.reshape(b, length, n_kv * n_group, head_dim)
+  mask = allowed(meta, meta)[:, None]  # [B, 1, L, L]
+  bias = None
+  if hooks.alibi_slopes is not None:
+    bias = pe_apply.alibi_bias(hooks.alibi_slopes, meta.positions, meta.positions)
+  scale = hooks.logit_scale / math.sqrt(head_dim)
+  if hooks.self_extend is None:
+    return jax.nn.dot_product_attention(q, rot.k, v_BxLxKxD, bias, mask, scale=scale, implementation="xla")
+  near = pe_apply.self_extend_use_normal(hooks.self_extend, meta.positions, meta.positions)[:, None]
+  zeros = jnp.zeros_like(rot.k)
+  q2 = jnp.concatenate([q, rot.q_far.reshape(q.shape)], axis=-1)
+  k2 = jnp.concatenate([jnp.concatenate([rot.k, zeros], -1), jnp.concatenate([zeros, rot.k_far], -1)], 1)
+  v_pad = jnp.concatenate([v_BxLxKxD, jnp.zeros_like(v_BxLxKxD)], axis=-1)
+  mask2 = jnp.concatenate([mask & near, mask & ~near], axis=-1)
+  bias2 = None if bias is None else jnp.concatenate([bias, bias], axis=-1)
+  out = jax.nn.dot_product_attention(
+      q2, k2, jnp.concatenate([v_pad, v_pad], 1), bias2, mask2, scale=scale, implementation="xla"
+  )
+  return out[..., :head_dim]
+
+
+# ----------------------------------------------------------------------------- chunked
+
+
+def _to_blocks(x, n_blocks: int, chunk: int, fill):
+  """[B, L, ...] -> [n_blocks, B, chunk, ...], padding the tail of L with ``fill``."""
+  pad = n_blocks * chunk - x.shape[1]
+  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+  x = x.reshape(x.shape[0], n_blocks, chunk, *x.shape[2:])
+  return jnp.moveaxis(x, 1, 0)
+
+
+def chunked(
+    rot: Rotated,
+    v_BxLxKxD,
+    meta: TokenMeta,
+    hooks: Hooks,
+    *,
+    chunk_size: int,
+    soft_cap: float | None = None,
+) -> jnp.ndarray:
+  """out [B, L, H, Dh] by flash-style blockwise attention; never forms an [L, L] array.
+
+  Online softmax per query row over key blocks t: m_t = max(m_{t-1}, max_j s_j),
+  l_t = l_{t-1} e^{m_{t-1} - m_t} + sum_j e^{s_j - m_t},
+  acc_t = acc_{t-1} e^{m_{t-1} - m_t} + sum_j e^{s_j - m_t} v_j, out = acc / l.
+  L need not be a multiple of ``chunk_size``: padded keys get a token index in every
+  query's future, so causality hides them; padded query rows are dropped.
+  """
+  b, length, n_kv, n_group, head_dim = rot.q.shape
+  chunk = min(chunk_size, length)
+  n_blocks = -(-length // chunk)
+  blocks = lambda x, fill=0: None if x is None else _to_blocks(x, n_blocks, chunk, fill)
+  q_blocks = (blocks(rot.q), blocks(rot.q_far))
+  kv_blocks = (blocks(rot.k), blocks(rot.k_far), blocks(v_BxLxKxD))
+  meta_blocks = TokenMeta(
+      blocks(meta.index, _PAD_INDEX), blocks(meta.positions), blocks(meta.segments), blocks(meta.windows)
+  )
+
+  def query_block(args):
+    i, q, q_far, q_meta = args
+
+    def key_block(carry, xs):
+      j, k, k_far, v, k_meta = xs
+
+      def update(carry):
+        m, l, acc = carry
+        s, mask = block_logits(Rotated(q, k, q_far, k_far), q_meta, k_meta, hooks, soft_cap)
+        m_new = jnp.maximum(m, s.max(axis=-1))
+        correction = jnp.exp(m - m_new)
+        p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+        l = l * correction + p.sum(axis=-1)
+        return m_new, l, acc * correction[..., None] + _weighted_sum(p, v)
+
+      # Key blocks after the query block are wholly in the future: skip their work.
+      return jax.lax.cond(j <= i, update, lambda c: c, carry), None
+
+    stats = (b, n_kv, n_group, chunk)
+    init = (jnp.full(stats, NEG_INF), jnp.zeros(stats), jnp.zeros(stats + (head_dim,)))
+    xs = (jnp.arange(n_blocks), *kv_blocks, meta_blocks)
+    (_, l, acc), _ = jax.lax.scan(key_block, init, xs)
+    out = acc / l[..., None]  # every row sees at least itself, so l > 0
+    return jnp.moveaxis(out, 3, 1).astype(v_BxLxKxD.dtype)  # [B, C, K, G, Dh]
+
+  out = jax.lax.map(jax.checkpoint(query_block), (jnp.arange(n_blocks), *q_blocks, meta_blocks))
+  out = jnp.moveaxis(out, 0, 1).reshape(b, n_blocks * chunk, n_kv * n_group, head_dim)
+  return out[:, :length]
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def attend(
+    q_BxLxHxD,
+    k_BxLxKxD,
+    v_BxLxKxD,
+    meta: TokenMeta,
+    hooks: Hooks,
+    *,
+    implementation: str = "reference",
+    chunk_size: int = 512,
+    soft_cap: float | None = None,
+) -> jnp.ndarray:
+  """Causal attention of un-rotated q, k, v: out [B, L, H, Dh] in v's dtype."""
+  rot = rotate(hooks, q_BxLxHxD, k_BxLxKxD, meta.positions)
+  if implementation == "reference":
+    return reference(rot, v_BxLxKxD, meta, hooks, soft_cap=soft_cap)[0]
+  if implementation == "dot_product":
+    return dot_product(rot, v_BxLxKxD, meta, hooks, soft_cap=soft_cap)
+  if implementation == "chunked":
+    return chunked(rot, v_BxLxKxD, meta, hooks, chunk_size=chunk_size, soft_cap=soft_cap)
+  raise ValueError(f"unknown attention implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
+
+
+def attend_with_probs(
+    q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, meta: TokenMeta, hooks: Hooks, *, soft_cap: float | None = None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Reference attention returning (out [B, L, H, Dh], probabilities float32 [B, H, L, L])."""
+  rot = rotate(hooks, q_BxLxHxD, k_BxLxKxD, meta.positions)
+  return reference(rot, v_BxLxKxD, meta, hooks, soft_cap=soft_cap)

@@ -1,0 +1,290 @@
+"""Hugging Face Llama / Mistral / Qwen2 checkpoints in the rope_lab skeleton, and back.
+
+``load(model_dir)`` reads config.json and safetensors (single file or sharded with an
+index) with the safetensors numpy API: no PyTorch, no network. Each tensor is mapped to
+the skeleton's layout (torch Linear [out, in] -> [in, heads, head_dim]) and placed on
+the mesh with the run's shardings as it is read, so a large checkpoint never has to sit
+whole on one device. ``save_pretrained`` writes a rope_lab model as a Hugging Face
+directory that transformers loads with the same logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from rope_lab import pe
+from rope_lab.interop.hf_rope import HFConfigError, encoding_from_hf, encoding_to_hf
+from rope_lab.model import ModelConfig, Transformer
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+class HFCheckpointError(ValueError):
+  """A checkpoint file or weight is missing or malformed; the message names it."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def read_config(model_dir: str) -> dict[str, Any]:
+  path = os.path.join(model_dir, "config.json")
+  if not os.path.isfile(path):
+    raise HFCheckpointError(f"no config.json in {model_dir}")
+  with open(path) as f:
+    return json.load(f)
+
+
+def model_config_from_hf(config: dict[str, Any], **overrides) -> ModelConfig:
+  """config.json -> ModelConfig; unsupported architectures and switches are errors naming the field."""
+  model_type = config.get("model_type")
+  if model_type not in ARCHITECTURES:
+    raise HFConfigError(f"config: field 'model_type' is {model_type!r}; supported: {', '.join(ARCHITECTURES)}")
+  if config.get("hidden_act", "silu") != "silu":
+    raise HFConfigError(f"config: field 'hidden_act' is {config['hidden_act']!r}; only 'silu' (SwiGLU) is supported")
+  for flag in ("attention_bias", "mlp_bias"):
+    if config.get(flag):
+      raise HFConfigError(f"config: field {flag!r} is true; the skeleton has no o_proj / MLP biases")
+  try:
+    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    return ModelConfig(
+        vocab_size=int(config["vocab_size"]),
+        d_model=hidden,
+        n_layers=int(config["num_hidden_layers"]),
+        n_heads=heads,
+        n_kv_heads=int(config.get("num_key_value_heads") or heads),
+        head_dim=int(config.get("head_dim") or hidden // heads),
+        mlp_dim=int(config["intermediate_size"]),
+        mlp="swiglu",
+        norm="rms",
+        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        qkv_bias=model_type == "qwen2",
+        **overrides,
+    )
+  except KeyError as e:
+    raise HFConfigError(f"config: field {e.args[0]!r} is required") from None
+
+
+def sliding_window(config: dict[str, Any]) -> int | None:
+  """The attention window transformers would apply, or None (the skeleton has no window)."""
+  if config.get("model_type") == "qwen2" and not config.get("use_sliding_window", False):
+    return None
+  return config.get("sliding_window")
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def weight_map(cfg: ModelConfig) -> dict[tuple[str, ...], tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+  """rope_lab parameter path -> (Hugging Face tensor name, transform to our layout)."""
+  d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+  identity = lambda w: w
+  out = {
+      ("embed", "embedding"): ("model.embed_tokens.weight", identity),
+      ("final_norm", "scale"): ("model.norm.weight", identity),
+  }
+  if not cfg.tied_embeddings:
+    out[("lm_head", "kernel")] = ("lm_head.weight", lambda w: w.T)
+  for i in range(cfg.n_layers):
+    hf, ours = f"model.layers.{i}", f"layers_{i}"
+    out[(ours, "attn_norm", "scale")] = (f"{hf}.input_layernorm.weight", identity)
+    out[(ours, "mlp_norm", "scale")] = (f"{hf}.post_attention_layernorm.weight", identity)
+    for name, heads in (("q", h), ("k", k), ("v", k)):
+      out[(ours, "attn", name, "kernel")] = (f"{hf}.self_attn.{name}_proj.weight",
+                                             lambda w, n=heads: w.T.reshape(d, n, dh))
+      if cfg.qkv_bias:
+        out[(ours, "attn", name, "bias")] = (f"{hf}.self_attn.{name}_proj.bias", lambda b, n=heads: b.reshape(n, dh))
+    out[(ours, "attn", "o", "kernel")] = (f"{hf}.self_attn.o_proj.weight", lambda w: w.T.reshape(h, dh, d))
+    for name in ("gate", "up", "down"):
+      out[(ours, "mlp", name, "kernel")] = (f"{hf}.mlp.{name}_proj.weight", lambda w: w.T)
+  return out
+
+
+def _tensor_files(model_dir: str) -> dict[str, str]:
+  """Hugging Face tensor name -> safetensors file holding it."""
+  index = os.path.join(model_dir, "model.safetensors.index.json")
+  if os.path.isfile(index):
+    with open(index) as f:
+      mapping = json.load(f).get("weight_map")
+    if not isinstance(mapping, dict):
+      raise HFCheckpointError(f"{index}: field 'weight_map' is missing or not a dictionary")
+    return {name: os.path.join(model_dir, file) for name, file in mapping.items()}
+  single = os.path.join(model_dir, "model.safetensors")
+  if not os.path.isfile(single):
+    raise HFCheckpointError(f"no model.safetensors or model.safetensors.index.json in {model_dir}")
+  with safe_open(single, framework="numpy") as f:
+    return {name: single for name in f.keys()}
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def load_params(model_dir: str, cfg: ModelConfig, hooks: pe.Hooks, shardings=None) -> dict:
+  """Reads every weight, checks names and shapes, and returns the float32 parameter tree.
+
+  ``shardings``: a tree of jax Shardings shaped like the parameters (the training run's);
+  each tensor is put straight onto its sharding after it is read and transformed.
+  """
+  expected = jax.eval_shape(lambda: nn_unbox_init(cfg, hooks))
+  files = _tensor_files(model_dir)
+  mapping = weight_map(cfg)
+  missing = [hf for hf, _ in mapping.values() if hf not in files]
+  if missing:
+    raise HFCheckpointError(f"{model_dir}: missing weight(s) {', '.join(missing[:5])}"
+                            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+  flat_expected = {path: leaf for path, leaf in _flatten(expected)}
+  flat_shardings = dict(_flatten(shardings)) if shardings is not None else {}
+  params: dict = {}
+  handles: dict[str, Any] = {}
+  with contextlib.ExitStack() as stack:
+    for path, (hf_name, transform) in mapping.items():
+      file = files[hf_name]
+      if file not in handles:
+        if not os.path.isfile(file):
+          raise HFCheckpointError(f"weight file {file} (listed for {hf_name}) does not exist")
+        handles[file] = stack.enter_context(safe_open(file, framework="numpy"))
+      raw = handles[file].get_tensor(hf_name)
+      want = flat_expected[path].shape
+      try:
+        value = np.ascontiguousarray(transform(raw.astype(np.float32)))
+      except ValueError:  # a reshape that cannot fit: the same report as a plain mismatch
+        value = raw
+      if value.shape != want:
+        raise HFCheckpointError(f"weight {hf_name}: shape {tuple(raw.shape)} does not fit the config "
+                                f"(expected {want} after conversion to {'/'.join(path)})")
+      sharding = flat_shardings.get(path)
+      array = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
+      _set(params, path, array)
+  return params
+
+
+def nn_unbox_init(cfg: ModelConfig, hooks: pe.Hooks):
+  import flax.linen as nn
+
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return nn.unbox(Transformer(cfg).init(jax.random.key(0), tokens, hooks=hooks))["params"]
+
+
+def _flatten(tree, prefix=()):
+  if isinstance(tree, dict):
+    for key, value in tree.items():
+      yield from _flatten(value, prefix + (key,))
+  else:
+    yield prefix, tree
+
+
+# ----------------------------------------------------------------------------- notebook object
+
+
+@dataclasses.dataclass
+class HFModel:
+  """A loaded checkpoint: ``.logits(tokens)``, and the config/params/encoding it wraps."""
+
+  config: ModelConfig
+  params: dict
+  encoding: pe.Encoding
+  hf_config: dict[str, Any]
+
+  def with_encoding(self, encoding: pe.Encoding) -> "HFModel":
+    """Same weights under another encoding (e.g. YaRN s=4 on a model saved with plain RoPE)."""
+    return dataclasses.replace(self, encoding=encoding)
+
+  def hooks(self, seq_len: int) -> pe.Hooks:
+    c = self.config
+    return self.encoding.hooks(head_dim=c.head_dim, n_heads=c.n_heads, d_model=c.d_model, seq_len=seq_len)
+
+  def logits(self, tokens) -> jax.Array:
+    """int32 [B, L] -> float32 [B, L, V]; length-dependent encodings follow L as transformers does."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be int32 [batch, length], got shape {tokens.shape}")
+    window = sliding_window(self.hf_config)
+    if window is not None and tokens.shape[1] > window:
+      raise ValueError(f"length {tokens.shape[1]} exceeds the checkpoint's sliding_window {window}; "
+                       "the skeleton has full attention only")
+    return _forward(self.config)(self.params, tokens, self.hooks(tokens.shape[1]))
+
+
+_FORWARDS: dict[ModelConfig, Callable] = {}
+
+
+def _forward(cfg: ModelConfig) -> Callable:
+  if cfg not in _FORWARDS:
+    model = Transformer(cfg)
+    _FORWARDS[cfg] = jax.jit(lambda params, tokens, hooks: model.apply({"params": params}, tokens, hooks=hooks))
+  return _FORWARDS[cfg]
+
+
+def load(model_dir: str, *, encoding: pe.Encoding | None = None, shardings=None, **config_overrides) -> HFModel:
+  """Loads a local Hugging Face directory; ``encoding`` replaces the saved rope settings."""
+  hf_config = read_config(model_dir)
+  cfg = model_config_from_hf(hf_config, **config_overrides)
+  encoding = encoding or encoding_from_hf(hf_config)
+  hooks = encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=1)
+  params = load_params(model_dir, cfg, hooks, shardings)
+  return HFModel(cfg, params, encoding, hf_config)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def save_pretrained(out_dir: str, cfg: ModelConfig, params: dict, encoding: pe.Encoding, *,
+                    max_position_embeddings: int) -> None:
+  """Writes config.json + model.safetensors that transformers loads as Llama (Qwen2 with qkv bias)."""
+  if cfg.norm != "rms" or cfg.mlp != "swiglu" or cfg.logit_soft_cap is not None:
+    raise HFConfigError("export needs norm='rms', mlp='swiglu' and no logit_soft_cap (a Llama-shaped model)")
+  rope = encoding_to_hf(encoding, max_position_embeddings=max_position_embeddings)
+  model_type = "qwen2" if cfg.qkv_bias else "llama"
+  config = {
+      "architectures": [ARCHITECTURES[model_type]], "model_type": model_type,
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.mlp_dim,
+      "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+      "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
+      "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": cfg.tied_embeddings,
+      "max_position_embeddings": max_position_embeddings, "rope_parameters": rope,
+      "torch_dtype": "float32", "dtype": "float32",
+  }
+  if model_type == "qwen2":
+    config["use_sliding_window"] = False
+  else:
+    config["attention_bias"] = False
+    config["mlp_bias"] = False
+  tensors = {}
+  for path, (hf_name, _) in weight_map(cfg).items():
+    value = np.asarray(_get(params, path), np.float32)
+    if path[-1] == "kernel" and path[-2] in ("q", "k", "v"):
+      value = value.reshape(value.shape[0], -1).T
+    elif path[-1] == "kernel" and path[-2] == "o":
+      value = value.reshape(-1, value.shape[-1]).T
+    elif path[-1] == "bias":
+      value = value.reshape(-1)
+    elif path[-1] == "kernel":
+      value = value.T
+    tensors[hf_name] = np.ascontiguousarray(value)
+  os.makedirs(out_dir, exist_ok=True)
+  tmp = os.path.join(out_dir, "model.safetensors.tmp")
+  save_file(tensors, tmp, metadata={"format": "pt"})
+  os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(config, f, indent=1)
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+  for key in path:
+    if key not in tree:
+      raise HFCheckpointError(f"parameter {'/'.join(path)} is missing from the rope_lab parameters")
+    tree = tree[key]
+  return tree

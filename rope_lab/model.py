@@ -1,0 +1,353 @@
+"""The decoder-only Transformer LM every experiment trains and evaluates (Flax Linen).
+
+tokens -> embed (+ absolute table) -> n_layers x [x + attn(norm(x)); x + mlp(norm(x))]
+-> final_norm -> lm_head (or embed^T when tied) -> float32 logits.
+
+The positional encoding is consulted only through its :class:`rope_lab.pe.Hooks` value,
+passed as a traced argument: the skeleton never branches on a method's name, switching
+between encodings that only change frequencies or scales does not recompile, and
+changing the encoding of a trained model keeps its parameters (learned APE aside).
+
+Parameters (D = d_model, H = n_heads, K = n_kv_heads, Dh = head_dim, F = mlp_dim,
+V = vocab_size, N = hooks.learned_length), all float32, with their logical axes::
+
+  embed/embedding              [V, D]       (vocab, embed)
+  pos_embed                    [N, D]       (None, embed)       only for learned APE
+  layers_{i}/attn_norm/scale   [D]          (norm)              (+ bias [D] for LayerNorm)
+  layers_{i}/attn/q/kernel     [D, H, Dh]   (embed, heads, head_dim)      q/bias [H, Dh] (heads, head_dim)
+  layers_{i}/attn/k/kernel     [D, K, Dh]   (embed, kv_heads, head_dim)   k/bias [K, Dh] (kv_heads, head_dim)
+  layers_{i}/attn/v/kernel     [D, K, Dh]   (embed, kv_heads, head_dim)   v/bias [K, Dh]
+  layers_{i}/attn/o/kernel     [H, Dh, D]   (heads, head_dim, embed)      no bias
+  layers_{i}/mlp_norm/scale    [D]          (norm)
+  layers_{i}/mlp/gate/kernel   [D, F]       (embed, mlp)        swiglu only
+  layers_{i}/mlp/up/kernel     [D, F]       (embed, mlp)
+  layers_{i}/mlp/down/kernel   [F, D]       (mlp, embed)
+  final_norm/scale             [D]          (norm)
+  lm_head/kernel               [D, V]       (embed, vocab)      absent when tied
+
+Parameter logical axes: vocab, embed, heads, kv_heads, head_dim, mlp, norm (None:
+replicated). Activation logical axes: batch, length, embed, heads, kv_heads, head_dim,
+mlp, vocab. Both are no-ops until a rule table and a mesh are in force.
+
+Hugging Face Llama/Mistral/Qwen2 mapping (torch Linear weights are [out, in]; both use
+the rotate-half rotary layout, so pair them with ``layout='half'`` hooks)::
+
+  embed_tokens.weight [V, D]          -> embed/embedding
+  q_proj.weight [H*Dh, D]             -> q/kernel = W.T.reshape(D, H, Dh)   (k, v: K heads)
+  q_proj.bias [H*Dh] (Qwen2)          -> q/bias = b.reshape(H, Dh)          (k, v alike)
+  o_proj.weight [D, H*Dh]             -> o/kernel = W.T.reshape(H, Dh, D)
+  gate_proj / up_proj.weight [F, D]   -> gate / up kernel = W.T;  down_proj.weight [D, F] -> W.T
+  input_layernorm.weight              -> attn_norm/scale; post_attention_layernorm -> mlp_norm/scale
+  norm.weight -> final_norm/scale;    lm_head.weight [V, D] -> lm_head/kernel = W.T
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rope_lab import attention
+from rope_lab.pe import apply as pe_apply
+from rope_lab.pe.base import Hooks
+
+MLPS = ("swiglu", "gelu")
+NORMS = ("rms", "layer")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class ModelConfigError(ValueError):
+  """A ModelConfig field is invalid; the message names it."""
+
+
+def _check(condition: bool, field: str, valid: str, value: Any) -> None:
+  if not condition:
+    raise ModelConfigError(f"ModelConfig.{field} must be {valid}, got {value!r}")
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shape and switches of the Transformer. Defaults: the benchmark's Llama-style model."""
+
+  vocab_size: int = 256
+  d_model: int = 256
+  n_layers: int = 4
+  n_heads: int = 4
+  n_kv_heads: int | None = None  # None: n_heads (multi-head); fewer: grouped-query attention
+  head_dim: int | None = None  # None: d_model // n_heads
+  mlp_dim: int = 1024
+  mlp: str = "swiglu"  # "swiglu" (down(silu(gate x) * up x)) or "gelu" (down(gelu(up x)), exact erf GELU)
+  norm: str = "rms"  # "rms" (RMSNorm) or "layer" (LayerNorm with bias)
+  norm_eps: float = 1e-6
+  tied_embeddings: bool = False  # logits = x @ embed^T, no lm_head
+  qkv_bias: bool = False  # biases on q, k, v (Qwen2); never on o
+  logit_soft_cap: float | None = None  # c tanh(s / c) on attention logits; None: off
+  attention: str = "dot_product"  # one of attention.IMPLEMENTATIONS
+  chunk_size: int = 512  # query/key block length of the 'chunked' implementation
+  compute_dtype: str = "float32"  # "float32" or "bfloat16"; parameters stay float32
+  segment_masking: bool = True  # no attention across packed segments
+  init_std: float = 0.02  # stddev of the normal initialiser of every kernel and embedding
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim", "chunk_size"):
+      value = getattr(self, name)
+      _check(_is_int(value) and value >= 1, name, "an int >= 1", value)
+    if self.n_kv_heads is None:
+      object.__setattr__(self, "n_kv_heads", self.n_heads)
+    _check(_is_int(self.n_kv_heads) and self.n_kv_heads >= 1, "n_kv_heads", "an int >= 1", self.n_kv_heads)
+    _check(self.n_heads % self.n_kv_heads == 0, "n_kv_heads", f"a divisor of n_heads={self.n_heads}",
+           self.n_kv_heads)
+    if self.head_dim is None:
+      _check(self.d_model % self.n_heads == 0, "d_model",
+             f"divisible by n_heads={self.n_heads} (or set head_dim)", self.d_model)
+      object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+    _check(_is_int(self.head_dim) and self.head_dim >= 1, "head_dim", "an int >= 1", self.head_dim)
+    _check(self.mlp in MLPS, "mlp", f"one of {MLPS}", self.mlp)
+    _check(self.norm in NORMS, "norm", f"one of {NORMS}", self.norm)
+    _check(_is_real(self.norm_eps) and self.norm_eps > 0, "norm_eps", "a number > 0", self.norm_eps)
+    _check(self.attention in attention.IMPLEMENTATIONS, "attention", f"one of {attention.IMPLEMENTATIONS}",
+           self.attention)
+    _check(self.compute_dtype in DTYPES, "compute_dtype", f"one of {tuple(DTYPES)}", self.compute_dtype)
+    _check(_is_real(self.init_std) and self.init_std > 0, "init_std", "a number > 0", self.init_std)
+    for name in ("tied_embeddings", "qkv_bias", "segment_masking"):
+      _check(isinstance(getattr(self, name), bool), name, "a bool", getattr(self, name))
+    if self.logit_soft_cap is not None:
+      _check(_is_real(self.logit_soft_cap) and self.logit_soft_cap > 0, "logit_soft_cap", "> 0 or None",
+             self.logit_soft_cap)
+      _check(self.attention != "dot_product", "logit_soft_cap",
+             "None with attention='dot_product' (jax.nn.dot_product_attention has no soft cap)",
+             self.logit_soft_cap)
+
+  @property
+  def dtype(self):
+    return DTYPES[self.compute_dtype]
+
+
+def check_hooks(cfg: ModelConfig, hooks: Hooks) -> None:
+  """Raises ValueError when ``hooks`` were resolved for another model shape."""
+  problems = []
+  if hooks.rotary is not None and hooks.rotary.rotary_dim > cfg.head_dim:
+    problems.append(f"rotary_dim {hooks.rotary.rotary_dim} > head_dim {cfg.head_dim}")
+  if hooks.alibi_slopes is not None and hooks.alibi_slopes.shape != (cfg.n_heads,):
+    problems.append(f"alibi_slopes shape {hooks.alibi_slopes.shape} != ({cfg.n_heads},)")
+  if hooks.sinusoid_inv_freq is not None and 2 * hooks.sinusoid_inv_freq.shape[-1] != cfg.d_model:
+    problems.append(f"sinusoid table width {2 * hooks.sinusoid_inv_freq.shape[-1]} != d_model {cfg.d_model}")
+  if hooks.absolute == "learned" and hooks.learned_length < 1:
+    problems.append("learned absolute table with learned_length < 1")
+  if problems:
+    raise ValueError("hooks do not fit this model (pass head_dim, n_heads, d_model of the model to "
+                     "encoding.hooks): " + "; ".join(problems))
+
+
+def token_meta(
+    hooks: Hooks, positions_BxL, segment_ids_BxL, *, segment_masking: bool, rng: jax.Array | None
+) -> tuple[attention.TokenMeta, jnp.ndarray]:
+  """(attention's per-token metadata, float positions for the absolute table)."""
+  int_pos, float_pos, windows = pe_apply.map_positions(hooks.positions, positions_BxL, rng=rng)
+  index = jnp.broadcast_to(jnp.arange(positions_BxL.shape[1], dtype=jnp.int32), positions_BxL.shape)
+  if segment_ids_BxL is None or not segment_masking:
+    segments = jnp.zeros_like(index)
+  else:
+    segments = segment_ids_BxL.astype(jnp.int32)
+  return attention.TokenMeta(index, int_pos, segments, windows.astype(jnp.int32)), float_pos
+
+
+def _init(std: float, axes: tuple):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+class Dense(nn.Module):
+  """y = x . W (+ b) contracting the last ``n_in`` axes of x; W is [in..., out...]."""
+
+  features: tuple[int, ...]
+  axes: tuple  # logical names of W's axes, inputs first
+  n_in: int = 1
+  use_bias: bool = False
+  dtype: Any = jnp.float32  # compute dtype of inputs and kernel
+  out_dtype: Any = None  # accumulate and return in this dtype (None: dtype)
+  init_std: float = 0.02
+
+  @nn.compact
+  def __call__(self, x):
+    lead, fan_in = x.shape[: x.ndim - self.n_in], x.shape[x.ndim - self.n_in:]
+    kernel = self.param("kernel", _init(self.init_std, self.axes), fan_in + tuple(self.features), jnp.float32)
+    # One 2-D GEMM [tokens, in] x [in, out]: XLA:CPU runs the weight gradient of a dot that
+    # contracts both batch and length ~3x slower than the same product on flattened tokens.
+    x_2d = x.astype(self.dtype).reshape(math.prod(lead), math.prod(fan_in))
+    w_2d = kernel.astype(self.dtype).reshape(math.prod(fan_in), math.prod(self.features))
+    y = jnp.dot(x_2d, w_2d, preferred_element_type=self.out_dtype).reshape(lead + tuple(self.features))
+    if self.use_bias:
+      bias_init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.n_in:])
+      y = y + self.param("bias", bias_init, tuple(self.features), jnp.float32).astype(y.dtype)
+    return y
+
+
+class Norm(nn.Module):
+  """RMSNorm x / sqrt(mean(x^2) + eps) * g, or LayerNorm (x - mu) / sqrt(var + eps) * g + b.
+
+  Statistics in float32 whatever the compute dtype; the output is cast back.
+  """
+
+  kind: str
+  eps: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dim = x.shape[-1]
+    x32 = x.astype(jnp.float32)
+    if self.kind == "layer":
+      x32 = x32 - x32.mean(axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    y = y * self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (dim,))
+    if self.kind == "layer":
+      y = y + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (dim,))
+    return y.astype(self.dtype)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, meta: attention.TokenMeta, hooks: Hooks, return_probs: bool = False):
+    cfg = self.cfg
+    h, k, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    proj = lambda name, heads, axes: Dense(
+        (heads, dh), ("embed", axes, "head_dim"), use_bias=cfg.qkv_bias, dtype=cfg.dtype,
+        init_std=cfg.init_std, name=name)(x_BxLxD)
+    q = nn.with_logical_constraint(proj("q", h, "heads"), ("batch", "length", "heads", "head_dim"))
+    kv_axes = ("batch", "length", "kv_heads", "head_dim")
+    key = nn.with_logical_constraint(proj("k", k, "kv_heads"), kv_axes)
+    value = nn.with_logical_constraint(proj("v", k, "kv_heads"), kv_axes)
+    probs = None
+    if return_probs:
+      out, probs = attention.attend_with_probs(q, key, value, meta, hooks, soft_cap=cfg.logit_soft_cap)
+    else:
+      out = attention.attend(q, key, value, meta, hooks, implementation=cfg.attention,
+                             chunk_size=cfg.chunk_size, soft_cap=cfg.logit_soft_cap)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+    o = Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=cfg.dtype,
+              init_std=cfg.init_std, name="o")
+    return o(out), probs
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.cfg
+    dense = lambda name, features, axes: Dense((features,), axes, dtype=cfg.dtype, init_std=cfg.init_std,
+                                               name=name)
+    up = dense("up", cfg.mlp_dim, ("embed", "mlp"))(x_BxLxD)
+    if cfg.mlp == "swiglu":
+      hidden = nn.silu(dense("gate", cfg.mlp_dim, ("embed", "mlp"))(x_BxLxD)) * up
+    else:
+      hidden = nn.gelu(up, approximate=False)
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    return dense("down", cfg.d_model, ("mlp", "embed"))(hidden)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, meta, hooks, return_probs: bool = False):
+    cfg = self.cfg
+    norm = lambda name: Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name=name)
+    y, probs = Attention(cfg, name="attn")(norm("attn_norm")(x_BxLxD), meta, hooks, return_probs)
+    x_BxLxD = x_BxLxD + y
+    x_BxLxD = x_BxLxD + MLP(cfg, name="mlp")(norm("mlp_norm")(x_BxLxD))
+    return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed")), probs
+
+
+class Transformer(nn.Module):
+  """Decoder-only LM. ``apply({'params': p}, tokens, hooks=...)`` -> float32 logits [B, L, V].
+
+  Keyword arguments of the call:
+    hooks: the encoding's resolved hooks (``enc.hooks(head_dim=, n_heads=, d_model=, seq_len=)``),
+      resolved for at least the longest position in ``positions``: rotary tables stop there.
+    positions: int [B, L] token positions (restarting per packed segment); None: arange(L).
+    segment_ids: int [B, L] packed-segment ids, 0 for padding; None: one segment.
+    rng: a jax key enabling training-time randomized positions; None at evaluation.
+    return_attention: also return float32 attention probabilities [n_layers, B, H, L, L]
+      (computed on the reference path whatever ``cfg.attention``; for analysis at small L).
+  """
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxL, *, hooks: Hooks, positions=None, segment_ids=None, rng=None,
+               return_attention: bool = False):
+    cfg = self.cfg
+    check_hooks(cfg, hooks)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32), tokens_BxL.shape)
+    meta, float_pos = token_meta(hooks, positions, segment_ids, segment_masking=cfg.segment_masking, rng=rng)
+
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=jnp.float32,
+                     embedding_init=_init(cfg.init_std, ("vocab", "embed")), name="embed")
+    x = embed(tokens_BxL)
+    table = None
+    if hooks.absolute == "learned":
+      table = self.param("pos_embed", _init(cfg.init_std, (None, "embed")),
+                         (hooks.learned_length, cfg.d_model), jnp.float32)
+    absolute = pe_apply.absolute_embedding(hooks, float_pos, table)
+    if absolute is not None:
+      x = x + absolute.astype(cfg.dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    all_probs = []
+    for i in range(cfg.n_layers):
+      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, hooks, return_attention)
+      all_probs.append(probs)
+    x = Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name="final_norm")(x)
+
+    # Compute-dtype inputs, float32 accumulation and output: logits and the loss stay float32.
+    if cfg.tied_embeddings:
+      x_2d = x.reshape(-1, cfg.d_model)  # 2-D GEMM, as in Dense
+      logits = jnp.dot(x_2d, embed.embedding.astype(cfg.dtype).T, preferred_element_type=jnp.float32)
+      logits = logits.reshape(x.shape[:-1] + (cfg.vocab_size,))
+    else:
+      logits = Dense((cfg.vocab_size,), ("embed", "vocab"), dtype=cfg.dtype, out_dtype=jnp.float32,
+                     init_std=cfg.init_std, name="lm_head")(x)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    if return_attention:
+      return logits, jnp.stack(all_probs)
+    return logits
+
+
+def _init_fn(cfg: ModelConfig):
+  return lambda rng, tokens, hooks: Transformer(cfg).init(rng, tokens, hooks=hooks)
+
+
+def init_params(cfg: ModelConfig, hooks: Hooks, rng: jax.Array, batch_shape: tuple[int, int] = (1, 1)):
+  """float32 parameters (plain arrays, logical-axis boxes removed) for ``cfg`` and ``hooks``.
+
+  Only learned APE makes the tree depend on the hooks (``pos_embed``); the batch shape
+  only sizes the dummy forward pass that creates the parameters.
+  """
+  tokens = jnp.zeros(batch_shape, jnp.int32)
+  return nn.unbox(jax.jit(_init_fn(cfg))(rng, tokens, hooks))["params"]
+
+
+def param_logical_axes(cfg: ModelConfig, hooks: Hooks, batch_shape: tuple[int, int] = (1, 1)):
+  """Tree of PartitionSpecs of logical axis names, shaped like ``init_params``; computes nothing."""
+  tokens = jax.ShapeDtypeStruct(batch_shape, jnp.int32)
+  abstract = jax.eval_shape(_init_fn(cfg), jax.random.key(0), tokens, hooks)
+  return nn.get_partition_spec(abstract)["params"]
