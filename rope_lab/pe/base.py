@@ -49,8 +49,9 @@ class RotaryTables:
   angle(p) = angle(hi * fine_size) + angle(lo) with p = hi * fine_size + lo. Both
   parts are reduced modulo 2*pi in float64 on the host before rounding to float32, so
   the result stays at float32 rounding level at any position the tables cover.
-  ``near_*`` hold plain (unscaled) rows for positions < near_size (LongRoPE's n_hat);
-  they are empty when unused.
+  ``near_*`` hold plain (unscaled) rows for positions < near_count (LongRoPE's n_hat);
+  they are empty when unused. near_count is an array so that candidates with different
+  n_hat can share one table shape (a LongRoPE population scored in one call).
   """
 
   cos_coarse: jnp.ndarray  # [n_coarse, P]
@@ -59,6 +60,7 @@ class RotaryTables:
   sin_fine: jnp.ndarray
   cos_near: jnp.ndarray  # [n_near, P]; n_near may be 0
   sin_near: jnp.ndarray
+  near_count: jnp.ndarray  # int32 scalar (or [N] for a population): positions below use near rows
   fine_size: int = struct.field(pytree_node=False)
   rotary_dim: int = struct.field(pytree_node=False)
   layout: str = struct.field(pytree_node=False)  # "half" (GPT-NeoX/Llama) or "interleaved"

@@ -37,6 +37,7 @@ def rotary_tables(
     layout: str = "half",
     near_inv_freq: np.ndarray | None = None,
     near_size: int = 0,
+    near_count=None,
 ) -> RotaryTables:
   """Builds coarse/fine cos-sin tables covering positions [0, max_position).
 
@@ -44,7 +45,9 @@ def rotary_tables(
   at 1M for the fastest pairs. Here position = hi * F + lo and both angle parts are
   formed and reduced modulo 2*pi in float64, then combined on device with
   cos(a+b) = cos a cos b - sin a sin b; the error stays near float32 rounding (~2e-7).
-  ``inv_freq`` may carry leading batch axes (a population of candidates).
+  ``inv_freq`` may carry leading batch axes (a population of candidates); then
+  ``near_count`` (default ``near_size``) may be one count per candidate, each at most
+  ``near_size``, the number of near rows stored.
   """
   inv_freq = np.asarray(inv_freq, dtype=np.float64)
   if inv_freq.shape[-1] * 2 != rotary_dim:
@@ -65,6 +68,10 @@ def rotary_tables(
     sin_n = np.broadcast_to(sin_n, inv_freq.shape[:-1] + sin_n.shape)
   else:
     cos_n = sin_n = np.zeros(inv_freq.shape[:-1] + (0, inv_freq.shape[-1]), np.float32)
+  counts = np.broadcast_to(np.asarray(near_size if near_count is None else near_count, np.int32),
+                           inv_freq.shape[:-1])
+  if np.any(counts > near_size) or np.any(counts < 0):
+    raise ValueError(f"near_count {near_count} must be in [0, near_size={near_size}]")
   if layout not in ("half", "interleaved"):
     raise ValueError(f"rotary layout must be 'half' or 'interleaved', got {layout!r}")
   return RotaryTables(
@@ -74,6 +81,7 @@ def rotary_tables(
       sin_fine=jnp.asarray(sin_f),
       cos_near=jnp.asarray(cos_n),
       sin_near=jnp.asarray(sin_n),
+      near_count=jnp.asarray(counts),
       fine_size=fine,
       rotary_dim=rotary_dim,
       layout=layout,
@@ -92,7 +100,7 @@ def cos_sin(tables: RotaryTables, positions: jnp.ndarray) -> tuple[jnp.ndarray, 
   n_near = tables.cos_near.shape[-2]
   if n_near:
     near = jnp.clip(positions, 0, n_near - 1)
-    is_near = (positions < n_near)[..., None]
+    is_near = (positions < tables.near_count)[..., None]
     cos = jnp.where(is_near, tables.cos_near[near], cos)
     sin = jnp.where(is_near, tables.sin_near[near], sin)
   return cos, sin
