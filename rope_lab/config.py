@@ -1,0 +1,371 @@
+"""Typed experiment configuration: the one module that turns a ConfigDict into frozen values.
+
+A config file builds an ``ml_collections.ConfigDict`` with four parts:
+
+* top-level fields: the :class:`TrainConfig` fields (steps, batch, lr schedule, mesh, ...);
+* ``config.model``: the ``rope_lab.model.ModelConfig`` fields;
+* ``config.data``: the ``rope_lab.data.DataConfig`` fields;
+* ``config.pe``: the positional encoding, built with :func:`pe_config_dict`: ``name``
+  picks the method and ``config.pe.<method>`` holds each method's parameters.
+
+:func:`experiment_from_config_dict` checks every field against the dataclass it belongs
+to (unknown names and wrong types are errors that name the field) and builds the frozen
+values; each dataclass validates its own ranges in ``__post_init__``. Nothing here reads
+flags, and nothing downstream sees a ConfigDict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, Union
+
+import ml_collections
+from ml_collections import config_dict
+
+from rope_lab import pe
+from rope_lab.data import DataConfig
+from rope_lab.model import ModelConfig
+from rope_lab.sharding import DEFAULT_RULES, MESH_AXES
+
+LR_SCHEDULES = ("cosine", "constant")
+# Schemes init_from understands: a local run directory or one on a remote file system
+# that orbax (etils.epath) opens. "hf:<dir>" is reserved for a Hugging Face loader.
+INIT_FROM_SCHEMES = ("gs://",)
+
+
+class ConfigError(ValueError):
+  """A config field is unknown, of the wrong type or out of range; the message names it."""
+
+
+def _require(condition: bool, field: str, valid: str, value: Any) -> None:
+  if not condition:
+    raise ConfigError(f"config.{field} must be {valid}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How to train: schedule, batch, checkpoints, evaluation and the device mesh.
+
+  Attributes:
+    seq_len: tokens per training row.
+    global_batch_size: rows per optimizer step, summed over all processes.
+    steps: optimizer steps of the run (a resumed run continues up to this number).
+    seed: seeds parameter init, the data order and per-step randomness.
+    learning_rate: peak learning rate, reached after ``warmup_steps``.
+    lr_schedule: ``cosine`` (decay to ``min_lr_ratio * learning_rate`` at ``steps``) or
+      ``constant`` (stay at the peak; the fine-tuning protocols of PI and YaRN).
+    warmup_steps: linear warmup from 0.
+    min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
+    weight_decay: AdamW decoupled weight decay (not applied to norms and biases).
+    adam_b1, adam_b2, adam_eps: AdamW moments.
+    grad_clip_norm: clip the global gradient norm to this value; 0 disables clipping.
+    grad_accum_steps: split each global batch into this many sequential micro-batches.
+    log_every: steps between metric lines (and host synchronisations).
+    eval_every: steps between validation-loss evaluations; 0 disables them.
+    eval_batches: batches of held-out data per evaluation, each of
+      ``global_batch_size // grad_accum_steps`` rows (one micro-batch).
+    eval_split: the data split evaluated.
+    checkpoint_every: steps between checkpoints; 0 saves only at the end (and on SIGTERM).
+    keep_checkpoints: how many of the newest checkpoints to keep.
+    async_checkpointing: write checkpoints in a background thread.
+    init_from: start from the parameters of another run (its work directory); the
+      optimizer, step and data position start fresh. None trains from scratch.
+    mesh_shape: device counts along ``MESH_AXES`` = (data, fsdp, tensor); one entry may
+      be -1 (all remaining devices).
+    logical_rules: (logical axis name, mesh axis or axes or None) pairs, first match wins.
+    tensorboard: also write TensorBoard event files next to metrics.jsonl.
+  """
+
+  seq_len: int = 128
+  global_batch_size: int = 8
+  steps: int = 1000
+  seed: int = 0
+  learning_rate: float = 1e-3
+  lr_schedule: str = "cosine"
+  warmup_steps: int = 100
+  min_lr_ratio: float = 0.1
+  weight_decay: float = 0.1
+  adam_b1: float = 0.9
+  adam_b2: float = 0.95
+  adam_eps: float = 1e-8
+  grad_clip_norm: float = 1.0
+  grad_accum_steps: int = 1
+  log_every: int = 10
+  eval_every: int = 200
+  eval_batches: int = 4
+  eval_split: str = "validation"
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  async_checkpointing: bool = True
+  init_from: str | None = None
+  mesh_shape: tuple[int, int, int] = (-1, 1, 1)
+  logical_rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = DEFAULT_RULES
+  tensorboard: bool = True
+
+  def __post_init__(self):
+    for name in ("seq_len", "global_batch_size", "steps", "grad_accum_steps", "log_every",
+                 "keep_checkpoints"):
+      _require(getattr(self, name) >= 1, name, "an int >= 1", getattr(self, name))
+    for name in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "seed"):
+      _require(getattr(self, name) >= 0, name, "an int >= 0", getattr(self, name))
+    _require(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
+    _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}",
+             self.lr_schedule)
+    _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+    _require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+    _require(0 <= self.adam_b1 < 1, "adam_b1", "in [0, 1)", self.adam_b1)
+    _require(0 <= self.adam_b2 < 1, "adam_b2", "in [0, 1)", self.adam_b2)
+    _require(self.adam_eps > 0, "adam_eps", "> 0", self.adam_eps)
+    _require(self.grad_clip_norm >= 0, "grad_clip_norm", ">= 0 (0 disables)", self.grad_clip_norm)
+    _require(self.global_batch_size % self.grad_accum_steps == 0, "grad_accum_steps",
+             f"a divisor of global_batch_size={self.global_batch_size}", self.grad_accum_steps)
+    _require(self.eval_every == 0 or self.eval_batches >= 1, "eval_batches",
+             ">= 1 when eval_every > 0", self.eval_batches)
+    _require(len(self.mesh_shape) == len(MESH_AXES)
+             and all(n == -1 or n >= 1 for n in self.mesh_shape)
+             and list(self.mesh_shape).count(-1) <= 1,
+             "mesh_shape", f"{len(MESH_AXES)} sizes for {MESH_AXES}, each >= 1 or one -1",
+             self.mesh_shape)
+    known_axes = set(MESH_AXES)
+    for logical, mesh_axes in self.logical_rules:
+      axes = (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ())
+      _require(set(axes) <= known_axes, "logical_rules",
+               f"pairs mapping to mesh axes in {MESH_AXES} (rule for {logical!r})", mesh_axes)
+    if self.init_from is not None:
+      check_init_from(self.init_from)
+
+
+def check_init_from(path: str) -> None:
+  """Raises a ValueError naming config.init_from for an empty path or an unknown scheme."""
+  _require(isinstance(path, str) and path.strip() != "", "init_from",
+           "None or a run directory", path)
+  scheme = path.split(":", 1)[0] if ":" in path else ""
+  if scheme and not path.startswith(INIT_FROM_SCHEMES):
+    raise ConfigError(
+        f"config.init_from={path!r}: unknown scheme {scheme + ':'!r}; supported: a local run "
+        f"directory or {', '.join(INIT_FROM_SCHEMES)} (hf:<dir> is not implemented)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Everything a training run needs, as frozen typed values."""
+
+  model: ModelConfig
+  data: DataConfig
+  encoding: pe.Encoding
+  train: TrainConfig
+
+
+# ----------------------------------------------------------------------------- conversion
+
+_SECTIONS = ("model", "data", "pe")
+
+
+def experiment_from_config_dict(config: ml_collections.ConfigDict) -> ExperimentConfig:
+  """The boundary: a (locked) ConfigDict -> ExperimentConfig, or a ConfigError naming the field."""
+  values = config.to_dict()
+  missing = [name for name in _SECTIONS if name not in values]
+  if missing:
+    raise ConfigError(f"config needs the section(s) {missing}; it has {sorted(values)}")
+  train_values = {k: v for k, v in values.items() if k not in _SECTIONS}
+  return ExperimentConfig(
+      model=dataclass_from_mapping(ModelConfig, values["model"], "config.model"),
+      data=dataclass_from_mapping(DataConfig, values["data"], "config.data"),
+      encoding=encoding_from_mapping(values["pe"]),
+      train=dataclass_from_mapping(TrainConfig, train_values, "config"),
+  )
+
+
+def dataclass_from_mapping(cls: type, values: Mapping[str, Any], where: str):
+  """Builds ``cls(**values)`` after checking names and types against its annotations.
+
+  None means "the dataclass default" for a field whose annotation does not admit None,
+  which lets config files keep typed placeholders for optional overrides.
+  """
+  if not isinstance(values, Mapping):
+    raise ConfigError(f"{where} must be a ConfigDict of {cls.__name__} fields, got {values!r}")
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; "
+                      f"{cls.__name__} has: {', '.join(fields)}")
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for name, value in values.items():
+    hint = hints.get(name, Any)
+    if value is None and not _admits_none(hint):
+      continue
+    kwargs[name] = coerce(value, hint, f"{where}.{name}")
+  try:
+    return cls(**kwargs)
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"{where}: {e}") from e
+
+
+def _admits_none(hint) -> bool:
+  return hint is Any or (typing.get_origin(hint) in (Union, types.UnionType)
+                         and type(None) in typing.get_args(hint))
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+  """Checks ``value`` against a type annotation; ints widen to float, lists to tuples."""
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if hint is Any or hint is typing.Any:
+    return value
+  if origin in (Union, types.UnionType):
+    if value is None and type(None) in args:
+      return None
+    for option in (a for a in args if a is not type(None)):
+      try:
+        return coerce(value, option, where)
+      except ConfigError:
+        pass
+    raise ConfigError(f"{where} must be {_describe(hint)}, got {value!r}")
+  if origin is Literal:
+    if value in args:
+      return value
+    raise ConfigError(f"{where} must be one of {args}, got {value!r}")
+  if origin is tuple or hint is tuple:
+    if not isinstance(value, (tuple, list)):
+      raise ConfigError(f"{where} must be {_describe(hint)}, got {value!r}")
+    if not args or (len(args) == 2 and args[1] is Ellipsis):
+      item = args[0] if args else Any
+      return tuple(coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if len(args) != len(value):
+      raise ConfigError(f"{where} must have {len(args)} entries, got {value!r}")
+    return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+  if hint is float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+  elif hint is int:
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+  elif isinstance(hint, type):
+    if isinstance(value, hint):
+      return value
+  else:
+    return value
+  raise ConfigError(f"{where} must be {_describe(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _describe(hint) -> str:
+  if isinstance(hint, type):
+    return hint.__name__
+  return str(hint).replace("typing.", "")
+
+
+def _base_type(hint) -> type:
+  """``int | None`` -> int, ``tuple[float, ...]`` -> tuple: the type a placeholder holds."""
+  if typing.get_origin(hint) in (Union, types.UnionType):
+    (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+  origin = typing.get_origin(hint)
+  return origin if origin is not None else hint
+
+
+def _config_value(value: Any, hint: Any) -> Any:
+  """A dataclass default as a ConfigDict entry: None becomes a typed placeholder."""
+  if value is None:
+    return config_dict.placeholder(_base_type(hint))
+  return value
+
+
+def section_config_dict(instance) -> ml_collections.ConfigDict:
+  """Every field of a dataclass instance as a ConfigDict entry (None as typed placeholders)."""
+  hints = typing.get_type_hints(type(instance))
+  return ml_collections.ConfigDict({
+      f.name: _config_value(getattr(instance, f.name), hints[f.name])
+      for f in dataclasses.fields(instance) if f.init})
+
+
+def default_config_dict() -> ml_collections.ConfigDict:
+  """A ConfigDict holding every field with its dataclass default.
+
+  Config files start from this and change what they need; since every field exists,
+  any of them can be overridden on the command line under ``lock_config``.
+  """
+  config = section_config_dict(TrainConfig())
+  config.model = section_config_dict(ModelConfig())
+  # ModelConfig fills n_kv_heads/head_dim from n_heads/d_model; keep them unset here so
+  # they follow the values a config file chooses.
+  config.model.n_kv_heads = config_dict.placeholder(int)
+  config.model.head_dim = config_dict.placeholder(int)
+  config.data = section_config_dict(DataConfig())
+  config.pe = pe_config_dict("rope")
+  return config
+
+
+# ----------------------------------------------------------------------------- encodings
+
+
+def _method_config_dict(cls: type[pe.Encoding], params: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """One method's parameters: the given values, typed None placeholders for the rest."""
+  hints = typing.get_type_hints(cls)
+  fields = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(params) - set(fields))
+  if unknown:
+    raise ConfigError(f"config.pe.{cls.name}: unknown parameter(s) {unknown}; "
+                      f"its parameters: {', '.join(fields) or 'none'}")
+  return ml_collections.ConfigDict({
+      name: params[name] if name in params else config_dict.placeholder(_base_type(hints[name]))
+      for name in fields})
+
+
+def pe_config_dict(name: str, **params) -> ml_collections.ConfigDict:
+  """``config.pe``: ``name`` picks the method, ``config.pe.<method>`` holds its parameters.
+
+  Every registered method has its own sub-dict of typed placeholders (None means the
+  method's default), so under ``lock_config`` the command line can switch method and set
+  the new method's parameters without clearing the old ones::
+
+    --config.pe.name=yarn --config.pe.yarn.factor=8
+    --config.pe.yarn.original_max_position_embeddings=2048
+
+  Only the chosen method's sub-dict is read. ``params`` go to the chosen method.
+  """
+  if name not in pe.REGISTRY:
+    raise ConfigError(f"config.pe.name must be one of {sorted(pe.REGISTRY)}, got {name!r}")
+  entries: dict[str, Any] = {"name": name}
+  for method, cls in sorted(pe.REGISTRY.items()):
+    entries[method] = _method_config_dict(cls, params if method == name else {})
+  return ml_collections.ConfigDict(entries)
+
+
+def encoding_from_mapping(values: Mapping[str, Any]) -> pe.Encoding:
+  """``config.pe`` as a dict -> the frozen Encoding of ``name`` (unset parameters: defaults)."""
+  name = values.get("name")
+  if name not in pe.REGISTRY:
+    raise ConfigError(f"config.pe.name must be one of {sorted(pe.REGISTRY)}, got {name!r}")
+  section = values.get(name)
+  if not isinstance(section, Mapping):
+    raise ConfigError(f"config.pe has no sub-dict {name!r} of parameters for method {name!r}; "
+                      f"build config.pe with rope_lab.config.pe_config_dict")
+  cls = pe.REGISTRY[name]
+  accepted = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(section) - accepted)
+  if unknown:
+    raise ConfigError(f"config.pe.{name}: unknown parameter(s) {', '.join(unknown)}; "
+                      f"its parameters: {', '.join(sorted(accepted)) or 'none'}")
+  hints = typing.get_type_hints(cls)
+  given = {k: coerce(v, hints[k], f"config.pe.{name}.{k}") for k, v in section.items()
+           if v is not None}
+  try:
+    return pe.make(name, **given)
+  except ValueError as e:
+    raise ConfigError(f"config.pe.{name}: {e}") from e
+
+
+def experiment_to_dict(exp: ExperimentConfig) -> dict[str, Any]:
+  """The resolved values as JSON-ready dicts (saved as config.json in the work directory)."""
+  def plain(value):
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+  return {
+      "model": plain(exp.model),
+      "data": plain(exp.data),
+      "pe": pe.to_dict(exp.encoding),
+      "train": plain(exp.train),
+  }

@@ -1,0 +1,270 @@
+"""The training loop: data -> jitted steps -> metrics, evaluation and checkpoints.
+
+``run(exp, workdir)`` resumes from the newest checkpoint in ``workdir`` if there is one,
+otherwise starts fresh (or from ``init_from``'s parameters), and trains up to
+``exp.train.steps``. SIGTERM makes it save at the next step boundary and return; a
+non-finite loss stops it without saving, so the newest checkpoint stays the last good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
+
+from rope_lab import sharding
+from rope_lab.checkpoint import Checkpointer, checkpoint_directory, latest_step_of, restore_params
+from rope_lab.config import ConfigError, ExperimentConfig, TrainConfig, experiment_to_dict
+from rope_lab.data import DataConfig, get_tokenizer, make_train_iterator, save_tokenizer_spec
+from rope_lab.train_log import MetricsLog, Progress
+from rope_lab.train_step import Program, TrainSetup, TrainState, build_program
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or gradient norm became inf/NaN; the run stopped without saving that state."""
+
+
+class DataIterator(Protocol):
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
+  def __next__(self) -> dict[str, np.ndarray]: ...
+  def get_state(self) -> Any: ...
+  def set_state(self, state: Any) -> None: ...
+
+
+# (split, *, seq_len, global_batch_size, seed, process_index, process_count) -> iterator of
+# this process's rows: {"inputs", "targets", "positions", "segment_ids", "loss_mask"}.
+DataSource = Callable[..., DataIterator]
+
+
+def rope_lab_data_source(data: DataConfig) -> DataSource:
+  """The project's data pipeline; ``split`` replaces DataConfig.train_split."""
+  def make(split: str, **kwargs) -> DataIterator:
+    cfg = data if split == data.train_split else dataclasses.replace(data, train_split=split)
+    return make_train_iterator(cfg, **kwargs)
+  return make
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  step: int  # steps completed
+  status: str  # "completed" or "preempted"
+  train_loss: float | None  # loss of the last step run in this call
+  eval_loss: float | None  # the last evaluation in this call
+
+
+class _StopRequest:
+  """Set by SIGTERM; the loop reads it at step boundaries (saving mid-step is unsafe)."""
+
+  def __init__(self):
+    self.requested = False
+
+  @contextlib.contextmanager
+  def installed(self):
+    if threading.current_thread() is not threading.main_thread():
+      yield  # signal handlers can only be set from the main thread
+      return
+    previous = signal.signal(signal.SIGTERM, self._handle)
+    try:
+      yield
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def _write_run_files(workdir: epath.Path, exp: ExperimentConfig, uses_project_data: bool):
+  """config.json (resolved values) and, for the project's tokenizers, their spec."""
+  (workdir / "config.json").write_text(json.dumps(experiment_to_dict(exp), indent=2))
+  if uses_project_data:
+    save_tokenizer_spec(str(workdir), get_tokenizer(exp.data))
+
+
+def check_vocabulary(exp: ExperimentConfig) -> None:
+  """The tokenizer's ids must fit the model's embedding table (checked before compiling)."""
+  size = get_tokenizer(exp.data).vocab_size
+  if size > exp.model.vocab_size:
+    raise ConfigError(f"config.model.vocab_size={exp.model.vocab_size} is smaller than the "
+                      f"tokenizer's {size} ids (config.data.tokenizer={exp.data.tokenizer!r})")
+
+
+class _Loop:
+  """State of one run() call: what has been logged, saved and measured."""
+
+  def __init__(self, cfg: TrainConfig, checkpointer: Checkpointer, log: MetricsLog,
+               progress: Progress, last_saved: int | None):
+    self.cfg, self.checkpointer, self.log, self.progress = cfg, checkpointer, log, progress
+    self.last_saved = last_saved
+    self.pending: list[tuple[int, dict]] = []
+    self.train_loss: float | None = None
+    self.window_start = time.perf_counter()
+    self.window_steps = 0
+
+  def flush(self) -> None:
+    """Fetches the queued step metrics (a host sync), checks them, logs them."""
+    if not self.pending:
+      return
+    rows = jax.device_get(self.pending)
+    self.pending = []
+    cfg = self.cfg
+    elapsed = time.perf_counter() - self.window_start
+    tokens_per_second = self.window_steps * cfg.global_batch_size * cfg.seq_len / elapsed
+    for step, metrics in rows:
+      metrics = {k: float(v) for k, v in metrics.items()}
+      if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+        saved = (f"step {self.last_saved} in {self.checkpointer.directory}"
+                 if self.last_saved is not None else "none (no checkpoint was written)")
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step}: loss={metrics['loss']}, grad_norm="
+            f"{metrics['grad_norm']}; the run stops without saving this state. "
+            f"Last good checkpoint: {saved}")
+      self.log.write(step, "train", metrics)
+    step, metrics = rows[-1]
+    self.train_loss = float(metrics["loss"])
+    self.log.write(step, "speed", {"tokens_per_second": tokens_per_second})
+    self.progress.update(step, self.train_loss, tokens_per_second)
+    self.restart_window()
+
+  def restart_window(self) -> None:
+    self.window_start, self.window_steps = time.perf_counter(), 0
+
+  def save(self, step: int, state: TrainState, data_state: Any) -> None:
+    self.checkpointer.save(step, state, data_state)
+    self.last_saved = step
+    self.progress.message(f"checkpoint saved at step {step}")
+
+
+def _eval_batches(cfg: TrainConfig, setup: TrainSetup, data_source: DataSource) -> list:
+  """``eval_batches`` held-out batches of one micro-batch each (what fits in memory),
+  fetched once so every evaluation sees the same tokens."""
+  rows = cfg.global_batch_size // cfg.grad_accum_steps
+  block, blocks = sharding.process_row_block(setup.batch_sharding, rows)
+  iterator = data_source(cfg.eval_split, seq_len=cfg.seq_len, global_batch_size=rows,
+                         seed=cfg.seed, process_index=block, process_count=blocks)
+  return [sharding.global_batch(next(iterator), setup.batch_sharding, rows)
+          for _ in range(cfg.eval_batches)]
+
+
+def _evaluate(setup: TrainSetup, eval_step, params, batches) -> float:
+  totals = [eval_step(params, batch, setup.hooks) for batch in batches]
+  loss_sum, count = jax.device_get((sum(t[0] for t in totals), sum(t[1] for t in totals)))
+  return float(loss_sum) / max(float(count), 1.0)
+
+
+def _start_state(program: Program, checkpointer: Checkpointer, cfg: TrainConfig,
+                 train_iter: DataIterator, progress: Progress) -> TrainState:
+  """Newest checkpoint of this run, else init_from's parameters, else a fresh init."""
+  setup = program.setup
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state, data_state = checkpointer.restore(latest, setup.abstract_state)
+    train_iter.set_state(data_state)
+    progress.message(f"resumed from {checkpointer.directory} at step {latest}")
+    return state
+  if cfg.init_from is not None:
+    step = latest_step_of(cfg.init_from)
+    params = restore_params(cfg.init_from, setup.abstract_state.params, step)
+    progress.message(f"parameters from {cfg.init_from} (step {step}); optimizer and data fresh")
+    return program.state_from_params(params)
+  return program.init_state(cfg.seed)
+
+
+def run(exp: ExperimentConfig, workdir: str, *, data_source: DataSource | None = None,
+        devices=None) -> TrainResult:
+  """Trains ``exp`` in ``workdir`` (resuming there if possible); see the module docstring.
+
+  ``data_source`` replaces the project's data pipeline (tests, notebooks); ``devices``
+  restricts the mesh to some of the devices (single-process only).
+  """
+  cfg = exp.train
+  workdir_path = epath.Path(workdir)
+  uses_project_data = data_source is None
+  if uses_project_data:
+    check_vocabulary(exp)
+    data_source = rope_lab_data_source(exp.data)
+  if cfg.init_from is not None and not checkpoint_directory(workdir).exists():
+    latest_step_of(cfg.init_from)  # a wrong init_from fails before anything is compiled
+  program = build_program(exp, devices)
+  setup = program.setup
+  primary = jax.process_index() == 0
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  if primary:
+    _write_run_files(workdir_path, exp, uses_project_data)
+
+  block, blocks = sharding.process_row_block(setup.batch_sharding, cfg.global_batch_size)
+  iterator_args = dict(seq_len=cfg.seq_len, global_batch_size=cfg.global_batch_size,
+                       seed=cfg.seed, process_index=block, process_count=blocks)
+  train_iter = data_source(exp.data.train_split, **iterator_args)
+  checkpointer = Checkpointer(workdir, keep=cfg.keep_checkpoints,
+                              async_save=cfg.async_checkpointing)
+  log = MetricsLog(str(workdir_path), enabled=primary, tensorboard=cfg.tensorboard)
+  progress = Progress(cfg.steps, 0, enabled=primary)
+  try:
+    state = _start_state(program, checkpointer, cfg, train_iter, progress)
+    eval_batches = _eval_batches(cfg, setup, data_source) if cfg.eval_every else []
+    return _train(program, cfg, state, train_iter, eval_batches,
+                  _Loop(cfg, checkpointer, log, progress, checkpointer.latest_step()))
+  finally:
+    checkpointer.wait()  # an in-flight save completes; a failed run never adds one
+    checkpointer.close()
+    progress.close()
+    log.close()
+
+
+def _train(program: Program, cfg: TrainConfig, state: TrainState, train_iter: DataIterator,
+           eval_batches: list, loop: _Loop) -> TrainResult:
+  """Steps from ``state.step`` to ``cfg.steps``: log, evaluate, save, obey SIGTERM."""
+  setup = program.setup
+  start = int(jax.device_get(state.step))
+  loop.progress.restart(start)
+  loop.restart_window()  # the first window still includes compiling the step
+  stop = _StopRequest()
+  status, eval_loss, step = "completed", None, start
+  with stop.installed(), sharding.logical_context(setup.mesh, setup.rules):
+    for step in range(start + 1, cfg.steps + 1):
+      batch = sharding.global_batch(next(train_iter), setup.batch_sharding, cfg.global_batch_size)
+      state, metrics = program.train_step(state, batch, setup.hooks)
+      loop.pending.append((step, metrics))
+      loop.window_steps += 1
+      last = step == cfg.steps
+      evaluate = cfg.eval_every and (step % cfg.eval_every == 0 or last)
+      save = last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+      sync = last or evaluate or save or step % cfg.log_every == 0
+      # One process reads its flag at any step; several agree on it at sync points only,
+      # so that every process saves at the same step.
+      stopping = stop.requested if jax.process_count() == 1 else (
+          sync and _any_process(stop.requested))
+      if sync or stopping:
+        loop.flush()
+      if evaluate:
+        eval_loss = _evaluate(setup, program.eval_step, state.params, eval_batches)
+        loop.log.write(step, "eval", {"loss": eval_loss,
+                                      "perplexity": math.exp(min(eval_loss, 50.0))})
+        loop.progress.message(f"step {step}: eval loss {eval_loss:.4f}")
+      if save or stopping:
+        loop.save(step, state, train_iter.get_state())
+      if evaluate or save:
+        loop.restart_window()  # tokens/s measures training, not evaluation or saving
+      if stopping:
+        status = "preempted"
+        loop.progress.message(f"SIGTERM: stopped at step {step} after saving a checkpoint")
+        break
+  return TrainResult(step=step, status=status, train_loss=loop.train_loss, eval_loss=eval_loss)

@@ -1,0 +1,264 @@
+"""The pieces a training run compiles: sharded state init, the train step, the eval step.
+
+Init follows eval_shape -> shardings -> jit(init, out_shardings): the parameters are
+created directly in their final layout, never gathered on one device. The steps are
+jitted with explicit in/out shardings and donate the old state, so parameters and
+optimizer moments are updated in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rope_lab import sharding
+from rope_lab.config import ConfigError, ExperimentConfig
+from rope_lab.model import Transformer
+from rope_lab.optimizer import learning_rate_schedule, make_optimizer
+from rope_lab.pe import Hooks
+
+Batch = dict[str, jax.Array]
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer updates applied so far
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """Everything fixed for a run: mesh, model, optimizer, hooks and the state's layout."""
+
+  # The experiment as compiled: data and the loop-only TrainConfig fields are normalised
+  # (see build_program); the loop reads the run's own values, not these.
+  exp: ExperimentConfig
+  mesh: Mesh
+  rules: tuple
+  model: nn.Module
+  optimizer: optax.GradientTransformation
+  hooks: Hooks  # placed on the mesh, replicated
+  abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
+  state_shardings: TrainState
+  batch_sharding: NamedSharding
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return sharding.replicated(self.mesh)
+
+
+def encoding_hooks(exp: ExperimentConfig, seq_len: int) -> Hooks:
+  """The encoding resolved for this model's shape and the training length."""
+  return exp.encoding.hooks(head_dim=exp.model.head_dim, n_heads=exp.model.n_heads,
+                            d_model=exp.model.d_model, seq_len=seq_len)
+
+
+def build_setup(exp: ExperimentConfig, devices=None) -> TrainSetup:
+  """Mesh, model, optimizer and state shardings; checks batch/mesh fit before compiling."""
+  cfg = exp.train
+  mesh = sharding.make_mesh(cfg.mesh_shape, devices)
+  ways = sharding.batch_parallelism(mesh)
+  micro_rows = cfg.global_batch_size // cfg.grad_accum_steps
+  if micro_rows % ways:
+    raise ConfigError(
+        f"config.global_batch_size={cfg.global_batch_size} / grad_accum_steps="
+        f"{cfg.grad_accum_steps} = {micro_rows} rows per micro-batch is not divisible by the "
+        f"{ways}-way batch split of mesh {dict(mesh.shape)}")
+  model = Transformer(exp.model)
+  optimizer = make_optimizer(cfg)
+  replicated = sharding.replicated(mesh)
+  hooks = jax.device_put(encoding_hooks(exp, cfg.seq_len), replicated)
+
+  init_params = _param_initializer(model, hooks, cfg.seq_len)
+  boxed = jax.eval_shape(init_params, jax.random.key(0))
+  param_shardings = sharding.tree_shardings(boxed, mesh, cfg.logical_rules)
+  abstract_params = nn.meta.unbox(boxed)
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  opt_shardings = optax.tree_map_params(
+      optimizer, lambda _, s: s, abstract_opt, param_shardings,
+      transform_non_params=lambda _: replicated)
+  state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                        opt_state=abstract_opt)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_shardings)
+  return TrainSetup(exp=exp, mesh=mesh, rules=tuple(cfg.logical_rules), model=model,
+                    optimizer=optimizer, hooks=hooks, abstract_state=abstract,
+                    state_shardings=state_shardings,
+                    batch_sharding=sharding.batch_sharding(mesh))
+
+
+def _param_initializer(model: nn.Module, hooks: Hooks, seq_len: int) -> Callable:
+  def init(rng):
+    tokens = jnp.zeros((1, seq_len), jnp.int32)
+    return model.init(rng, tokens, hooks=hooks)["params"]
+  return init
+
+
+def make_init(setup: TrainSetup) -> Callable[[int], TrainState]:
+  """seed -> fresh parameters and optimizer state, created in place on the mesh."""
+  init_params = _param_initializer(setup.model, setup.hooks, setup.exp.train.seq_len)
+
+  def init(rng):
+    params = nn.meta.unbox(init_params(rng))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=setup.optimizer.init(params))
+
+  init_jit = jax.jit(init, out_shardings=setup.state_shardings)
+
+  def init_state(seed: int) -> TrainState:
+    with sharding.logical_context(setup.mesh, setup.rules):
+      return init_jit(_init_key(seed))
+  return init_state
+
+
+def make_state_from_params(setup: TrainSetup) -> Callable[[Any], TrainState]:
+  """params (e.g. restored from another run) -> step 0 with a fresh optimizer state.
+
+  Skips the random initialisation (and its compilation) that would be thrown away.
+  """
+  def from_params(params):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=setup.optimizer.init(params))
+  return jax.jit(from_params, in_shardings=(setup.state_shardings.params,),
+                 out_shardings=setup.state_shardings)
+
+
+def _init_key(seed: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+def _step_key(seed: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), 1)
+
+
+def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Cross-entropy per token in float32: logsumexp(logits) - logit[target]."""
+  logits = logits.astype(jnp.float32)
+  target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits, axis=-1) - target_logits
+
+
+def _apply(setup: TrainSetup, params, batch: Batch, hooks: Hooks, rng) -> jax.Array:
+  return setup.model.apply({"params": params}, batch["inputs"], hooks=hooks,
+                           positions=batch["positions"], segment_ids=batch["segment_ids"],
+                           rng=rng)
+
+
+def _micro_batches(batch: Batch, count: int, mesh: Mesh) -> Batch:
+  """[B, ...] -> [count, B / count, ...] where every micro-batch spans all data shards.
+
+  Row r goes to micro-batch r % count, so each device keeps working on its own rows
+  instead of micro-batch i living on 1/count of the devices.
+  """
+  spec = NamedSharding(mesh, PartitionSpec(None, sharding.BATCH_AXES))
+
+  def split(x):
+    x = x.reshape((x.shape[0] // count, count) + x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x, spec)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(setup: TrainSetup) -> Callable[[TrainState, Batch, Hooks], tuple]:
+  """Jitted (state, global batch, hooks) -> (new state, metrics); the old state is donated."""
+  cfg = setup.exp.train
+  schedule = learning_rate_schedule(cfg)
+  step_key = _step_key(cfg.seed)
+  accum = cfg.grad_accum_steps
+  param_shardings = setup.state_shardings.params
+
+  def step(state: TrainState, batch: Batch, hooks: Hooks):
+    rng = jax.random.fold_in(step_key, state.step)
+    # Normalising by the whole batch's token count makes accumulated micro-batch
+    # gradients sum to exactly the full-batch gradient.
+    total_tokens = jnp.maximum(batch["loss_mask"].sum(), 1.0)
+
+    def loss_fn(params, micro, key):
+      logits = _apply(setup, params, micro, hooks, key)
+      return (token_losses(logits, micro["targets"]) * micro["loss_mask"]).sum() / total_tokens
+
+    grad_fn = jax.value_and_grad(loss_fn)
+    if accum == 1:
+      loss, grads = grad_fn(state.params, batch, rng)
+    else:
+      def body(carry, xs):
+        micro, index = xs
+        loss_i, grads_i = grad_fn(state.params, micro, jax.random.fold_in(rng, index))
+        loss_sum, grad_sum = carry
+        grad_sum = jax.tree.map(jnp.add, grad_sum, grads_i)
+        return (loss_sum + loss_i, jax.lax.with_sharding_constraint(grad_sum, param_shardings)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      micros = _micro_batches(batch, accum, setup.mesh)
+      (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
+                                      (micros, jnp.arange(accum)))
+    updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
+    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                           opt_state=opt_state)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "learning_rate": schedule(state.step), "tokens": total_tokens}
+    return new_state, metrics
+
+  return jax.jit(step,
+                 in_shardings=(setup.state_shardings, setup.batch_sharding, setup.replicated),
+                 out_shardings=(setup.state_shardings, setup.replicated),
+                 donate_argnums=(0,))
+
+
+def make_eval_step(setup: TrainSetup) -> Callable[[Any, Batch, Hooks], tuple]:
+  """Jitted (params, batch, hooks) -> (summed token loss, token count); no randomness."""
+  def step(params, batch: Batch, hooks: Hooks):
+    logits = _apply(setup, params, batch, hooks, None)
+    losses = token_losses(logits, batch["targets"]) * batch["loss_mask"]
+    return losses.sum(), batch["loss_mask"].sum()
+
+  return jax.jit(step,
+                 in_shardings=(setup.state_shardings.params, setup.batch_sharding,
+                               setup.replicated),
+                 out_shardings=(setup.replicated, setup.replicated))
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """A run's setup with its jitted functions (compiled on first call)."""
+
+  setup: TrainSetup
+  init_state: Callable[[int], TrainState]
+  state_from_params: Callable[[Any], TrainState]
+  train_step: Callable
+  eval_step: Callable
+
+
+# TrainConfig fields that only steer the loop around the steps; they do not change what
+# is compiled, so runs differing only in them share a Program.
+_LOOP_ONLY_FIELDS = ("log_every", "eval_every", "eval_batches", "eval_split", "checkpoint_every",
+                     "keep_checkpoints", "async_checkpointing", "init_from", "tensorboard")
+
+
+def build_program(exp: ExperimentConfig, devices=None) -> Program:
+  """The Program for ``exp``, reused when the same process runs an equivalent experiment
+  again (a resume in a notebook, a test), so its steps are not compiled twice."""
+  defaults = type(exp.train)()
+  ignored = _LOOP_ONLY_FIELDS
+  if exp.train.lr_schedule == "constant":
+    ignored += ("steps", "min_lr_ratio")  # a constant schedule does not read them
+  train = dataclasses.replace(exp.train, **{f: getattr(defaults, f) for f in ignored})
+  key = dataclasses.replace(exp, train=train, data=None)
+  return _cached_program(key, None if devices is None else tuple(devices))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_program(exp: ExperimentConfig, devices) -> Program:
+  setup = build_setup(exp, devices)
+  return Program(setup=setup, init_state=make_init(setup),
+                 state_from_params=make_state_from_params(setup),
+                 train_step=make_train_step(setup), eval_step=make_eval_step(setup))

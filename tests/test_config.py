@@ -1,0 +1,147 @@
+"""Config files -> ConfigDict -> frozen values: every mistake is an error naming the field."""
+
+import os
+import subprocess
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from rope_lab import config as config_lib
+from tests import tiny_config
+from tests import train_helpers as th
+
+
+def parse_command_line(*overrides):
+  """What experiments/train.py's flags make of a command line (locked, as there)."""
+  argv = ["train", "--config=tests/tiny_config.py", *overrides]
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "", flag_values=values,
+                                           lock_config=True, sys_argv=argv)
+  cwd = os.getcwd()
+  os.chdir(th.REPO_ROOT)
+  try:
+    values(argv)
+  finally:
+    os.chdir(cwd)
+  return holder.value
+
+
+def test_command_line_switches_encoding_and_sets_typed_fields():
+  config = parse_command_line("--config.pe.name=yarn", "--config.pe.yarn.factor=8",
+                              "--config.pe.yarn.original_max_position_embeddings=16",
+                              "--config.mesh_shape=(1, 1, 1)", "--config.model.n_kv_heads=1",
+                              "--config.init_from=/runs/base", "--config.steps=7")
+  exp = config_lib.experiment_from_config_dict(config)
+  assert exp.encoding.name == "yarn" and exp.encoding.factor == 8.0
+  assert exp.encoding.original_max_position_embeddings == 16
+  assert exp.train.mesh_shape == (1, 1, 1) and exp.train.steps == 7
+  assert exp.train.init_from == "/runs/base" and exp.model.n_kv_heads == 1
+
+
+def test_unknown_command_line_field_is_rejected_with_a_suggestion():
+  with pytest.raises(AttributeError, match='stepz.*Did you mean "steps"'):
+    parse_command_line("--config.stepz=3")
+
+
+def test_wrong_type_on_the_command_line_is_rejected():
+  with pytest.raises(flags.Error, match="steps"):
+    parse_command_line("--config.steps=many")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(steps=0), r"config.steps must be an int >= 1, got 0"),
+    (lambda c: c.update(lr_schedule="linear"), r"config.lr_schedule must be one of"),
+    (lambda c: c.update(mesh_shape=(2, -1, -1)), r"config.mesh_shape must be 3 sizes"),
+    (lambda c: c.update(global_batch_size=8, grad_accum_steps=3), r"config.grad_accum_steps"),
+    (lambda c: c.update(init_from="hf:meta-llama/x"), r"config.init_from=.*unknown scheme 'hf:'"),
+    (lambda c: c.update(logical_rules=(("batch", "pipeline"),)), r"config.logical_rules"),
+    (lambda c: c.model.update(mlp="relu"), r"config.model: ModelConfig.mlp must be one of"),
+    (lambda c: c.data.update(packing="zip"), r"config.data: DataConfig.packing"),
+    (lambda c: c.pe.update(name="rotary"), r"config.pe.name must be one of"),
+    (lambda c: c.pe.update(name="yarn"),
+     r"config.pe.yarn: yarn: parameter 'original_max_position_embeddings' must be set"),
+    (lambda c: c.pe.update(name="yarn", yarn=dict(factor=0.5, original_max_position_embeddings=16)),
+     r"config.pe.yarn: yarn: parameter 'factor'"),
+])
+def test_config_file_mistakes_are_errors_that_name_the_field(edit, message):
+  config = tiny_config.get_config()
+  edit(config)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.experiment_from_config_dict(config)
+
+
+def test_wrong_type_in_a_config_file_is_rejected():
+  # ConfigDict itself refuses a str for an int field once the field exists ...
+  with pytest.raises(TypeError, match="steps"):
+    tiny_config.get_config().steps = "100"
+  # ... and a config file that builds its ConfigDict from scratch is checked on conversion.
+  values = tiny_config.get_config().to_dict()
+  values["steps"] = "100"
+  with pytest.raises(config_lib.ConfigError, match=r"config.steps must be int, got '100'"):
+    config_lib.experiment_from_config_dict(ml_collections.ConfigDict(values))
+  values["steps"], values["model"]["d_model"] = 100, 32.5
+  with pytest.raises(config_lib.ConfigError, match=r"config.model.d_model must be int, got 32.5"):
+    config_lib.experiment_from_config_dict(ml_collections.ConfigDict(values))
+
+
+def test_unknown_field_in_a_config_file_section_is_rejected():
+  config = tiny_config.get_config()
+  with config.model.unlocked():
+    config.model.width = 64
+  with pytest.raises(config_lib.ConfigError, match=r"config.model: unknown field\(s\) width"):
+    config_lib.experiment_from_config_dict(config)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.steps=0", "config error: config.steps must be an int >= 1, got 0"),
+    ("--config.stepz=3",
+     'config error: unknown field on the command line: \'stepz\'; Did you mean "steps"'),
+])
+def test_command_line_config_errors_stop_before_anything_is_compiled(tmp_path, override, message):
+  workdir = tmp_path / "run"
+  completed = subprocess.run(
+      [th.PYTHON, "-m", "experiments.train", "--config=tests/tiny_config.py",
+       f"--workdir={workdir}", override],
+      cwd=th.REPO_ROOT, env=th.subprocess_env(), capture_output=True, text=True, timeout=120)
+  assert completed.returncode == 2
+  assert message in completed.stderr and "Traceback" not in completed.stderr
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("path, arg", [
+    ("configs/tiny_cpu.py", None), ("configs/tiny_cpu.py", "smoke"),
+    ("configs/tiny_cpu.py", "finetune"), ("configs/gpu_125m.py", None),
+    ("configs/gpu_125m.py", "finetune_8k"), ("configs/tpu_pod.py", None),
+])
+def test_shipped_configs_build(path, arg):
+  exp = config_lib.experiment_from_config_dict(th.load_config_file(path, arg))
+  assert exp.train.steps > 0 and exp.model.vocab_size >= 258
+
+
+def test_tpu_pod_config_differs_from_the_gpu_config_only_in_mesh_and_batch():
+  gpu = th.load_config_file("configs/gpu_125m.py").to_dict()
+  tpu = th.load_config_file("configs/tpu_pod.py").to_dict()
+  assert {k for k in gpu if gpu[k] != tpu[k]} == {"mesh_shape", "global_batch_size"}
+
+
+def test_the_gpu_config_has_about_125m_parameters():
+  exp = config_lib.experiment_from_config_dict(th.load_config_file("configs/gpu_125m.py"))
+  m = exp.model
+  per_layer = 4 * m.d_model * m.d_model + 3 * m.d_model * m.mlp_dim + 2 * m.d_model
+  total = m.n_layers * per_layer + 2 * m.vocab_size * m.d_model + m.d_model
+  assert 120e6 < total < 130e6
+
+
+def test_switching_encoding_reads_only_the_chosen_methods_parameters():
+  config = tiny_config.get_config()
+  config.pe = config_lib.pe_config_dict("yarn", factor=4.0, original_max_position_embeddings=16)
+  config.pe.name = "pi"
+  config.pe.pi.factor = 2.0
+  exp = config_lib.experiment_from_config_dict(config)
+  assert exp.encoding.name == "pi" and exp.encoding.factor == 2.0
+  with pytest.raises(config_lib.ConfigError, match=r"config.pe.rope: unknown parameter\(s\) \['factor'\]"):
+    config_lib.pe_config_dict("rope", factor=2.0)
+  # Each placeholder has its method's own type: a longrope factor list parses as a tuple.
+  assert config.pe.longrope.get_type("short_factor") is tuple
