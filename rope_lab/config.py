@@ -32,8 +32,9 @@ from rope_lab.sharding import DEFAULT_RULES, MESH_AXES
 
 LR_SCHEDULES = ("cosine", "constant")
 # Schemes init_from understands: a local run directory or one on a remote file system
-# that orbax (etils.epath) opens. "hf:<dir>" is reserved for a Hugging Face loader.
-INIT_FROM_SCHEMES = ("gs://",)
+# that orbax (etils.epath) opens, or "hf:<dir>", a local Hugging Face model directory.
+INIT_FROM_SCHEMES = ("gs://", "hf:")
+HF_SCHEME = "hf:"
 
 
 class ConfigError(ValueError):
@@ -71,8 +72,10 @@ class TrainConfig:
     checkpoint_every: steps between checkpoints; 0 saves only at the end (and on SIGTERM).
     keep_checkpoints: how many of the newest checkpoints to keep.
     async_checkpointing: write checkpoints in a background thread.
-    init_from: start from the parameters of another run (its work directory); the
-      optimizer, step and data position start fresh. None trains from scratch.
+    init_from: start from the parameters of another run (its work directory) or of a
+      Hugging Face Llama/Mistral/Qwen2 directory (``hf:<dir>``, whose config.json then
+      fixes config.model's architecture fields); the optimizer, step and data position
+      start fresh. None trains from scratch.
     mesh_shape: device counts along ``MESH_AXES`` = (data, fsdp, tensor); one entry may
       be -1 (all remaining devices).
     logical_rules: (logical axis name, mesh axis or axes or None) pairs, first match wins.
@@ -146,7 +149,7 @@ def check_init_from(path: str) -> None:
   if scheme and not path.startswith(INIT_FROM_SCHEMES):
     raise ConfigError(
         f"config.init_from={path!r}: unknown scheme {scheme + ':'!r}; supported: a local run "
-        f"directory or {', '.join(INIT_FROM_SCHEMES)} (hf:<dir> is not implemented)")
+        f"directory, gs://<run dir> or hf:<Hugging Face model dir>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,11 +174,17 @@ def experiment_from_config_dict(config: ml_collections.ConfigDict) -> Experiment
   if missing:
     raise ConfigError(f"config needs the section(s) {missing}; it has {sorted(values)}")
   train_values = {k: v for k, v in values.items() if k not in _SECTIONS}
+  train = dataclass_from_mapping(TrainConfig, train_values, "config")
+  model = dataclass_from_mapping(ModelConfig, values["model"], "config.model")
+  if train.init_from is not None and train.init_from.startswith(HF_SCHEME):
+    # The checkpoint fixes the architecture; config.model keeps only how it runs.
+    from rope_lab.interop import hf
+    model = hf.model_config_for_run(train.init_from[len(HF_SCHEME):], model)
   return ExperimentConfig(
-      model=dataclass_from_mapping(ModelConfig, values["model"], "config.model"),
+      model=model,
       data=dataclass_from_mapping(DataConfig, values["data"], "config.data"),
       encoding=encoding_from_mapping(values["pe"]),
-      train=dataclass_from_mapping(TrainConfig, train_values, "config"),
+      train=train,
   )
 
 

@@ -25,7 +25,8 @@ from jax.experimental import multihost_utils
 
 from rope_lab import sharding
 from rope_lab.checkpoint import Checkpointer, checkpoint_directory, latest_step_of, restore_params
-from rope_lab.config import ConfigError, ExperimentConfig, TrainConfig, experiment_to_dict
+from rope_lab.config import HF_SCHEME, ConfigError, ExperimentConfig, TrainConfig, experiment_to_dict
+from rope_lab.interop import hf
 from rope_lab.data import DataConfig, get_tokenizer, make_train_iterator, save_tokenizer_spec
 from rope_lab.train_log import MetricsLog, Progress
 from rope_lab.train_step import Program, TrainSetup, TrainState, build_program
@@ -179,6 +180,11 @@ def _start_state(program: Program, checkpointer: Checkpointer, cfg: TrainConfig,
     train_iter.set_state(data_state)
     progress.message(f"resumed from {checkpointer.directory} at step {latest}")
     return state
+  if cfg.init_from is not None and cfg.init_from.startswith(HF_SCHEME):
+    shardings = jax.tree_util.tree_map(lambda leaf: leaf.sharding, setup.abstract_state.params)
+    params = hf.load_params(cfg.init_from[len(HF_SCHEME):], setup.exp.model, setup.hooks, shardings)
+    progress.message(f"parameters from {cfg.init_from}; optimizer and data fresh")
+    return program.state_from_params(params)
   if cfg.init_from is not None:
     step = latest_step_of(cfg.init_from)
     params = restore_params(cfg.init_from, setup.abstract_state.params, step)
@@ -201,7 +207,11 @@ def run(exp: ExperimentConfig, workdir: str, *, data_source: DataSource | None =
     check_vocabulary(exp)
     data_source = rope_lab_data_source(exp.data)
   if cfg.init_from is not None and not checkpoint_directory(workdir).exists():
-    latest_step_of(cfg.init_from)  # a wrong init_from fails before anything is compiled
+    # A wrong init_from fails before anything is compiled.
+    if cfg.init_from.startswith(HF_SCHEME):
+      hf.read_config(cfg.init_from[len(HF_SCHEME):])
+    else:
+      latest_step_of(cfg.init_from)
   program = build_program(exp, devices)
   setup = program.setup
   primary = jax.process_index() == 0

@@ -124,3 +124,30 @@ def test_malformed_checkpoints_name_the_problem(tmp_path):
       hf.load(path)
   with pytest.raises(hf.HFCheckpointError, match="no config.json"):
     hf.load(str(tmp_path / "nowhere"))
+
+
+def test_runner_fine_tunes_from_a_hugging_face_directory(tmp_path):
+  """--config.init_from=hf:<dir>: the checkpoint fixes the architecture and the starting weights."""
+  from tests.train_helpers import saved_params, tiny_experiment
+  from rope_lab import train
+
+  config = transformers.LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                    max_position_embeddings=16, rope_parameters={"rope_type": "default",
+                                                                                 "rope_theta": 10000.0})
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(config)
+  model_dir = str(tmp_path / "hf_llama")
+  model.save_pretrained(model_dir)
+  # config.model says width 64 and untied; the checkpoint's config.json wins.
+  exp = tiny_experiment(init_from="hf:" + model_dir, steps=1, model__d_model=64, model__n_heads=2)
+  assert (exp.model.d_model, exp.model.n_heads, exp.model.head_dim) == (32, 4, 8)
+  workdir = str(tmp_path / "run")
+  result = train.run(exp, workdir)
+  assert result.step == 1
+  params = saved_params(workdir, 1)
+  embed = [v for k, v in params.items() if "embed" in k][0]
+  # The first step runs at learning rate 0 (linear warmup), so the saved weights are the checkpoint's.
+  np.testing.assert_allclose(embed, model.model.embed_tokens.weight.detach().numpy(), atol=1e-7)
+  with pytest.raises(hf.HFCheckpointError, match="no config.json"):
+    tiny_experiment(init_from="hf:" + str(tmp_path / "nowhere"))

@@ -75,6 +75,13 @@ def model_config_from_hf(config: dict[str, Any], **overrides) -> ModelConfig:
     raise HFConfigError(f"config: field {e.args[0]!r} is required") from None
 
 
+def model_config_for_run(model_dir: str, run_model: ModelConfig) -> ModelConfig:
+  """The checkpoint's architecture with the run's attention path, chunk, dtype and masking."""
+  return model_config_from_hf(
+      read_config(model_dir), attention=run_model.attention, chunk_size=run_model.chunk_size,
+      compute_dtype=run_model.compute_dtype, segment_masking=run_model.segment_masking)
+
+
 def sliding_window(config: dict[str, Any]) -> int | None:
   """The attention window transformers would apply, or None (the skeleton has no window)."""
   if config.get("model_type") == "qwen2" and not config.get("use_sliding_window", False):
