@@ -107,6 +107,7 @@ def save_factors(path: str, encoding: LongRoPE, *, head_dim: int, extra: dict | 
       "format": FACTOR_FILE_FORMAT,
       "head_dim": head_dim,
       "rotary_fraction": encoding.rotary_fraction,
+      "layout": encoding.layout,
       "base": encoding.base,
       "short_factor": list(encoding.short_factor),
       "long_factor": list(encoding.long_factor),

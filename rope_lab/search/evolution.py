@@ -232,7 +232,7 @@ def result_of(state: store.SearchState) -> SearchResult:
 
 
 def longrope_config(result: SearchResult, cfg: SearchConfig, short_factors=None,
-                    head_dim: int | None = None) -> LongRoPE:
+                    head_dim: int | None = None, layout: str = "half") -> LongRoPE:
   """The LongRoPE encoding of a result: long set = result.factors, short set = given or all ones.
 
   head_dim defaults to the rotary dimension 2P (full rotary); a larger head_dim gives
@@ -243,13 +243,14 @@ def longrope_config(result: SearchResult, cfg: SearchConfig, short_factors=None,
   return LongRoPE(base=float(cfg.rope_base), rotary_fraction=2 * cfg.rotary_pairs / head_dim,
                   short_factor=short, long_factor=tuple(result.factors),
                   original_max_position_embeddings=cfg.original_length,
-                  factor=float(cfg.target_factor), n_hat=result.n_hat, head_dim=head_dim)
+                  factor=float(cfg.target_factor), n_hat=result.n_hat, head_dim=head_dim,
+                  layout=layout)
 
 
 def write_factor_file(path: str, result: SearchResult, cfg: SearchConfig, short_factors=None,
-                      head_dim: int | None = None) -> LongRoPE:
+                      head_dim: int | None = None, layout: str = "half") -> LongRoPE:
   """Saves longrope_config(...) with rope_lab.pe.save_factors, plus how it was found."""
-  encoding = longrope_config(result, cfg, short_factors, head_dim)
+  encoding = longrope_config(result, cfg, short_factors, head_dim, layout)
   search = {"target_factor": cfg.target_factor, "seed": cfg.seed, "perplexity": result.perplexity,
             "generations": result.generation, "evaluated": result.evaluated}
   save_factors(path, encoding, head_dim=encoding.head_dim, extra={"search": search})
