@@ -13,7 +13,7 @@ The same search command resumes after Ctrl-C or SIGTERM. Variants (after a colon
                set at the original 128 tokens
 
 Evaluate the result on the test split against PI, NTK, YaRN and Dynamic YaRN with
-``experiments.evaluate`` (see benchmarks/README_longrope.md, "Study").
+``experiments.evaluate`` (see benchmarks/README.md, "LongRoPE search scoring", "Study").
 """
 
 import ml_collections
