@@ -1,0 +1,54 @@
+"""Run the reference context-extension study: train, fine-tune, evaluate, draw, report.
+
+  python -m experiments.study --workdir=/tmp/rope_lab/study           # full (<= 45 min, 2 CPU cores)
+  python -m experiments.study --workdir=/tmp/rope_lab/study_quick --quick
+  python -m experiments.study --workdir=DIR --config=configs/study.py:quick --config.seeds=0,1
+  python -m experiments.study --workdir=DIR --report_only   # redraw figures and report.md
+
+Writes DIR/results.jsonl, DIR/figures/*.png and DIR/report.md. Running it again in the
+same directory resumes: finished training runs and measurements are not repeated.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Study config file (default configs/study.py, or its :quick variant with --quick).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory: runs, results.jsonl, figures, report.md.")
+_QUICK = flags.DEFINE_bool("quick", False, "The quick variant (configs/study.py:quick).")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False,
+                                 "Only redraw the figures and report.md from the work directory's results.")
+flags.mark_flags_as_required(["workdir"])
+flags.FLAGS.set_default("verbosity", logging.WARNING)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _REPORT_ONLY.value:
+    from rope_lab import study  # pylint: disable=g-import-not-at-top
+    print(f"report: {study.write_outputs(_WORKDIR.value)}")
+    return
+  config = _CONFIG.value
+  if config is None:
+    from configs import study as study_configs  # pylint: disable=g-import-not-at-top
+    config = study_configs.get_config("quick" if _QUICK.value else None)
+  elif _QUICK.value:
+    raise app.UsageError("--quick picks configs/study.py:quick; with --config name the variant there instead")
+  from rope_lab import config as config_lib, study  # pylint: disable=g-import-not-at-top
+  try:
+    cfg = study.study_config_from_config_dict(config)
+  except config_lib.ConfigError as e:
+    sys.stderr.write(f"config error: {e}\n")
+    sys.exit(2)
+  report = study.run_study(cfg, _WORKDIR.value, log=lambda message: print(message, flush=True))
+  print(f"report: {report}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,97 @@
+"""Evaluate one trained checkpoint under a list of encodings; append rows to results.jsonl.
+
+What ``experiments/evaluate.py`` runs: perplexity vs length on held-out documents, and
+optionally passkey / key-value line retrieval, for every encoding plan, each applied to
+the checkpoint zero-shot (the checkpoint's own encoding is the plan "trained").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from rope_lab import config as config_lib
+from rope_lab import pe
+from rope_lab import results as results_lib
+from rope_lab.data import get_tokenizer, long_documents, task_grid
+from rope_lab.evaluate import perplexity, retrieval
+from rope_lab.evaluate.plans import EncodingPlan
+from rope_lab.evaluate.runs import TrainedRun, load_run
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """Which measurements to take, on which documents."""
+
+  lengths: tuple[int, ...]  # window lengths (tokens)
+  stride_fraction: float = 0.5
+  split: str = "test"
+  max_docs: int = 2
+  doc_tokens: int | None = None  # truncate documents (None: the longest window)
+  passkey_lengths: tuple[int, ...] = ()
+  passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+  passkey_samples: int = 2
+  lines_lengths: tuple[int, ...] = ()
+  lines_samples: int = 4
+  seed: int = 1  # seed of the synthetic retrieval examples
+
+  def __post_init__(self):
+    if not self.lengths and not self.passkey_lengths and not self.lines_lengths:
+      raise ValueError("nothing to evaluate: give lengths, passkey_lengths or lines_lengths")
+    if self.doc_tokens is not None and self.lengths and self.doc_tokens < max(self.lengths):
+      raise ValueError(f"doc_tokens={self.doc_tokens} is shorter than the longest window {max(self.lengths)}")
+
+
+def trained_plan(run: TrainedRun) -> EncodingPlan:
+  return EncodingPlan.of("trained", pe.to_dict(run.encoding))
+
+
+def evaluate_checkpoint(workdir: str, plans: Sequence[EncodingPlan], settings: EvalSettings,
+                        results_path: str, *, log: Callable[[str], None] = print) -> list[dict]:
+  """Measures every plan on the checkpoint in ``workdir``; returns (and appends) the rows."""
+  run = load_run(workdir)
+  tokenizer = get_tokenizer(run.exp.data)
+  commit = results_lib.git_commit()
+  train_length = run.train_length
+  base_hash = {"run": config_lib.experiment_to_dict(run.exp), "step": run.step,
+               "settings": dataclasses.asdict(settings)}
+  common = dict(run=workdir, run_kind="checkpoint", train_length=train_length, step=run.step)
+  seed = run.exp.train.seed
+  rows = []
+  docs = []
+  if settings.lengths:
+    doc_tokens = settings.doc_tokens or max(settings.lengths)
+    docs = long_documents(run.exp.data, split=settings.split, min_tokens=doc_tokens,
+                          max_docs=settings.max_docs, max_tokens=doc_tokens, tokenizer=tokenizer)
+  for plan in plans:
+    chash = results_lib.config_hash({**base_hash, "plan": list(plan.spec)})
+    for length in settings.lengths:
+      encoding = plan.encoding(length, train_length)
+      result = perplexity.perplexity_at_length(
+          run.model, run.params, encoding, docs, length,
+          stride=perplexity.stride_for(length, settings.stride_fraction), tokenizer=tokenizer)
+      log(f"{plan.label} {length}: loss {result.loss:.4f}, {result.bits_per_byte:.4f} bits/byte")
+      rows.append(results_lib.make_row(
+          "perplexity", f"ppl|{workdir}|{plan.label}|{length}|{settings.split}", metrics=result.metrics(),
+          seed=seed, config_hash=chash, commit=commit, plan=plan.label, encoding=pe.to_dict(encoding),
+          length=length, scale=length / train_length, split=settings.split, stride=result.stride,
+          docs=[d.doc_id for d in docs], **common))
+    for task, lengths, depths, samples in (
+        ("passkey", settings.passkey_lengths, settings.passkey_depths, settings.passkey_samples),
+        ("lines", settings.lines_lengths, (0.5,), settings.lines_samples)):
+      for length in lengths:
+        examples = task_grid(task, tokenizer, [length], depths, seed=settings.seed, samples=samples)
+        encoding = plan.encoding(length, train_length)
+        scores = retrieval.score_examples(run.model, run.params, encoding, examples)
+        for depth in depths:
+          group = [s for s, d in zip(scores, np.repeat(depths, samples)) if d == depth]
+          metrics = retrieval.summarize_scores(group)
+          log(f"{plan.label} {task} {length} depth {depth:g}: accuracy {metrics['accuracy']:.2f}")
+          rows.append(results_lib.make_row(
+              task, f"{task}|{workdir}|{plan.label}|{length}|{depth}", metrics=metrics, seed=seed,
+              config_hash=chash, commit=commit, plan=plan.label, encoding=pe.to_dict(encoding),
+              length=length, scale=length / train_length, depth=float(depth), **common))
+  results_lib.ResultsFile(results_path).append(rows)
+  return rows

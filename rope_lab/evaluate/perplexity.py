@@ -1,0 +1,194 @@
+"""Sliding-window perplexity of a checkpoint under any encoding, at any window length.
+
+The scorer is one jitted function per model shape, ``(params, inputs, targets, mask,
+hooks) -> (summed token NLL, scored tokens)``. The encoding enters only through the Hooks
+pytree, a traced argument, so scoring one checkpoint under many encodings at one window
+length compiles once as long as the encodings share the hooks' structure (PI, NTK, YaRN,
+Dynamic NTK/YaRN, Llama 3, power and truncated bases all do): only arrays change.
+:func:`window_nll` is also the scorer a LongRoPE search uses for a population: same
+params and windows, one Hooks value per candidate.
+
+Long windows use the chunked (memory-linear, flash-style) attention: the [L, L] logits
+of a 32K-token window would not fit in memory otherwise, and on CPU small blocks are
+also the fastest path (see benchmarks/long_eval.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rope_lab import pe
+from rope_lab.data import LongDocument, Window, bits_per_byte, sliding_windows
+from rope_lab.evaluate.runs import encoding_hooks
+from rope_lab.model import ModelConfig, Transformer
+from rope_lab.train_step import token_losses
+
+# Windows at least this long use the chunked attention (shorter ones the fused XLA path).
+CHUNKED_FROM = 512
+DEFAULT_CHUNK = 256
+DEFAULT_BATCH_TOKENS = 16384
+
+# How often each scorer has been traced (a Python side effect runs only while tracing).
+_TRACES: collections.Counter = collections.Counter()
+
+
+def trace_count() -> int:
+  """Total traces of the NLL scorers in this process (tests use it to catch recompiles)."""
+  return sum(_TRACES.values())
+
+
+def eval_model_config(cfg: ModelConfig, length: int, *, chunk_size: int = DEFAULT_CHUNK,
+                      chunked_from: int = CHUNKED_FROM) -> ModelConfig:
+  """``cfg`` with the attention path for windows of ``length`` tokens (parameters unchanged)."""
+  if length >= chunked_from:
+    return dataclasses.replace(cfg, attention="chunked", chunk_size=min(chunk_size, length))
+  attention = "dot_product" if cfg.logit_soft_cap is None else "reference"
+  return dataclasses.replace(cfg, attention=attention)
+
+
+@functools.lru_cache(maxsize=32)
+def _nll_program(cfg: ModelConfig):
+  model = Transformer(cfg)
+
+  def nll(params, inputs, targets, mask, hooks):
+    _TRACES[cfg] += 1
+    logits = model.apply({"params": params}, inputs, hooks=hooks)
+    losses = token_losses(logits, targets) * mask
+    return losses.sum(), mask.sum()
+
+  return jax.jit(nll)
+
+
+@dataclasses.dataclass(frozen=True)
+class NLL:
+  """Summed next-token loss (nats) over the scored tokens."""
+
+  total: float
+  tokens: int
+
+  @property
+  def loss(self) -> float:
+    return self.total / max(self.tokens, 1)
+
+
+def stack_windows(windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Windows -> (inputs, targets, loss_mask), each [N, L]."""
+  if not windows:
+    raise ValueError("no windows to score")
+  lengths = {len(w.inputs) for w in windows}
+  if len(lengths) != 1:
+    raise ValueError(f"windows of one call must share a length, got {sorted(lengths)}")
+  return tuple(np.stack([getattr(w, f) for w in windows]) for f in ("inputs", "targets", "loss_mask"))
+
+
+def window_nll(cfg: ModelConfig, params, windows: Sequence[Window], hooks: pe.Hooks, *,
+               batch_size: int | None = None) -> NLL:
+  """Total NLL and token count of ``windows`` under ``hooks`` (already resolved for their length).
+
+  Windows go through in batches of ``batch_size`` (default: about 16K tokens a batch); the
+  last batch is filled with fully masked rows so every batch has one shape.
+  """
+  inputs, targets, mask = stack_windows(windows)
+  n, length = inputs.shape
+  batch_size = batch_size or max(1, min(n, DEFAULT_BATCH_TOKENS // length))
+  pad = -n % batch_size
+  if pad:
+    zeros = np.zeros((pad, length), inputs.dtype)
+    inputs, targets = np.concatenate([inputs, zeros]), np.concatenate([targets, zeros])
+    mask = np.concatenate([mask, np.zeros((pad, length), mask.dtype)])
+  program = _nll_program(cfg)
+  sums = [program(params, inputs[i:i + batch_size], targets[i:i + batch_size],
+                  mask[i:i + batch_size], hooks) for i in range(0, len(inputs), batch_size)]
+  sums = jax.device_get(sums)  # one host sync for all batches
+  total = math.fsum(float(s) for s, _ in sums)  # per-batch float32 sums, added in float64
+  return NLL(total=total, tokens=int(round(math.fsum(float(c) for _, c in sums))))
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthResult:
+  """Perplexity of the documents at one window length."""
+
+  length: int
+  stride: int
+  loss: float  # mean NLL per scored token (nats)
+  perplexity: float
+  bits_per_byte: float
+  tokens: int
+  bytes: int
+  windows: int
+  seconds: float
+
+  def metrics(self) -> dict:
+    return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte,
+            "tokens": self.tokens, "bytes": self.bytes, "windows": self.windows,
+            "seconds": round(self.seconds, 3)}
+
+
+def document_windows(documents: Sequence[LongDocument], length: int, stride: int,
+                     pad_id: int) -> list[Window]:
+  """Every document cut into sliding windows (each scores only its new tokens)."""
+  windows = []
+  for doc in documents:
+    windows.extend(sliding_windows(doc.tokens, length, stride, pad_id))
+  return windows
+
+
+def stride_for(length: int, stride_fraction: float) -> int:
+  """Stride of ``stride_fraction`` of the window, at least one token."""
+  if not 0 < stride_fraction <= 1:
+    raise ValueError(f"stride_fraction must be in (0, 1], got {stride_fraction}")
+  return max(1, int(round(length * stride_fraction)))
+
+
+def perplexity_at_length(cfg: ModelConfig, params, encoding: pe.Encoding,
+                         documents: Sequence[LongDocument], length: int, *, stride: int,
+                         tokenizer, chunk_size: int = DEFAULT_CHUNK,
+                         batch_size: int | None = None) -> LengthResult:
+  """Sliding-window perplexity of ``documents`` with windows of ``length`` tokens.
+
+  Length-dependent encodings (Dynamic NTK/YaRN, LongRoPE) are resolved at the window
+  length, as they would be for a forward pass of that many tokens.
+  """
+  start = time.perf_counter()
+  windows = document_windows(documents, length, stride, tokenizer.pad_id)
+  hooks = encoding_hooks(cfg, encoding, length)
+  nll = window_nll(eval_model_config(cfg, length, chunk_size=chunk_size), params, windows, hooks,
+                   batch_size=batch_size)
+  num_bytes = sum(tokenizer.count_bytes(w.targets[w.loss_mask > 0]) for w in windows)
+  return LengthResult(
+      length=length, stride=stride, loss=nll.loss, perplexity=math.exp(min(nll.loss, 700.0)),
+      bits_per_byte=bits_per_byte(nll.total, num_bytes), tokens=nll.tokens, bytes=num_bytes,
+      windows=len(windows), seconds=time.perf_counter() - start)
+
+
+def perplexity_vs_length(cfg: ModelConfig, params, encoding_at, documents: Sequence[LongDocument],
+                         lengths: Sequence[int], *, stride_fraction: float, tokenizer,
+                         chunk_size: int = DEFAULT_CHUNK) -> list[LengthResult]:
+  """``perplexity_at_length`` for each length; ``encoding_at(length)`` gives the encoding to use."""
+  return [perplexity_at_length(cfg, params, encoding_at(length), documents, length,
+                               stride=stride_for(length, stride_fraction), tokenizer=tokenizer,
+                               chunk_size=chunk_size)
+          for length in lengths]
+
+
+def logits_fn(cfg: ModelConfig, params, encoding: pe.Encoding):
+  """tokens [B, L] -> float32 logits [B, L, V], hooks resolved at L (for the data module's scorers)."""
+  @functools.lru_cache(maxsize=8)
+  def forward(length):
+    model = Transformer(eval_model_config(cfg, length))
+    return jax.jit(lambda p, t, h: model.apply({"params": p}, t, hooks=h))
+
+  def apply(tokens):
+    tokens = jnp.asarray(tokens, jnp.int32)
+    length = tokens.shape[1]
+    return forward(length)(params, tokens, encoding_hooks(cfg, encoding, length))
+  return apply

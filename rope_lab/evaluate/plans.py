@@ -1,0 +1,120 @@
+"""Encoding plans: which encoding to apply to a checkpoint at each evaluation length.
+
+A plan is a label and an encoding spec (``pe.from_dict`` form). A parameter whose value is
+the string ``"matched"`` is set, at each evaluation length L, to the length ratio
+max(1, L / L_train) (``"matched_positions"``: the ratio of the largest positions,
+max(1, (L - 1) / (L_train - 1)), which maps the last position exactly onto the last
+trained one, as interpolating a learned table needs): ``{"name": "pi", "factor": "matched"}`` is Position Interpolation
+rescaled for every window length (the Giraffe grid's "evaluation scale"). Every other
+parameter is fixed. The resolved spec of each measurement is what results.jsonl records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from rope_lab import pe
+
+MATCHED = "matched"
+MATCHED_POSITIONS = "matched_positions"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodingPlan:
+  label: str
+  spec: tuple[tuple[str, Any], ...]  # sorted (name, value) pairs, hashable
+
+  @classmethod
+  def of(cls, label: str, spec: dict[str, Any]) -> "EncodingPlan":
+    if "name" not in spec:
+      raise ValueError(f"encoding plan {label!r}: spec needs a 'name', got {spec}")
+    plan = cls(label=label, spec=tuple(sorted(spec.items())))
+    plan.encoding(1, 1)  # validates the parameters now rather than mid-study
+    return plan
+
+  @property
+  def name(self) -> str:
+    return dict(self.spec)["name"]
+
+  @property
+  def is_matched(self) -> bool:
+    return any(v in (MATCHED, MATCHED_POSITIONS) for _, v in self.spec)
+
+  def resolve(self, length: int, train_length: int) -> dict[str, Any]:
+    """The concrete spec at evaluation length ``length`` for a model trained at ``train_length``."""
+    ratios = {MATCHED: max(1.0, length / train_length),
+              MATCHED_POSITIONS: max(1.0, (length - 1) / max(train_length - 1, 1))}
+    return {k: ratios.get(v, v) if isinstance(v, str) else v for k, v in self.spec}
+
+  def encoding(self, length: int, train_length: int) -> pe.Encoding:
+    return pe.from_dict(self.resolve(length, train_length))
+
+
+def plan_from_json(text: str) -> EncodingPlan:
+  """``'{"name": "pi", "factor": 4}'`` or with a ``"label"`` field; the label defaults to a summary."""
+  spec = json.loads(text)
+  if not isinstance(spec, dict):
+    raise ValueError(f"an encoding spec must be a JSON object, got {text!r}")
+  label = spec.pop("label", None) or describe(spec)
+  return EncodingPlan.of(label, spec)
+
+
+def describe(spec: dict[str, Any]) -> str:
+  """A short label: the method and its scale parameter, e.g. 'pi s=4' or 'yarn s=L/L0'."""
+  scale_keys = ("factor", "alpha", "extension_factor")
+  parts = [spec["name"]]
+  if spec.get("extension"):
+    parts.append(spec["extension"])
+  for key in scale_keys:
+    if key in spec:
+      value = spec[key]
+      parts.append(f"s={value:g}" if not isinstance(value, str) else "s=L/L0")
+      break
+  return " ".join(parts)
+
+
+def slug(label: str) -> str:
+  """A label as a file-name part: 'PI s=L/L0' -> 'pi_s_l_l0'."""
+  return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
+
+
+def rope_family_plans(train_length: int, *, base: float, scale: float) -> list[EncodingPlan]:
+  """The zero-shot comparison on a RoPE checkpoint trained at ``train_length``.
+
+  Static methods are set for the target scale ``scale`` (the fine-tuning scale); the
+  dynamic ones follow the window length by construction; PI with s = L/L0 is the
+  length-matched reference. Every other parameter is the method's published default,
+  except the rotary base, which must be the checkpoint's.
+  """
+  orig = {"original_max_position_embeddings": train_length}
+  s = float(scale)
+  return [
+      EncodingPlan.of("RoPE", {"name": "rope", "base": base}),
+      EncodingPlan.of(f"PI s={s:g}", {"name": "pi", "base": base, "factor": s}),
+      EncodingPlan.of(f"NTK s={s:g}", {"name": "ntk", "base": base, "alpha": s}),
+      EncodingPlan.of(f"YaRN s={s:g}", {"name": "yarn", "base": base, "factor": s, **orig}),
+      EncodingPlan.of(f"Llama3 s={s:g}", {"name": "llama3", "base": base, "factor": s, **orig}),
+      EncodingPlan.of("Power", {"name": "power", "base": base, "power": 0.5}),
+      EncodingPlan.of("Truncated", {"name": "truncated", "base": base,
+                                    "cutoff_wavelength": float(train_length)}),
+      # factor 1: alpha = L / L0 exactly (transformers' "dynamic" formula with factor s
+      # over-scales to alpha = s L / L0 - (s - 1)).
+      EncodingPlan.of("Dynamic NTK", {"name": "dynamic_ntk", "base": base, "factor": 1.0, **orig}),
+      EncodingPlan.of("Dynamic YaRN", {"name": "dynamic_yarn", "base": base, **orig}),
+      EncodingPlan.of("PI s=L/L0", {"name": "pi", "base": base, "factor": MATCHED}),
+  ]
+
+
+def ape_plans(train_length: int, *, max_length: int) -> list[EncodingPlan]:
+  """LongEmbed's training-free extensions of a learned-APE checkpoint with a ``max_length`` table."""
+  common = {"name": "learned", "max_length": max_length}
+  orig = {"original_max_position_embeddings": train_length}
+  return [
+      EncodingPlan.of("APE PCW", {**common, "extension": "pcw", **orig}),
+      EncodingPlan.of("APE grouped", {**common, "extension": "grouped", "extension_factor": MATCHED}),
+      EncodingPlan.of("APE recurrent", {**common, "extension": "recurrent", **orig}),
+      EncodingPlan.of("APE interpolate", {**common, "extension": "interpolate",
+                                          "extension_factor": MATCHED_POSITIONS}),
+  ]

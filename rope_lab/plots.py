@@ -1,0 +1,434 @@
+"""Study figures from results.jsonl rows (and the attention / q-k arrays the study saved).
+
+Every curve over seeds is drawn as the mean with a band from the lowest to the highest
+seed, so the spread is visible; the number of seeds is in the legend. Nothing here
+computes a model: perplexity, retrieval and attention numbers come from the rows, and the
+analytic similarity maps from the encodings themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rope_lab import results as results_lib  # noqa: E402
+from rope_lab.evaluate import analytic, attention_maps, plans as plans_lib  # noqa: E402
+
+DPI = 110
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+  name: str
+  path: str
+  caption: str
+
+
+def curve(rows, metric: str = "bits_per_byte", x: str = "length"):
+  """(xs, mean, low, high, n seeds) of ``metric`` grouped by ``x`` (rows of one method)."""
+  xs = sorted({r[x] for r in rows})
+  stats = [results_lib.summarize([r for r in rows if r[x] == v], metric) for v in xs]
+  return (np.asarray(xs), np.asarray([s.mean for s in stats]), np.asarray([s.low for s in stats]),
+          np.asarray([s.high for s in stats]), max(s.n for s in stats))
+
+
+def _draw_curves(ax, groups: list[tuple[str, list]], metric: str, train_length: int, *, ylim=None):
+  colors = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+  for i, (label, rows) in enumerate(groups):
+    if not rows:
+      continue
+    xs, mean, low, high, n = curve(rows, metric)
+    style = "--" if i >= 10 else "-"
+    ax.plot(xs, mean, style, marker="o", ms=3, color=colors(i % 20), label=f"{label} (n={n})")
+    if n > 1:
+      ax.fill_between(xs, low, high, color=colors(i % 20), alpha=0.18, lw=0)
+  ax.set_xscale("log", base=2)
+  ax.axvline(train_length, color="k", ls=":", lw=1)
+  ax.set_xlabel("evaluation window (tokens)")
+  ax.set_ylabel(metric.replace("_", " "))
+  if ylim:
+    ax.set_ylim(*ylim)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+
+
+def _ylim(groups, metric) -> tuple[float, float] | None:
+  """Every curve in view, with a small margin."""
+  values = [r["metrics"][metric] for _, rows in groups for r in rows]
+  if not values:
+    return None
+  low, high = min(values), max(values)
+  margin = 0.04 * (high - low or 1.0)
+  return low - margin, high + margin
+
+
+def _save(fig, figures_dir: str, name: str, caption: str) -> Figure:
+  os.makedirs(figures_dir, exist_ok=True)
+  path = os.path.join(figures_dir, name)
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+  return Figure(name, path, caption)
+
+
+def _ppl(rows, **criteria):
+  return results_lib.select(rows, kind="perplexity", **criteria)
+
+
+def plan_order(rows) -> list[str]:
+  seen = []
+  for r in rows:
+    if r["plan"] not in seen:
+      seen.append(r["plan"])
+  return seen
+
+
+def perplexity_zero_shot(rows, cfg, figures_dir) -> Figure:
+  base = _ppl(rows, run_kind="base", split=cfg.eval_split)
+  groups = [(label, [r for r in base if r["plan"] == label]) for label in plan_order(base)]
+  fig, ax = plt.subplots(figsize=(8, 5))
+  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length,
+               ylim=_ylim(groups, "bits_per_byte"))
+  ax.axvline(cfg.train_length * cfg.static_scale, color="grey", ls="--", lw=0.8)
+  ax.set_title(f"Zero-shot extension of a RoPE model trained at {cfg.train_length} tokens "
+               f"({cfg.eval_split} documents)", fontsize=10)
+  fig.tight_layout()
+  return _save(fig, figures_dir, "perplexity_zero_shot.png",
+               "Bits per byte vs evaluation window, RoPE base models under each encoding applied zero-shot "
+               f"(mean over seeds, band: min to max). Dotted: training length; dashed: the static methods' "
+               f"target s={cfg.static_scale:g}.")
+
+
+def perplexity_finetuned(rows, cfg, figures_dir) -> Figure:
+  split = cfg.eval_split
+  groups = [(label, _ppl(rows, run_kind="base", plan=label, split=split))
+            for label in ("RoPE", f"PI s={cfg.static_scale:g}", f"YaRN s={cfg.static_scale:g}", "Dynamic YaRN")]
+  for method in cfg.finetune_methods:
+    ft = [r for r in _ppl(rows, run_kind="finetune", method=method, plan="trained", split=split)
+          if r["run"].startswith("ft_") and r["train_scale"] == cfg.finetune_scale]
+    groups.append((f"{method.upper() if method == 'pi' else 'YaRN'} fine-tuned s={cfg.finetune_scale}", ft))
+  fig, ax = plt.subplots(figsize=(8, 5))
+  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length,
+               ylim=_ylim(groups, "bits_per_byte"))
+  ax.axvline(cfg.train_length * cfg.finetune_scale, color="grey", ls="--", lw=0.8)
+  ax.set_title(f"{cfg.finetune_steps}-step fine-tunes at {cfg.finetune_scale}x vs zero-shot", fontsize=10)
+  fig.tight_layout()
+  return _save(fig, figures_dir, "perplexity_finetuned.png",
+               f"Fine-tuned PI and YaRN ({cfg.finetune_steps} steps at {cfg.train_length * cfg.finetune_scale} "
+               "tokens) against the same encodings zero-shot and plain RoPE (mean over seeds, band: min to max).")
+
+
+def grid_values(rows, cfg) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+  """Giraffe grid: rows = fine-tuning scale a (1: base), columns = evaluation scale b."""
+  split = cfg.eval_split
+  cells = _ppl(rows, plan="PI s=L/L0", split=split)
+  cells = [r for r in cells if r["run_kind"] == "base" or (r["run_kind"] == "finetune" and r["method"] == "pi")]
+  train_scales = sorted({r["train_scale"] for r in cells})
+  eval_scales = sorted({int(round(r["scale"])) for r in cells})
+  mean = np.full((len(train_scales), len(eval_scales)), np.nan)
+  spread = np.full_like(mean, np.nan)
+  for i, a in enumerate(train_scales):
+    for j, b in enumerate(eval_scales):
+      summary = results_lib.summarize([r for r in cells if r["train_scale"] == a
+                                       and int(round(r["scale"])) == b], "bits_per_byte")
+      if summary:
+        mean[i, j], spread[i, j] = summary.mean, summary.std
+  return train_scales, eval_scales, mean, spread
+
+
+def giraffe_grid(rows, cfg, figures_dir) -> Figure | None:
+  train_scales, eval_scales, mean, _ = grid_values(rows, cfg)
+  if len(train_scales) < 2:
+    return None
+  fig, ax = plt.subplots(figsize=(1.1 * len(eval_scales) + 2, 0.7 * len(train_scales) + 1.8))
+  image = ax.imshow(mean, cmap="viridis_r", aspect="auto")
+  for i in range(len(train_scales)):
+    for j in range(len(eval_scales)):
+      if np.isfinite(mean[i, j]):
+        ax.text(j, i, f"{mean[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                color="w" if mean[i, j] > np.nanmean(mean) else "k")
+  ax.set_xticks(range(len(eval_scales)), [f"{b}" for b in eval_scales])
+  ax.set_yticks(range(len(train_scales)), ["base (zero-shot)" if a == 1 else f"{a}" for a in train_scales])
+  ax.set_xlabel("evaluation scale b (window = b x training length, PI factor b)")
+  ax.set_ylabel("fine-tuning scale a")
+  fig.colorbar(image, ax=ax, label="bits per byte")
+  ax.set_title("Giraffe grid: fine-tune with PI at a, evaluate at b", fontsize=10)
+  fig.tight_layout()
+  return _save(fig, figures_dir, "giraffe_grid.png",
+               "Bits per byte of PI models fine-tuned at scale a and evaluated with PI factor b at b x the "
+               "training length (mean over the seeds that have the cell).")
+
+
+def _block_mean(grid: np.ndarray, step: int) -> np.ndarray:
+  """[N, N] -> [N/step, N/step] block means ignoring NaN (the causal future)."""
+  n = grid.shape[0] // step * step
+  blocks = grid[:n, :n].reshape(n // step, step, n // step, step)
+  counts = np.isfinite(blocks).sum(axis=(1, 3))
+  sums = np.nansum(blocks, axis=(1, 3))
+  return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _analytic_encodings(cfg) -> list[plans_lib.EncodingPlan]:
+  base = float(getattr(cfg.base.encoding, "base", 10000.0))
+  return plans_lib.rope_family_plans(cfg.train_length, base=base, scale=cfg.static_scale)
+
+
+def _probes(arrays_dir, head_dim):
+  probes = [("ones", analytic.probe_pairs("ones", head_dim)),
+            ("gaussian", analytic.probe_pairs("gaussian", head_dim, seed=0))]
+  qk_files = sorted(glob.glob(os.path.join(arrays_dir, "mean_qk_*.npz")))
+  if qk_files:
+    data = np.load(qk_files[0])
+    probes.append(("trained mean q/k", analytic.probe_pairs("trained", head_dim, q_mean=data["q"],
+                                                            k_mean=data["k"])))
+  return probes
+
+
+def similarity_figures(cfg, arrays_dir, figures_dir) -> list[Figure]:
+  plans = _analytic_encodings(cfg)
+  head_dim = cfg.base.model.head_dim
+  probes = _probes(arrays_dir, head_dim)
+  grid_len = cfg.train_length * cfg.static_scale
+  positions = np.arange(int(grid_len))
+  step = max(1, len(positions) // 128)
+  fig, axes = plt.subplots(len(probes), len(plans), figsize=(1.6 * len(plans), 1.7 * len(probes) + 0.6),
+                           squeeze=False)
+  for row, (probe, pairs) in enumerate(probes):
+    reference = analytic.score_by_distance(plans[0].encoding(grid_len, cfg.train_length), pairs, 0,
+                                           seq_len=int(grid_len))[0]
+    for col, plan in enumerate(plans):
+      grid = analytic.score_grid(plan.encoding(grid_len, cfg.train_length), pairs, positions,
+                                 seq_len=int(grid_len)) / abs(reference)
+      pooled = _block_mean(grid, step)
+      ax = axes[row, col]
+      ax.imshow(pooled, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest",
+                extent=(0, grid_len, grid_len, 0))
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if row == 0:
+        ax.set_title(plan.label, fontsize=7)
+      if col == 0:
+        ax.set_ylabel(probe, fontsize=7)
+  fig.suptitle(f"Analytic q.k score of query i (rows) vs key j (columns), i, j < {int(grid_len)} "
+               f"(current length {int(grid_len)}), / RoPE score at distance 0", fontsize=9)
+  fig.tight_layout()
+  heat = _save(fig, figures_dir, "similarity_heatmaps.png",
+               f"Analytic similarity heatmaps (Giraffe style) over a {int(grid_len)}-token window for three probes: "
+               "all-ones q = k, one Gaussian q = k, and the trained base model's mean q and k (averaged over "
+               "layers and heads). Red positive, blue negative; blank: the causal future.")
+
+  max_distance = cfg.train_length * cfg.analytic_scale
+  fig, axes = plt.subplots(1, len(probes), figsize=(5.5 * len(probes), 4.2), squeeze=False)
+  colors = plt.get_cmap("tab10")
+  for ax, (probe, pairs) in zip(axes[0], probes):
+    for i, plan in enumerate(plans):
+      scores = analytic.score_by_distance(plan.encoding(max_distance + 1, cfg.train_length), pairs,
+                                          max_distance, seq_len=max_distance + 1)
+      distances = np.arange(1, max_distance + 1)
+      ax.plot(distances, scores[1:] / abs(scores[0]), lw=0.8, color=colors(i % 10), label=plan.label)
+    ax.set_xscale("log", base=2)
+    ax.axvline(cfg.train_length, color="k", ls=":", lw=1)
+    ax.set_xlabel("relative distance i - j (tokens)")
+    ax.set_ylabel("score / score at distance 0")
+    ax.set_title(f"probe: {probe} (current length {max_distance + 1})", fontsize=9)
+    ax.grid(alpha=0.3)
+  axes[0, 0].legend(fontsize=6)
+  fig.tight_layout()
+  dist = _save(fig, figures_dir, "similarity_distance.png",
+               f"Analytic score vs relative distance up to {cfg.analytic_scale}x the training length, "
+               "normalised by each method's score at distance 0; length-dependent methods resolved at the "
+               "longest window.")
+  return [heat, dist]
+
+
+def attention_figures(rows, cfg, arrays_dir, figures_dir) -> list[Figure]:
+  files = sorted(glob.glob(os.path.join(arrays_dir, "attention_*.npz")))
+  if not files:
+    return []
+  att = results_lib.select(rows, kind="attention")
+  plans = plan_order(att)
+  scales = sorted({int(r["scale"]) for r in att})
+  run = att[0]["run"]
+  n_layers = cfg.base.model.n_layers
+
+  def load(plan, scale):
+    path = os.path.join(arrays_dir, f"attention_{run}_{plans_lib.slug(plan)}_{scale}x.npz")
+    return np.load(path) if os.path.exists(path) else None
+
+  fig, axes = plt.subplots(len(plans), len(scales) * n_layers,
+                           figsize=(1.25 * len(scales) * n_layers, 1.35 * len(plans) + 0.8), squeeze=False)
+  for i, plan in enumerate(plans):
+    for j, scale in enumerate(scales):
+      data = load(plan, scale)
+      for layer in range(n_layers):
+        ax = axes[i, j * n_layers + layer]
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if data is None:
+          continue
+        ax.imshow(np.log10(np.maximum(data["maps"][layer], 1e-6)), cmap="magma", vmin=-5, vmax=0,
+                  interpolation="nearest")
+        if i == 0:
+          ax.set_title(f"{scale}x L{layer}", fontsize=7)
+      axes[i, j * n_layers].set_ylabel(plan, fontsize=7)
+  fig.suptitle("Mean attention (log10, over heads and documents) per layer at 1x/4x/16x the training length",
+               fontsize=9)
+  fig.tight_layout()
+  maps_fig = _save(fig, figures_dir, "attention_maps.png",
+                   f"Empirical attention maps of base model {run} (pooled to 128 x 128 blocks), per layer, at "
+                   f"windows of {', '.join(str(s) + 'x' for s in scales)} the training length, under each encoding.")
+
+  fig, axes = plt.subplots(1, n_layers, figsize=(4 * n_layers, 3.6), squeeze=False)
+  colors = plt.get_cmap("tab10")
+  styles = ["-", "--", ":", "-."]
+  for i, plan in enumerate(plans):
+    for j, scale in enumerate(scales):
+      data = load(plan, scale)
+      if data is None:
+        continue
+      edges = attention_maps.distance_bins(int(data["length"]))
+      widths = np.diff(np.minimum(edges, int(data["length"])))
+      density = attention_maps.binned_mass(data["mass"], edges) / widths  # per token of distance
+      centers = np.maximum(edges[:-1], 0.5)
+      for layer in range(n_layers):
+        axes[0, layer].plot(centers, density[layer], styles[j % 4], color=colors(i % 10), lw=1,
+                            label=f"{plan} {scale}x" if layer == 0 else None)
+  for layer in range(n_layers):
+    ax = axes[0, layer]
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.axvline(cfg.train_length, color="k", ls=":", lw=1)
+    ax.set_title(f"layer {layer}", fontsize=9)
+    ax.set_xlabel("relative distance bin [2^k, 2^(k+1))")
+    ax.grid(alpha=0.3)
+  axes[0, 0].set_ylabel("attention mass per token of distance")
+  axes[0, 0].legend(fontsize=6)
+  fig.tight_layout()
+  mass_fig = _save(fig, figures_dir, "attention_distance.png",
+                   "Attention mass by relative distance, per token of distance in log2 bins (averaged over queries, "
+                   "heads and documents): where the model looks at 1x, 4x and 16x its training length.")
+  return [maps_fig, mass_fig]
+
+
+def run_label(row) -> str:
+  """How a (run, encoding) pair is named in figures: base plans by encoding, fine-tunes by method."""
+  if row["run_kind"] == "finetune":
+    method = "PI" if row["method"] == "pi" else "YaRN"
+    return f"{method} fine-tuned {row['train_scale']}x" + ("" if row["plan"] == "trained" else f", {row['plan']}")
+  if row["run_kind"] == "base":
+    return row["plan"]
+  return f"{row['run_kind']}: {row['plan']}"
+
+
+def _by_label(rows) -> dict[str, list]:
+  groups: dict[str, list] = {}
+  for r in rows:
+    groups.setdefault(run_label(r), []).append(r)
+  return groups
+
+
+def retrieval_figures(rows, cfg, figures_dir) -> list[Figure]:
+  cells = results_lib.select(rows, kind="passkey")
+  if not cells:
+    return []
+  groups = _by_label(cells)
+  lengths = sorted({r["length"] for r in cells})
+  depths = sorted({r["depth"] for r in cells})
+  fig, axes = plt.subplots(2, len(groups), figsize=(2.3 * len(groups) + 1.2, 5.6), squeeze=False)
+  for col, (label, group) in enumerate(groups.items()):
+    for row, metric in enumerate(("accuracy", "token_accuracy")):
+      grid = np.full((len(depths), len(lengths)), np.nan)
+      for depth in depths:
+        for length in lengths:
+          summary = results_lib.summarize(results_lib.select(group, depth=depth, length=length), metric)
+          if summary:
+            grid[depths.index(depth), lengths.index(length)] = summary.mean
+      ax = axes[row, col]
+      image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+      ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=6, rotation=45)
+      ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths], fontsize=6)
+      if row == 0:
+        ax.set_title(label, fontsize=7)
+      if col == 0:
+        ax.set_ylabel(f"{metric.replace('_', ' ')}\nkey depth", fontsize=7)
+  fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02)
+  fig.suptitle("Passkey retrieval over context length x key depth (top: exact greedy match; bottom: fraction "
+               "of answer tokens that are the argmax)", fontsize=9)
+  heat = _save(fig, figures_dir, "passkey.png",
+               "Passkey retrieval accuracy over context length x key depth: base models under each encoding "
+               f"zero-shot and the fine-tuned models at their training length and beyond; {cfg.passkey_samples} "
+               "examples per cell and seed.")
+
+  fig, (ax_mid, ax_len, ax_lines) = plt.subplots(1, 3, figsize=(15, 3.8))
+  colors = plt.get_cmap("tab10")
+  middle = _by_label(results_lib.select(rows, kind="middle"))
+  lines = _by_label(results_lib.select(rows, kind="lines"))
+  for i, (label, group) in enumerate(groups.items()):
+    color = colors(i % 10)
+    if label in middle:
+      xs, mean, _, _, _ = curve(middle[label], "token_accuracy", x="depth")
+      ax_mid.plot(xs, mean, ":", color=color, lw=1)
+      xs, mean, _, _, _ = curve(middle[label], "accuracy", x="depth")
+      ax_mid.plot(xs, mean, marker="o", ms=3, color=color, label=label)
+    xs, mean, _, _, _ = curve(group, "accuracy")
+    ax_len.plot(xs, mean, marker="o", ms=3, color=color, label=label)
+    xs, mean, _, _, _ = curve(group, "token_accuracy")
+    ax_len.plot(xs, mean, ":", color=color, lw=1)
+    if label in lines:
+      xs, mean, _, _, _ = curve(lines[label], "accuracy")
+      ax_lines.plot(xs, mean, marker="o", ms=3, color=color, label=label)
+      xs, mean, _, _, _ = curve(lines[label], "token_accuracy")
+      ax_lines.plot(xs, mean, ":", color=color, lw=1)
+  ax_mid.set(xlabel="key depth", ylabel="accuracy", title=f"lost in the middle: passkey at {cfg.middle_length} tokens")
+  ax_len.set(xlabel="context length", ylabel="accuracy (mean over depths)", title="passkey by length")
+  ax_lines.set(xlabel="context length", ylabel="accuracy", title="key-value lines")
+  for ax in (ax_len, ax_lines):
+    ax.set_xscale("log", base=2)
+    ax.axvline(cfg.train_length, color="k", ls=":", lw=1)
+  for ax in (ax_mid, ax_len, ax_lines):
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.title.set_fontsize(9)
+  ax_mid.legend(fontsize=6)
+  fig.tight_layout()
+  curves = _save(fig, figures_dir, "retrieval_curves.png",
+                 "Passkey accuracy by key depth at a fixed length (lost in the middle) and by length, and "
+                 "LongChat-Lines-style key-value retrieval by length; solid: exact match, dotted: answer-token "
+                 "accuracy.")
+  return [heat, curves]
+
+
+def ape_figure(rows, cfg, figures_dir) -> Figure | None:
+  ape = _ppl(rows, run_kind="ape", split=cfg.eval_split)
+  if not ape:
+    return None
+  seed = ape[0]["seed"]
+  groups = [(label, [r for r in ape if r["plan"] == label]) for label in plan_order(ape)]
+  for label in ("RoPE", "PI s=L/L0", "Dynamic NTK", "Dynamic YaRN"):
+    groups.append((f"RoPE model: {label}", _ppl(rows, run_kind="base", plan=label, seed=seed,
+                                                split=cfg.eval_split)))
+  fig, ax = plt.subplots(figsize=(8, 5))
+  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length, ylim=_ylim(groups, "bits_per_byte"))
+  ax.set_title(f"LongEmbed's APE extensions vs the RoPE family (seed {seed}, same data and steps)", fontsize=10)
+  fig.tight_layout()
+  return _save(fig, figures_dir, "ape_study.png",
+               "A learned-APE model extended without training by parallel context windows, grouped, recurrent "
+               "and interpolated positions, against the RoPE model of the same seed under RoPE-family methods.")
+
+
+def draw_study(rows: Sequence[dict], arrays_dir: str, figures_dir: str, cfg) -> list[Figure]:
+  """Every study figure that the rows support; returns them in report order."""
+  figures = [perplexity_zero_shot(rows, cfg, figures_dir), perplexity_finetuned(rows, cfg, figures_dir)]
+  figures.append(giraffe_grid(rows, cfg, figures_dir))
+  figures.extend(similarity_figures(cfg, arrays_dir, figures_dir))
+  figures.extend(attention_figures(rows, cfg, arrays_dir, figures_dir))
+  figures.extend(retrieval_figures(rows, cfg, figures_dir))
+  figures.append(ape_figure(rows, cfg, figures_dir))
+  return [f for f in figures if f is not None]

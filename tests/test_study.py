@@ -1,0 +1,149 @@
+"""The reference study end to end in miniature, and its configuration boundary."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import pytest
+
+from rope_lab import config as config_lib
+from rope_lab import results as results_lib
+from rope_lab import study
+from tests import tiny_config
+from tests import train_helpers as th
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+  """XLA's optimisation passes dominate these tiny programs' cost; the numbers do not need them."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def miniature(**changes) -> study.StudyConfig:
+  """The study at test size: 1-layer width-32 model, rows of 16 random bytes, 2 lengths, 1 seed."""
+  base = tiny_config.get_config()
+  base.update(steps=4, checkpoint_every=0)
+  cfg = study.StudyConfig(
+      base=config_lib.experiment_from_config_dict(base), seeds=(0,), eval_scales=(1, 2),
+      eval_docs=1, eval_doc_tokens=64, static_scale=2.0, finetune_scale=2, finetune_steps=2,
+      finetune_learning_rates=(1e-2,), finetune_warmup_steps=0, grid_train_scales=(2,),
+      grid_seeds=1, ape=True, xpos=False, passkey_lengths=(176,), passkey_depths=(0.0, 1.0),
+      passkey_samples=1, middle_length=176, middle_depths=2, middle_samples=1,
+      lines_lengths=(512,), lines_samples=1, passkey_mix=0.0,
+      attention_scales=(1, 2), attention_docs=1, analytic_scale=2)
+  return dataclasses.replace(cfg, **changes)
+
+
+def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
+  workdir = str(tmp_path / "study")
+  messages = []
+  report_path = study.run_study(miniature(), workdir, log=messages.append)
+
+  rows = results_lib.read_rows(os.path.join(workdir, "results.jsonl"))
+  ppl = results_lib.select(rows, kind="perplexity")
+  # 10 zero-shot plans on the base model, 2 on the PI fine-tune, 1 on the YaRN one, 4 APE.
+  assert len({(r["run"], r["plan"]) for r in ppl}) == 10 + 2 + 1 + 4
+  assert {r["length"] for r in ppl} == {16, 32}
+  for row in rows:
+    assert row["commit"] and row["config_hash"] and "seed" in row
+  for row in ppl:
+    assert row["split"] == "test" and row["metrics"]["tokens"] == 63  # every target of the document once
+    assert row["metrics"]["loss"] > 0 and row["metrics"]["bits_per_byte"] > 0
+  # Random bytes carry 8 bits each: a model that learnt nothing scores about 8 bits per byte.
+  rope_1x = results_lib.select(ppl, plan="RoPE", length=16)[0]["metrics"]["bits_per_byte"]
+  assert 7.0 < rope_1x < 9.0
+  # The same encoding, length and parameters give the same number whichever way they are named.
+  matched = results_lib.select(ppl, run_kind="base", plan="PI s=L/L0", length=16)[0]
+  assert matched["metrics"]["loss"] == pytest.approx(
+      results_lib.select(ppl, run_kind="base", plan="RoPE", length=16)[0]["metrics"]["loss"], rel=1e-6)
+  passkey = results_lib.select(rows, kind="passkey")
+  assert {(r["run_kind"], r["depth"]) for r in passkey} == {(k, d) for k in ("base", "finetune") for d in (0.0, 1.0)}
+  assert results_lib.select(rows, kind="lines") and results_lib.select(rows, kind="middle")
+  assert len(results_lib.select(rows, kind="attention")) == 4 * 2  # 4 encodings x 2 lengths x 1 layer
+
+  figures = sorted(os.listdir(os.path.join(workdir, "figures")))
+  for name in ("perplexity_zero_shot.png", "perplexity_finetuned.png", "giraffe_grid.png",
+               "similarity_heatmaps.png", "similarity_distance.png", "attention_maps.png",
+               "attention_distance.png", "passkey.png", "retrieval_curves.png", "ape_study.png"):
+    assert name in figures
+  report = open(report_path).read()
+  assert "## Claims" in report and "| claim |" in report
+  assert "![perplexity_zero_shot.png](figures/perplexity_zero_shot.png)" in report
+  assert report.count("**agrees**") + report.count("**disagrees**") + report.count("**partly**") \
+      + report.count("**not measured**") == 8
+  with open(os.path.join(workdir, "study_config.json")) as f:
+    assert json.load(f)["base"]["train"]["seq_len"] == 16
+  assert study.read_study_config(workdir) == miniature()
+
+  # Evaluating the base checkpoint on its own gives the study's numbers for the same encoding.
+  from rope_lab.evaluate import checkpoint_eval, plans
+  settings = checkpoint_eval.EvalSettings(lengths=(16, 32), max_docs=1, doc_tokens=64, passkey_lengths=(176,),
+                                          passkey_depths=(0.5,), passkey_samples=1)
+  plan = plans.plan_from_json('{"name": "pi", "factor": "matched", "label": "PI s=L/L0"}')
+  own = checkpoint_eval.evaluate_checkpoint(os.path.join(workdir, "runs", "base_s0"), [plan], settings,
+                                            str(tmp_path / "eval.jsonl"), log=lambda m: None)
+  assert [r["kind"] for r in own] == ["perplexity", "perplexity", "passkey"]
+  for row in own[:2]:
+    (same,) = results_lib.select(ppl, run="base_s0", plan="PI s=L/L0", length=row["length"])
+    assert row["metrics"]["loss"] == pytest.approx(same["metrics"]["loss"], rel=1e-6)
+  assert len(results_lib.read_rows(str(tmp_path / "eval.jsonl"))) == 3
+
+  # Resuming in the same directory trains and measures nothing again.
+  again = []
+  resumed = study.Study(miniature(), workdir, log=again.append)
+  resumed.finetune_lr = resumed.choose_finetune_lr()
+  for spec in [study.base_run(resumed.cfg, 0)] + study.finetune_specs(resumed):
+    resumed.train(spec)
+  study.evaluate_perplexity(resumed, [study.base_run(resumed.cfg, 0, "ape")], study.finetune_specs(resumed))
+  assert len(results_lib.read_rows(os.path.join(workdir, "results.jsonl"))) == len(rows)
+  assert not [m for m in again if m.startswith("training")]
+
+
+def test_config_file_variants_convert_to_typed_values():
+  full = study.study_config_from_config_dict(th.load_config_file("configs/study.py"))
+  quick = study.study_config_from_config_dict(th.load_config_file("configs/study.py", "quick"))
+  assert full.seeds == (0, 1, 2) and max(full.eval_scales) >= 32 and full.eval_split == "test"
+  assert full.base.train.seq_len == 128 and full.base.encoding.name == "rope"
+  assert quick.seeds == (0,) and quick.base.train.steps < full.base.train.steps
+  # Every window of the longest length fits in the documents that are scored.
+  assert full.eval_doc_tokens >= full.train_length * max(full.eval_scales)
+
+
+def test_bad_study_fields_name_the_field():
+  config = th.load_config_file("configs/study.py", "quick")
+  config.stride_fraction = 1.5
+  with pytest.raises(config_lib.ConfigError, match="stride_fraction"):
+    study.study_config_from_config_dict(config)
+  config = th.load_config_file("configs/study.py", "quick")
+  config.choice_split = "test"
+  with pytest.raises(config_lib.ConfigError, match="choice_split"):
+    study.study_config_from_config_dict(config)
+
+
+def test_the_fine_tuning_rate_is_chosen_on_validation_once(tmp_path, monkeypatch):
+  cfg = miniature(finetune_learning_rates=(1e-3, 3e-3, 1e-2))
+  runner = study.Study(cfg, str(tmp_path), log=lambda m: None)
+  trained, scored = [], []
+  validation_loss = {1e-3: 2.5, 3e-3: 2.1, 1e-2: 2.4}
+
+  def fake_perplexity(spec, plan, scales, *, split=None, record=True):
+    scored.append((spec.name, split, record))
+    return {scales[0]: validation_loss[spec.exp.train.learning_rate]}
+
+  monkeypatch.setattr(runner, "train", lambda spec: trained.append(spec.name))
+  monkeypatch.setattr(runner, "perplexity", fake_perplexity)
+  assert runner.choose_finetune_lr() == 3e-3
+  assert trained == ["ft_pi2_lr0.001_s0", "ft_pi2_lr0.003_s0", "ft_pi2_lr0.01_s0"]
+  assert all(split == "validation" and not record for _, split, record in scored)
+  (choice,) = results_lib.select(runner.results.read(), kind="choice")
+  assert choice["metrics"]["chosen"] == 3e-3 and choice["split"] == "validation"
+  # The choice is recorded: asking again reuses it without training or scoring anything.
+  trained.clear()
+  assert study.Study(cfg, str(tmp_path)).choose_finetune_lr() == 3e-3 and not trained
+  # The final fine-tune of the first seed is the chosen candidate's run: not trained twice.
+  runner.finetune_lr = 3e-3
+  assert "ft_pi2_lr0.003_s0" in [s.name for s in study.finetune_specs(runner)]
