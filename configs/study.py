@@ -1,7 +1,9 @@
 """The reference context-extension study on the embedded King James Bible, sized for a 2-core CPU.
 
-  python -m experiments.study --workdir=/tmp/rope_lab/study            # full: 3 seeds, <= 45 min
-  python -m experiments.study --workdir=/tmp/rope_lab/study_quick --quick   # 1 seed, <= 10 min
+  python -m experiments.study --workdir=/tmp/rope_lab/study            # full: 3 seeds, ~30 min
+  python -m experiments.study --workdir=/tmp/rope_lab/study_quick --quick   # 1 seed, ~6 min
+
+(2 CPU cores shared with other jobs; the budgets are 45 and 10 minutes.)
 
 Variants (``--config=configs/study.py:<variant>``; any field can then be overridden,
 e.g. ``--config.seeds=0,1``):

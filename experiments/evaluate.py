@@ -24,7 +24,8 @@ _LENGTHS = flags.DEFINE_list("lengths", None, "Perplexity window lengths (tokens
 _STRIDE = flags.DEFINE_float("stride_fraction", 0.5, "Sliding-window stride as a fraction of the window.")
 _SPLIT = flags.DEFINE_enum("split", "test", ["validation", "test"], "Held-out split.")
 _MAX_DOCS = flags.DEFINE_integer("max_docs", 2, "Documents scored.")
-_DOC_TOKENS = flags.DEFINE_integer("doc_tokens", None, "Tokens per document (default: longest window).")
+_DOC_TOKENS = flags.DEFINE_integer("doc_tokens", None,
+                                   "Tokens scored per document (default: max(8192, longest window)).")
 _PASSKEY = flags.DEFINE_list("passkey_lengths", [], "Passkey context lengths (>= ~170 tokens).")
 _DEPTHS = flags.DEFINE_list("passkey_depths", ["0", "0.25", "0.5", "0.75", "1"], "Passkey depths.")
 _SAMPLES = flags.DEFINE_integer("passkey_samples", 2, "Passkey examples per (length, depth).")

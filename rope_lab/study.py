@@ -4,17 +4,18 @@
 resume from their checkpoints, and a measurement already in ``results.jsonl`` under the
 same configuration hash is not repeated. Work directory::
 
-  runs/<name>/        training runs (base_s0, ft_pi4_s0, grid_pi8_s0, ape_s0, passkey_s0, ...)
+  runs/<name>/        training runs (base_s0, ft_pi4_lr0.001_s0, grid_pi8_lr0.001_s0, ape_s0, ...)
   arrays/             attention maps and mean q/k (.npz) for the figures
   figures/            PNG figures (plots.py)
   results.jsonl       one row per measurement (results.py)
   report.md           figures + tables + the claim-by-claim comparison (report.py)
 
-Phases: base RoPE models (one per seed) -> optional learned-APE / xPos models and the
-passkey probe model -> fine-tuning learning rate chosen on validation -> PI/YaRN
-fine-tunes at ``finetune_scale`` and the Giraffe grid's PI fine-tunes -> perplexity vs
-length on the test documents -> retrieval -> attention maps and mean q/k -> figures ->
-report. Test documents are only ever scored; every choice uses validation.
+Phases: base RoPE models (one per seed) -> the learned-APE model (and optionally an
+xPos model and a passkey probe model) -> fine-tuning learning rate chosen on validation
+-> PI/YaRN fine-tunes at ``finetune_scale`` and the Giraffe grid's PI fine-tunes ->
+perplexity vs length on the test documents -> passkey / key-value retrieval -> attention
+maps and mean q/k -> figures -> report. Test documents are only ever scored; every choice
+uses validation.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@
 * ``attention_maps``: a model's mean attention maps, attention mass by distance, mean q/k.
 * ``analytic``: similarity of probe vectors by position for any encoding (no model).
 * ``plans``: the encodings applied at each evaluation length (``"matched"`` scales).
+* ``checkpoint_eval``: all of the above for one checkpoint -> results.jsonl
+  (``experiments/evaluate.py``).
+* ``retrieval_data``: passkey rows mixed into training (the optional probe model).
 """
 
 from rope_lab.evaluate.analytic import PROBES, probe_pairs, score_by_distance, score_grid

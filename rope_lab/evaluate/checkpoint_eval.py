@@ -29,7 +29,9 @@ class EvalSettings:
   stride_fraction: float = 0.5
   split: str = "test"
   max_docs: int = 2
-  doc_tokens: int | None = None  # truncate documents (None: the longest window)
+  # Tokens scored per document, the same at every length (as in the study); None: the
+  # larger of 8192 and the longest window.
+  doc_tokens: int | None = None
   passkey_lengths: tuple[int, ...] = ()
   passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
   passkey_samples: int = 2
@@ -62,7 +64,7 @@ def evaluate_checkpoint(workdir: str, plans: Sequence[EncodingPlan], settings: E
   rows = []
   docs = []
   if settings.lengths:
-    doc_tokens = settings.doc_tokens or max(settings.lengths)
+    doc_tokens = settings.doc_tokens or max(8192, max(settings.lengths))
     docs = long_documents(run.exp.data, split=settings.split, min_tokens=doc_tokens,
                           max_docs=settings.max_docs, max_tokens=doc_tokens, tokenizer=tokenizer)
   for plan in plans:
