@@ -20,13 +20,7 @@ CFG = ModelConfig(vocab_size=258, d_model=32, n_layers=1, n_heads=2, mlp_dim=64,
 TRAIN_LENGTH = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """XLA's optimisation passes dominate these tiny programs' cost; the numbers do not need them."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module")

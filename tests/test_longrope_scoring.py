@@ -30,13 +30,7 @@ TRAIN_LENGTH = 16
 DATA = DataConfig(dataset="random:", tokenizer="byte")  # validation documents of up to 2048 tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """XLA's optimisation passes dominate these tiny programs' cost; the numbers do not need them."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def make_params(seed: int = 0):

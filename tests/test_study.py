@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 
-import jax
 import pytest
 
 from rope_lab import config as config_lib
@@ -14,13 +13,7 @@ from tests import tiny_config
 from tests import train_helpers as th
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """XLA's optimisation passes dominate these tiny programs' cost; the numbers do not need them."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def miniature(**changes) -> study.StudyConfig:
