@@ -44,6 +44,7 @@ from rope_lab.search.config import DEFAULT_N_HAT_CHOICES, SearchConfig, SearchCo
 from rope_lab.search.evolution import FACTOR_FILE, SearchResult, run_search, write_factor_file
 from rope_lab.search.plots import plot_convergence, plot_factors
 from rope_lab.search.seeds import rescale_factors
+from rope_lab.search.state import RESULTS_FILE, read_result_rows
 
 FACTOR_SPEC_FILE = "longrope_encoding.json"
 STAGE_KIND = "longrope_search"
@@ -212,18 +213,9 @@ def seed_from_file(path: str, space: scoring.RotarySpace, stage: Stage, mode: st
 
 def append_stage_rows(workdir: str, stage: str, history) -> None:
   """Each generation row once in <workdir>/results.jsonl, tagged with its stage (resumes add no copies)."""
-  path = os.path.join(workdir, "results.jsonl")
-  logged = set()
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except ValueError:
-          continue
-        if isinstance(row, dict) and row.get("kind") == STAGE_KIND:
-          logged.add((row.get("stage"), row.get("generation"), row.get("seed")))
-  with open(path, "a") as f:
+  logged = {(row.get("stage"), row.get("generation"), row.get("seed"))
+            for row in read_result_rows(workdir) if row.get("kind") == STAGE_KIND}
+  with open(os.path.join(workdir, RESULTS_FILE), "a") as f:
     for row in history:
       if (stage, row["generation"], row["seed"]) not in logged:
         f.write(json.dumps({**row, "stage": stage}) + "\n")

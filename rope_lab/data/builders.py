@@ -13,6 +13,7 @@ the defining module.
 
 from __future__ import annotations
 
+import abc
 import sys
 
 import tensorflow_datasets as tfds
@@ -41,8 +42,9 @@ class _EmbeddedCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   SPLIT_SALT: str = ""
   DESCRIPTION: str = ""
 
+  @abc.abstractmethod
   def _raw_documents(self):
-    raise NotImplementedError
+    """Yields every document of the corpus (each builder reads its own source)."""
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION,

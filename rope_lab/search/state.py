@@ -133,10 +133,10 @@ def _is_own_row(row, cfg: SearchConfig) -> bool:
           and row.get("target_factor") == cfg.target_factor)
 
 
-def logged_generations(workdir: str, cfg: SearchConfig) -> set:
-  """Generations of this search already in results.jsonl (a crash may fall between save and log)."""
+def read_result_rows(workdir: str) -> list[dict]:
+  """Rows of <workdir>/results.jsonl; a torn last line (a kill mid-write) is skipped."""
   path = os.path.join(workdir, RESULTS_FILE)
-  found = set()
+  rows = []
   if os.path.exists(path):
     with open(path) as f:
       for line in f:
@@ -144,9 +144,14 @@ def logged_generations(workdir: str, cfg: SearchConfig) -> set:
           row = json.loads(line)
         except ValueError:
           continue
-        if _is_own_row(row, cfg):
-          found.add(row.get("generation"))
-  return found
+        if isinstance(row, dict):
+          rows.append(row)
+  return rows
+
+
+def logged_generations(workdir: str, cfg: SearchConfig) -> set:
+  """Generations of this search already in results.jsonl (a crash may fall between save and log)."""
+  return {row.get("generation") for row in read_result_rows(workdir) if _is_own_row(row, cfg)}
 
 
 def append_results(workdir: str, rows: list) -> None:
