@@ -37,8 +37,7 @@ INIT_FROM_SCHEMES = ("gs://", "hf:")
 HF_SCHEME = "hf:"
 
 
-class ConfigError(ValueError):
-  """A config field is unknown, of the wrong type or out of range; the message names it."""
+from rope_lab.errors import ConfigError  # noqa: E402  (one class for every config error)
 
 
 def _require(condition: bool, field: str, valid: str, value: Any) -> None:
@@ -210,9 +209,9 @@ def dataclass_from_mapping(cls: type, values: Mapping[str, Any], where: str):
     kwargs[name] = coerce(value, hint, f"{where}.{name}")
   try:
     return cls(**kwargs)
-  except ConfigError:
-    raise
   except (ValueError, TypeError) as e:
+    if type(e) is ConfigError and str(e).startswith("config."):
+      raise  # already names its field in full
     raise ConfigError(f"{where}: {e}") from e
 
 

@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from rope_lab import attention
+from rope_lab.errors import ConfigError
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.base import Hooks
 
@@ -61,7 +62,7 @@ NORMS = ("rms", "layer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ConfigError):
   """A ModelConfig field is invalid; the message names it."""
 
 

@@ -5,18 +5,20 @@ do not know this package can still catch them, while the messages always name
 the offending file, dataset or configuration field.
 """
 
+from rope_lab.errors import ConfigError, DataError, MissingFileError
 
-class DataConfigError(ValueError):
+
+class DataConfigError(ConfigError):
   """A configuration value (a DataConfig field or a function argument) is invalid."""
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(ConfigError):
   """A dataset name does not match any known dataset or catalog scheme."""
 
 
-class DocumentError(ValueError):
+class DocumentError(DataError):
   """A source document cannot be used (empty file, bytes that are not UTF-8, too short)."""
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(MissingFileError):
   """A dataset (or the data directory itself) is not available locally."""

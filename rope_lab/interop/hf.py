@@ -23,13 +23,14 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from rope_lab import pe
+from rope_lab.errors import CheckpointError
 from rope_lab.interop.hf_rope import HFConfigError, encoding_from_hf, encoding_to_hf
 from rope_lab.model import ModelConfig, Transformer
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 
-class HFCheckpointError(ValueError):
+class HFCheckpointError(CheckpointError):
   """A checkpoint file or weight is missing or malformed; the message names it."""
 
 

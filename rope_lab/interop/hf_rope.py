@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from rope_lab import pe
+from rope_lab.errors import ConfigError
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
-class HFConfigError(ValueError):
+class HFConfigError(ConfigError):
   """A Hugging Face config field is missing, malformed or unsupported; the message names it."""
 
 

@@ -29,8 +29,7 @@ def register(cls):
   return cls
 
 
-class ConfigError(ValueError):
-  """A parameter of an encoding config is invalid; the message names it."""
+from rope_lab.errors import ConfigError  # noqa: E402  (one class for every config error)
 
 
 def check(condition: bool, method: str, field: str, valid: str, value: Any) -> None:

@@ -15,13 +15,15 @@ import math
 
 import numpy as np
 
+from rope_lab.errors import ConfigError
+
 # Reference candidate list for n_hat, the leading positions left un-interpolated.
 DEFAULT_N_HAT_CHOICES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256)
 # "ones" (no interpolation) is the natural seed of a short search at the original length.
 SEED_NAMES = ("pi", "ntk", "yarn", "ones")
 
 
-class SearchConfigError(ValueError):
+class SearchConfigError(ConfigError):
   """A SearchConfig field is invalid; the message names it."""
 
 
