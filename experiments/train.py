@@ -12,7 +12,6 @@ A SIGTERM saves a checkpoint at the next step boundary and exits with status 143
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -30,36 +29,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 PREEMPTED_EXIT_CODE = 128 + 15  # what a shell reports for a process ended by SIGTERM
 
 
-def _cluster_detected() -> bool:
-  """A multi-host TPU slice, or a SLURM / Open MPI job of several tasks: JAX finds its peers."""
-  return ("," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-          or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-          or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
-
-
-def _flag_or_env(flag, name: str, kind=str):
-  """A flag's value, else the environment variable ``name`` (how launchers pass them)."""
-  if flag.value is not None:
-    return flag.value
-  value = os.environ.get(name)
-  return None if value is None else kind(value)
-
-
 def initialize_distributed() -> None:
   """Joins a multi-process run (before JAX touches any device); no-op for one process."""
-  import jax  # pylint: disable=g-import-not-at-top
-  coordinator = _flag_or_env(_COORDINATOR, "JAX_COORDINATOR_ADDRESS")
-  if coordinator is not None:
-    count = _flag_or_env(_NUM_PROCESSES, "JAX_NUM_PROCESSES", int)
-    index = _flag_or_env(_PROCESS_ID, "JAX_PROCESS_ID", int)
-    if count is None or index is None:
-      raise app.UsageError("a coordinator address needs --num_processes and --process_id "
-                           "(or JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
-    # CPU processes need a collectives backend to talk to each other; GPUs use NCCL.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, count, index)
-  elif _cluster_detected():
-    jax.distributed.initialize()
+  from rope_lab import distributed  # pylint: disable=g-import-not-at-top
+  from rope_lab.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ConfigError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from experiments import longrope_search as experiment
 from rope_lab import config as config_lib
 from rope_lab import pe
+from rope_lab import search
+from rope_lab.errors import ConfigError
 from rope_lab.data import DataConfig, LongDocument
 from rope_lab.evaluate import document_windows, encoding_hooks, eval_model_config, plan_from_json, window_nll
 from rope_lab.model import ModelConfig, init_params
@@ -61,15 +62,15 @@ def population(target_factor: float, size: int, seed: int = 0) -> np.ndarray:
   return np.concatenate([factors, np.full((1, space().pairs), target_factor)])
 
 
-def base_model(params, restore=None) -> experiment.BaseModel:
-  return experiment.BaseModel(model=CFG, data=DATA, encoding=pe.make("rope"), train_length=TRAIN_LENGTH,
+def base_model(params, restore=None) -> search.BaseModel:
+  return search.BaseModel(model=CFG, data=DATA, encoding=pe.make("rope"), train_length=TRAIN_LENGTH,
                               restore_params=restore or (lambda: params))
 
 
-def settings(**changes) -> experiment.SearchSettings:
+def settings(**changes) -> search.SearchRun:
   values = dict(target_length=64, max_docs=2, population=4, generations=2, mutations=2, crossovers=2,
                 top_k=2, grid_step=0.25, candidates_per_call=2, seed=3)
-  return experiment.SearchSettings(**{**values, **changes})
+  return search.run_from_mapping({**values, **changes})
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -142,7 +143,7 @@ def test_scorer_rejects_factors_of_another_shape_and_n_hat_beyond_the_near_table
 def test_progressive_search_compiles_once_per_stage_and_writes_usable_factors(params, tmp_path):
   calls = []
   traces = scoring.trace_count()
-  outcome = experiment.run_longrope_search(
+  outcome = search.run_longrope_search(
       settings(stage1_length=32, short_search=True, short_max_factor=2.0, seed=11), str(tmp_path),
       base=base_model(params), log=calls.append)
   assert scoring.trace_count() - traces == 3  # stage1 (32 tokens), long (64), short (16)
@@ -154,12 +155,12 @@ def test_progressive_search_compiles_once_per_stage_and_writes_usable_factors(pa
   loaded = pe.load_factors(outcome.factor_file, head_dim=CFG.head_dim)
   assert loaded.long_factor == pytest.approx(outcome.long.factors)
   assert loaded.short_factor == pytest.approx(outcome.short.factors)
-  documents = experiment.validation_documents(DATA, settings(), scoring_tokenizer())
+  documents = search.validation_documents(DATA, settings(), scoring_tokenizer())
   windows = document_windows(documents, 64, 32, pad_id=scoring_tokenizer().pad_id)
   nll = window_nll(eval_model_config(CFG, 64), params, windows, encoding_hooks(CFG, loaded, 64))
   assert np.exp(nll.loss) == pytest.approx(outcome.long.perplexity, rel=1e-5)
 
-  spec = open(os.path.join(tmp_path, experiment.FACTOR_SPEC_FILE)).read()
+  spec = open(os.path.join(tmp_path, search.FACTOR_SPEC_FILE)).read()
   assert plan_from_json(spec).encoding(64, TRAIN_LENGTH).long_factor == loaded.long_factor
   rows = [json.loads(line) for line in open(os.path.join(tmp_path, "results.jsonl"))]
   assert sorted((r["stage"], r["generation"]) for r in rows) == sorted(
@@ -189,16 +190,16 @@ def _recording_scorer(monkeypatch, scored: list, interrupt_at: int | None = None
 def test_an_interrupted_search_resumes_to_the_same_result_without_rescoring(params, tmp_path, monkeypatch):
   straight_calls, resumed_calls = [], []
   _recording_scorer(monkeypatch, straight_calls)
-  straight = experiment.run_longrope_search(settings(), str(tmp_path / "straight"), base=base_model(params),
+  straight = search.run_longrope_search(settings(), str(tmp_path / "straight"), base=base_model(params),
                                             log=lambda _: None)
   # Population 4 in calls 1-2, generation 1's children in calls 3-4: stop inside generation 1.
   _recording_scorer(monkeypatch, resumed_calls, interrupt_at=4)
   with pytest.raises(KeyboardInterrupt):
-    experiment.run_longrope_search(settings(), str(tmp_path / "resumed"), base=base_model(params),
+    search.run_longrope_search(settings(), str(tmp_path / "resumed"), base=base_model(params),
                                    log=lambda _: None)
   assert len(resumed_calls) == 3
   _recording_scorer(monkeypatch, resumed_calls)
-  resumed = experiment.run_longrope_search(settings(), str(tmp_path / "resumed"), base=base_model(params),
+  resumed = search.run_longrope_search(settings(), str(tmp_path / "resumed"), base=base_model(params),
                                            log=lambda _: None)
   assert resumed.long.factors == straight.long.factors
   assert resumed.long.perplexity == straight.long.perplexity
@@ -213,7 +214,7 @@ def test_an_interrupted_search_resumes_to_the_same_result_without_rescoring(para
 def test_sigterm_becomes_keyboard_interrupt_and_the_handler_is_restored():
   before = signal.getsignal(signal.SIGTERM)
   with pytest.raises(KeyboardInterrupt):
-    with experiment.sigterm_as_keyboard_interrupt():
+    with search.sigterm_as_keyboard_interrupt():
       os.kill(os.getpid(), signal.SIGTERM)
       time.sleep(5)  # the handler raises at the next bytecode, long before this ends
   assert signal.getsignal(signal.SIGTERM) is before
@@ -227,16 +228,16 @@ def _must_not_restore():
 
 
 @pytest.mark.parametrize("changes, error, message", [
-    (dict(target_length=8), experiment.SearchSetupError, r"target factor s = .* 8 / 16 = 0.5 must be > 1"),
+    (dict(target_length=8), search.SearchSetupError, r"target factor s = .* 8 / 16 = 0.5 must be > 1"),
     (dict(population=2, top_k=4), SearchConfigError, r"population \(2\) must be >= top_k \(4\)"),
-    (dict(target_length=4096), experiment.SearchSetupError,
+    (dict(target_length=4096), search.SearchSetupError,
      r"validation documents are shorter than the target length 4096"),
-    (dict(stage1_length=80), experiment.SearchSetupError, r"stage1_length must lie between"),
+    (dict(stage1_length=80), search.SearchSetupError, r"stage1_length must lie between"),
 ])
 def test_bad_settings_fail_before_any_compute(tmp_path, changes, error, message):
   traces = scoring.trace_count()
   with pytest.raises(error, match=message):
-    experiment.run_longrope_search(settings(**changes), str(tmp_path), base=base_model(None, _must_not_restore))
+    search.run_longrope_search(settings(**changes), str(tmp_path), base=base_model(None, _must_not_restore))
   assert scoring.trace_count() == traces
 
 
@@ -246,7 +247,7 @@ def test_a_seed_factor_file_for_another_head_dim_is_rejected_before_any_compute(
   path = str(tmp_path / "other.json")
   pe.save_factors(path, other, head_dim=32)
   with pytest.raises(pe.ConfigError, match="head_dim 32, model has 16"):
-    experiment.run_longrope_search(settings(seed_factor_file=path), str(tmp_path / "run"),
+    search.run_longrope_search(settings(seed_factor_file=path), str(tmp_path / "run"),
                                    base=base_model(None, _must_not_restore))
 
 
@@ -255,20 +256,35 @@ def test_a_seed_factor_file_is_rescaled_into_the_first_stage(tmp_path):
                   original_max_position_embeddings=TRAIN_LENGTH, factor=8.0)
   path = str(tmp_path / "found.json")
   pe.save_factors(path, found, head_dim=CFG.head_dim)
-  stage = experiment.Stage("long", 64, SearchConfig(target_factor=4.0, rotary_pairs=8, original_length=16), 1.0)
-  seed = experiment.seed_from_file(path, space(), stage, "log")
+  stage = search.Stage("long", 64, SearchConfig(target_factor=4.0, rotary_pairs=8, original_length=16), 1.0)
+  seed = search.seed_from_file(path, space(), stage, "log")
   np.testing.assert_allclose(seed, np.linspace(1, 8, 8) ** (np.log(4) / np.log(8)))  # 1 -> 1, 8 -> 4
 
 
 def test_a_base_workdir_without_a_trained_model_is_named(tmp_path):
-  with pytest.raises(experiment.SearchSetupError, match="config.base_workdir is not set"):
-    experiment.base_model_from_workdir(None)
-  with pytest.raises(experiment.SearchSetupError, match=r"base_workdir=.*no config.json"):
-    experiment.base_model_from_workdir(str(tmp_path))
+  with pytest.raises(search.SearchSetupError, match="config.base_workdir is not set"):
+    search.base_model_from_workdir(None)
+  with pytest.raises(search.SearchSetupError, match=r"base_workdir=.*no config.json"):
+    search.base_model_from_workdir(str(tmp_path))
   with open(tmp_path / "config.json", "w") as f:  # a run that never saved a checkpoint
     json.dump(config_lib.experiment_to_dict(th.tiny_experiment()), f)
-  with pytest.raises(experiment.SearchSetupError, match=r"base_workdir=.*no committed checkpoint"):
-    experiment.base_model_from_workdir(str(tmp_path))
+  with pytest.raises(search.SearchSetupError, match=r"base_workdir=.*no committed checkpoint"):
+    search.base_model_from_workdir(str(tmp_path))
+
+
+def test_the_config_file_sets_the_evolution_hyperparameters_of_every_stage():
+  from configs import longrope_search as search_config  # pylint: disable=g-import-not-at-top
+  run = search.run_from_mapping(search_config.get_config("quick,progressive").to_dict())
+  stages = search.plan_stages(run, space(), original_length=TRAIN_LENGTH)
+  assert [s.name for s in stages] == ["stage1", "long", "short"]
+  for stage in stages:  # quick: population 16, 6 generations, 8 + 8 children, top 8
+    assert (stage.search.population, stage.search.generations, stage.search.mutations,
+            stage.search.crossovers, stage.search.top_k) == (16, 6, 8, 8, 8)
+  assert stages[1].search.target_factor == 1024 / TRAIN_LENGTH and stages[2].search.seeds == ("ones", "pi")
+  with pytest.raises(ConfigError, match="unknown field.*populaton"):
+    search.run_from_mapping({"populaton": 3})
+  with pytest.raises(ConfigError, match="config.population must be int"):
+    search.run_from_mapping({"population": "many"})
 
 
 # ----------------------------------------------------------------------------- 8 devices

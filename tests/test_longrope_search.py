@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rope_lab import pe
-from rope_lab.longrope_search import (
+from rope_lab.search import (
     RESULTS_FILE,
     STATE_FILE,
     Candidate,

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from rope_lab.errors import ConfigError
+from rope_lab.errors import ConfigError, check
 
 # Reference candidate list for n_hat, the leading positions left un-interpolated.
 DEFAULT_N_HAT_CHOICES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256)
@@ -27,9 +27,12 @@ class SearchConfigError(ConfigError):
   """A SearchConfig field is invalid; the message names it."""
 
 
-def _require(condition: bool, message: str) -> None:
-  if not condition:
-    raise SearchConfigError(f"SearchConfig: {message}")
+class SearchSetupError(ConfigError):
+  """A search on a trained model cannot start with these settings or inputs; the message names the field."""
+
+
+def _require(condition: bool, field: str, valid: str, value) -> None:
+  check(condition, f"SearchConfig.{field}", valid, value, SearchConfigError)
 
 
 def _is_int(value) -> bool:
@@ -79,45 +82,41 @@ class SearchConfig:
 
   def _validate(self) -> None:
     s = self.target_factor
-    _require(_is_number(s) and math.isfinite(s) and s >= 1,
-             f"target_factor must be a finite number >= 1 (s = L_target / L_orig), got {s!r}")
-    _require(_is_int(self.rotary_pairs) and self.rotary_pairs >= 2,
-             f"rotary_pairs must be an integer >= 2 (rotary_dim / 2), got {self.rotary_pairs!r}")
-    _require(_is_int(self.original_length) and self.original_length >= 2,
-             f"original_length must be an integer >= 2, got {self.original_length!r}")
-    _require(_is_number(self.rope_base) and self.rope_base > 1,
-             f"rope_base must be > 1, got {self.rope_base!r}")
-    _require(_is_number(self.grid_step) and math.isfinite(self.grid_step) and self.grid_step > 0,
-             f"grid_step must be a finite number > 0, got {self.grid_step!r}")
+    _require(_is_number(s) and math.isfinite(s) and s >= 1, "target_factor",
+             "a finite number >= 1 (s = L_target / L_orig)", s)
+    _require(_is_int(self.rotary_pairs) and self.rotary_pairs >= 2, "rotary_pairs",
+             "an integer >= 2 (rotary_dim / 2)", self.rotary_pairs)
+    _require(_is_int(self.original_length) and self.original_length >= 2, "original_length",
+             "an integer >= 2", self.original_length)
+    _require(_is_number(self.rope_base) and self.rope_base > 1, "rope_base", "> 1", self.rope_base)
+    _require(_is_number(self.grid_step) and math.isfinite(self.grid_step) and self.grid_step > 0, "grid_step",
+             "a finite number > 0", self.grid_step)
     for name in ("population", "top_k", "max_tries"):
       value = getattr(self, name)
-      _require(_is_int(value) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
+      _require(_is_int(value) and value >= 1, name, "an integer >= 1", value)
     for name in ("generations", "mutations", "crossovers", "seed"):
       value = getattr(self, name)
-      _require(_is_int(value) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
-    _require(self.population >= self.top_k,
-             f"population ({self.population}) must be >= top_k ({self.top_k})")
-    _require(self.crossovers == 0 or self.top_k >= 2,
-             f"top_k ({self.top_k}) must be >= 2 when crossovers ({self.crossovers}) > 0: a crossover "
-             "needs two parents")
+      _require(_is_int(value) and value >= 0, name, "an integer >= 0", value)
+    _require(self.population >= self.top_k, f"population ({self.population})", f">= top_k ({self.top_k})",
+             self.population)
+    _require(self.crossovers == 0 or self.top_k >= 2, f"top_k ({self.top_k})",
+             f">= 2 when crossovers ({self.crossovers}) > 0: a crossover needs two parents", self.top_k)
     for name in ("mutation_prob", "crossover_prob"):
       value = getattr(self, name)
-      _require(_is_number(value) and 0 <= value <= 1, f"{name} must be in [0, 1], got {value!r}")
+      _require(_is_number(value) and 0 <= value <= 1, name, "in [0, 1]", value)
     choices = self.n_hat_choices
     _require(len(choices) > 0 and all(_is_int(n) and n >= 0 for n in choices)
-             and len(set(choices)) == len(choices),
-             f"n_hat_choices must be distinct integers >= 0, got {choices!r}")
-    _require(_is_int(self.n_hat) and self.n_hat >= 0, f"n_hat must be an integer >= 0, got {self.n_hat!r}")
-    _require(not self.search_n_hat or self.n_hat in choices,
-             f"n_hat ({self.n_hat}) must be one of n_hat_choices {choices} when search_n_hat is set")
+             and len(set(choices)) == len(choices), "n_hat_choices", "distinct integers >= 0", choices)
+    _require(_is_int(self.n_hat) and self.n_hat >= 0, "n_hat", "an integer >= 0", self.n_hat)
+    _require(not self.search_n_hat or self.n_hat in choices, f"n_hat ({self.n_hat})",
+             f"one of n_hat_choices {choices} when search_n_hat is set", self.n_hat)
     unknown = [name for name in self.seeds if name not in SEED_NAMES]
-    _require(not unknown, f"seeds must be names from {SEED_NAMES}, got unknown {unknown}")
+    _require(not unknown, "seeds", f"names from {SEED_NAMES} (these are unknown {unknown})", self.seeds)
     _require(_is_number(self.yarn_beta_fast) and _is_number(self.yarn_beta_slow)
-             and self.yarn_beta_fast > self.yarn_beta_slow > 0,
-             f"yarn_beta_fast/yarn_beta_slow must satisfy yarn_beta_fast > yarn_beta_slow > 0, got "
-             f"{(self.yarn_beta_fast, self.yarn_beta_slow)!r}")
+             and self.yarn_beta_fast > self.yarn_beta_slow > 0, "yarn_beta_fast/yarn_beta_slow",
+             "such that yarn_beta_fast > yarn_beta_slow > 0", (self.yarn_beta_fast, self.yarn_beta_slow))
     _require(self.score_batch_size is None or (_is_int(self.score_batch_size) and self.score_batch_size >= 1),
-             f"score_batch_size must be None or an integer >= 1, got {self.score_batch_size!r}")
+             "score_batch_size", "None or an integer >= 1", self.score_batch_size)
 
   # --------------------------------------------------------------------------- grid
 
