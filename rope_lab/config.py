@@ -37,12 +37,7 @@ INIT_FROM_SCHEMES = ("gs://", "hf:")
 HF_SCHEME = "hf:"
 
 
-from rope_lab.errors import ConfigError  # noqa: E402  (one class for every config error)
-
-
-def _require(condition: bool, field: str, valid: str, value: Any) -> None:
-  if not condition:
-    raise ConfigError(f"config.{field} must be {valid}, got {value!r}")
+from rope_lab.errors import ConfigError, check  # noqa: E402  (one class for every config error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,40 +105,40 @@ class TrainConfig:
   def __post_init__(self):
     for name in ("seq_len", "global_batch_size", "steps", "grad_accum_steps", "log_every",
                  "keep_checkpoints"):
-      _require(getattr(self, name) >= 1, name, "an int >= 1", getattr(self, name))
+      check(getattr(self, name) >= 1, f"config.{name}", "an int >= 1", getattr(self, name))
     for name in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "seed"):
-      _require(getattr(self, name) >= 0, name, "an int >= 0", getattr(self, name))
-    _require(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
-    _require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}",
-             self.lr_schedule)
-    _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
-    _require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
-    _require(0 <= self.adam_b1 < 1, "adam_b1", "in [0, 1)", self.adam_b1)
-    _require(0 <= self.adam_b2 < 1, "adam_b2", "in [0, 1)", self.adam_b2)
-    _require(self.adam_eps > 0, "adam_eps", "> 0", self.adam_eps)
-    _require(self.grad_clip_norm >= 0, "grad_clip_norm", ">= 0 (0 disables)", self.grad_clip_norm)
-    _require(self.global_batch_size % self.grad_accum_steps == 0, "grad_accum_steps",
-             f"a divisor of global_batch_size={self.global_batch_size}", self.grad_accum_steps)
-    _require(self.eval_every == 0 or self.eval_batches >= 1, "eval_batches",
-             ">= 1 when eval_every > 0", self.eval_batches)
-    _require(len(self.mesh_shape) == len(MESH_AXES)
-             and all(n == -1 or n >= 1 for n in self.mesh_shape)
-             and list(self.mesh_shape).count(-1) <= 1,
-             "mesh_shape", f"{len(MESH_AXES)} sizes for {MESH_AXES}, each >= 1 or one -1",
-             self.mesh_shape)
+      check(getattr(self, name) >= 0, f"config.{name}", "an int >= 0", getattr(self, name))
+    check(self.learning_rate > 0, "config.learning_rate", "> 0", self.learning_rate)
+    check(self.lr_schedule in LR_SCHEDULES, "config.lr_schedule", f"one of {LR_SCHEDULES}",
+          self.lr_schedule)
+    check(0 <= self.min_lr_ratio <= 1, "config.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+    check(self.weight_decay >= 0, "config.weight_decay", ">= 0", self.weight_decay)
+    check(0 <= self.adam_b1 < 1, "config.adam_b1", "in [0, 1)", self.adam_b1)
+    check(0 <= self.adam_b2 < 1, "config.adam_b2", "in [0, 1)", self.adam_b2)
+    check(self.adam_eps > 0, "config.adam_eps", "> 0", self.adam_eps)
+    check(self.grad_clip_norm >= 0, "config.grad_clip_norm", ">= 0 (0 disables)", self.grad_clip_norm)
+    check(self.global_batch_size % self.grad_accum_steps == 0, "config.grad_accum_steps",
+          f"a divisor of global_batch_size={self.global_batch_size}", self.grad_accum_steps)
+    check(self.eval_every == 0 or self.eval_batches >= 1, "config.eval_batches",
+          ">= 1 when eval_every > 0", self.eval_batches)
+    check(len(self.mesh_shape) == len(MESH_AXES)
+          and all(n == -1 or n >= 1 for n in self.mesh_shape)
+          and list(self.mesh_shape).count(-1) <= 1,
+          "config.mesh_shape", f"{len(MESH_AXES)} sizes for {MESH_AXES}, each >= 1 or one -1",
+          self.mesh_shape)
     known_axes = set(MESH_AXES)
     for logical, mesh_axes in self.logical_rules:
       axes = (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ())
-      _require(set(axes) <= known_axes, "logical_rules",
-               f"pairs mapping to mesh axes in {MESH_AXES} (rule for {logical!r})", mesh_axes)
+      check(set(axes) <= known_axes, "config.logical_rules",
+            f"pairs mapping to mesh axes in {MESH_AXES} (rule for {logical!r})", mesh_axes)
     if self.init_from is not None:
       check_init_from(self.init_from)
 
 
 def check_init_from(path: str) -> None:
   """Raises a ValueError naming config.init_from for an empty path or an unknown scheme."""
-  _require(isinstance(path, str) and path.strip() != "", "init_from",
-           "None or a run directory", path)
+  check(isinstance(path, str) and path.strip() != "", "config.init_from",
+        "None or a run directory", path)
   scheme = path.split(":", 1)[0] if ":" in path else ""
   if scheme and not path.startswith(INIT_FROM_SCHEMES):
     raise ConfigError(

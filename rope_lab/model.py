@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from rope_lab import attention
-from rope_lab.errors import ConfigError
+from rope_lab.errors import ConfigError, check
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.base import Hooks
 
@@ -64,11 +64,6 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 class ModelConfigError(ConfigError):
   """A ModelConfig field is invalid; the message names it."""
-
-
-def _check(condition: bool, field: str, valid: str, value: Any) -> None:
-  if not condition:
-    raise ModelConfigError(f"ModelConfig.{field} must be {valid}, got {value!r}")
 
 
 def _is_int(value) -> bool:
@@ -105,32 +100,38 @@ class ModelConfig:
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim", "chunk_size"):
       value = getattr(self, name)
-      _check(_is_int(value) and value >= 1, name, "an int >= 1", value)
+      check(_is_int(value) and value >= 1, f"ModelConfig.{name}", "an int >= 1", value, ModelConfigError)
     if self.n_kv_heads is None:
       object.__setattr__(self, "n_kv_heads", self.n_heads)
-    _check(_is_int(self.n_kv_heads) and self.n_kv_heads >= 1, "n_kv_heads", "an int >= 1", self.n_kv_heads)
-    _check(self.n_heads % self.n_kv_heads == 0, "n_kv_heads", f"a divisor of n_heads={self.n_heads}",
-           self.n_kv_heads)
+    check(_is_int(self.n_kv_heads) and self.n_kv_heads >= 1, "ModelConfig.n_kv_heads", "an int >= 1", self.n_kv_heads,
+          ModelConfigError)
+    check(self.n_heads % self.n_kv_heads == 0, "ModelConfig.n_kv_heads", f"a divisor of n_heads={self.n_heads}",
+          self.n_kv_heads, ModelConfigError)
     if self.head_dim is None:
-      _check(self.d_model % self.n_heads == 0, "d_model",
-             f"divisible by n_heads={self.n_heads} (or set head_dim)", self.d_model)
+      check(self.d_model % self.n_heads == 0, "ModelConfig.d_model",
+            f"divisible by n_heads={self.n_heads} (or set head_dim)", self.d_model, ModelConfigError)
       object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
-    _check(_is_int(self.head_dim) and self.head_dim >= 1, "head_dim", "an int >= 1", self.head_dim)
-    _check(self.mlp in MLPS, "mlp", f"one of {MLPS}", self.mlp)
-    _check(self.norm in NORMS, "norm", f"one of {NORMS}", self.norm)
-    _check(_is_real(self.norm_eps) and self.norm_eps > 0, "norm_eps", "a number > 0", self.norm_eps)
-    _check(self.attention in attention.IMPLEMENTATIONS, "attention", f"one of {attention.IMPLEMENTATIONS}",
-           self.attention)
-    _check(self.compute_dtype in DTYPES, "compute_dtype", f"one of {tuple(DTYPES)}", self.compute_dtype)
-    _check(_is_real(self.init_std) and self.init_std > 0, "init_std", "a number > 0", self.init_std)
+    check(_is_int(self.head_dim) and self.head_dim >= 1, "ModelConfig.head_dim", "an int >= 1", self.head_dim,
+          ModelConfigError)
+    check(self.mlp in MLPS, "ModelConfig.mlp", f"one of {MLPS}", self.mlp, ModelConfigError)
+    check(self.norm in NORMS, "ModelConfig.norm", f"one of {NORMS}", self.norm, ModelConfigError)
+    check(_is_real(self.norm_eps) and self.norm_eps > 0, "ModelConfig.norm_eps", "a number > 0", self.norm_eps,
+          ModelConfigError)
+    check(self.attention in attention.IMPLEMENTATIONS, "ModelConfig.attention", f"one of {attention.IMPLEMENTATIONS}",
+          self.attention, ModelConfigError)
+    check(self.compute_dtype in DTYPES, "ModelConfig.compute_dtype", f"one of {tuple(DTYPES)}", self.compute_dtype,
+          ModelConfigError)
+    check(_is_real(self.init_std) and self.init_std > 0, "ModelConfig.init_std", "a number > 0", self.init_std,
+          ModelConfigError)
     for name in ("tied_embeddings", "qkv_bias", "segment_masking"):
-      _check(isinstance(getattr(self, name), bool), name, "a bool", getattr(self, name))
+      check(isinstance(getattr(self, name), bool), f"ModelConfig.{name}", "a bool", getattr(self, name),
+            ModelConfigError)
     if self.logit_soft_cap is not None:
-      _check(_is_real(self.logit_soft_cap) and self.logit_soft_cap > 0, "logit_soft_cap", "> 0 or None",
-             self.logit_soft_cap)
-      _check(self.attention != "dot_product", "logit_soft_cap",
-             "None with attention='dot_product' (jax.nn.dot_product_attention has no soft cap)",
-             self.logit_soft_cap)
+      check(_is_real(self.logit_soft_cap) and self.logit_soft_cap > 0, "ModelConfig.logit_soft_cap", "> 0 or None",
+            self.logit_soft_cap, ModelConfigError)
+      check(self.attention != "dot_product", "ModelConfig.logit_soft_cap",
+            "None with attention='dot_product' (jax.nn.dot_product_attention has no soft cap)",
+            self.logit_soft_cap, ModelConfigError)
 
   @property
   def dtype(self):

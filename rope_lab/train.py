@@ -28,11 +28,12 @@ from rope_lab.checkpoint import Checkpointer, checkpoint_directory, latest_step_
 from rope_lab.config import HF_SCHEME, ConfigError, ExperimentConfig, TrainConfig, experiment_to_dict
 from rope_lab.interop import hf
 from rope_lab.data import DataConfig, get_tokenizer, make_train_iterator, save_tokenizer_spec
+from rope_lab.errors import RopeLabError
 from rope_lab.train_log import MetricsLog, Progress
 from rope_lab.train_step import Program, TrainSetup, TrainState, build_program
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RopeLabError, RuntimeError):
   """The loss or gradient norm became inf/NaN; the run stopped without saving that state."""
 
 

@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 from rope_lab.data.errors import DataConfigError, DatasetNotPreparedError, UnknownDatasetError
 from rope_lab.data.sources import parse_dataset_name
+from rope_lab.errors import check
 
 DATA_DIR_ENV = "ROPE_LAB_DATA_DIR"
 
 TOKENIZER_KINDS = ("byte", "bpe", "unigram")
 ORDERINGS = ("random", "in_context")
 PACKINGS = ("pack", "concat")
-
-
-def _check(condition: bool, field: str, valid: str, value: Any) -> None:
-  if not condition:
-    raise DataConfigError(f"DataConfig.{field} must be {valid}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,41 +70,42 @@ class DataConfig:
   auto_prepare: bool = True
 
   def __post_init__(self):
-    _check(isinstance(self.dataset, str) and self.dataset.strip() != "",
-           "dataset", "a non-empty dataset name", self.dataset)
+    check(isinstance(self.dataset, str) and self.dataset.strip() != "",
+          "DataConfig.dataset", "a non-empty dataset name", self.dataset, DataConfigError)
     try:
       parse_dataset_name(self.dataset)
     except UnknownDatasetError as e:
       raise UnknownDatasetError(f"DataConfig.dataset: {e}") from None
-    _check(isinstance(self.tokenizer, str)
-           and (self.tokenizer in TOKENIZER_KINDS or self.tokenizer.endswith(".model")),
-           "tokenizer", f"one of {TOKENIZER_KINDS} or a path ending in .model", self.tokenizer)
-    _check(self.vocab_size is None
-           or (isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool)
-               and self.vocab_size > 0),
-           "vocab_size", "None or a positive int", self.vocab_size)
+    check(isinstance(self.tokenizer, str)
+          and (self.tokenizer in TOKENIZER_KINDS or self.tokenizer.endswith(".model")),
+          "DataConfig.tokenizer", f"one of {TOKENIZER_KINDS} or a path ending in .model", self.tokenizer,
+          DataConfigError)
+    check(self.vocab_size is None
+          or (isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool)
+              and self.vocab_size > 0),
+          "DataConfig.vocab_size", "None or a positive int", self.vocab_size, DataConfigError)
     if self.tokenizer in ("bpe", "unigram"):
-      _check(self.vocab_size is not None, "vocab_size",
-             f"set when tokenizer={self.tokenizer!r} (the size of the model to train)",
-             self.vocab_size)
-    _check(self.ordering in ORDERINGS, "ordering", f"one of {ORDERINGS}", self.ordering)
-    _check(self.packing in PACKINGS, "packing", f"one of {PACKINGS}", self.packing)
+      check(self.vocab_size is not None, "DataConfig.vocab_size",
+            f"set when tokenizer={self.tokenizer!r} (the size of the model to train)",
+            self.vocab_size, DataConfigError)
+    check(self.ordering in ORDERINGS, "DataConfig.ordering", f"one of {ORDERINGS}", self.ordering, DataConfigError)
+    check(self.packing in PACKINGS, "DataConfig.packing", f"one of {PACKINGS}", self.packing, DataConfigError)
     if self.ordering == "in_context":
       # Packing gives every document its own segment, so neighbouring documents
       # would never see each other and the ordering would change nothing.
-      _check(self.packing == "concat", "packing",
-             "'concat' when ordering='in_context' (so a context spans related documents)",
-             self.packing)
-    _check(isinstance(self.shuffle, bool), "shuffle", "a bool", self.shuffle)
-    _check(self.num_epochs is None
-           or (isinstance(self.num_epochs, int) and self.num_epochs > 0),
-           "num_epochs", "None or a positive int", self.num_epochs)
-    _check(isinstance(self.train_split, str) and self.train_split != "",
-           "train_split", "a split name", self.train_split)
-    _check(isinstance(self.icp_neighbours, int) and self.icp_neighbours >= 1,
-           "icp_neighbours", "an int >= 1", self.icp_neighbours)
-    _check(self.data_dir is None or (isinstance(self.data_dir, str) and self.data_dir != ""),
-           "data_dir", "None or a directory path", self.data_dir)
+      check(self.packing == "concat", "DataConfig.packing",
+            "'concat' when ordering='in_context' (so a context spans related documents)",
+            self.packing, DataConfigError)
+    check(isinstance(self.shuffle, bool), "DataConfig.shuffle", "a bool", self.shuffle, DataConfigError)
+    check(self.num_epochs is None
+          or (isinstance(self.num_epochs, int) and self.num_epochs > 0),
+          "DataConfig.num_epochs", "None or a positive int", self.num_epochs, DataConfigError)
+    check(isinstance(self.train_split, str) and self.train_split != "",
+          "DataConfig.train_split", "a split name", self.train_split, DataConfigError)
+    check(isinstance(self.icp_neighbours, int) and self.icp_neighbours >= 1,
+          "DataConfig.icp_neighbours", "an int >= 1", self.icp_neighbours, DataConfigError)
+    check(self.data_dir is None or (isinstance(self.data_dir, str) and self.data_dir != ""),
+          "DataConfig.data_dir", "None or a directory path", self.data_dir, DataConfigError)
 
 
 def default_data_dir() -> str:

@@ -25,16 +25,12 @@ import numpy as np
 from rope_lab.data import ordering, sources
 from rope_lab.data.config import DataConfig, resolve_data_dir
 from rope_lab.data.errors import DataConfigError
+from rope_lab.errors import check
 from rope_lab.data.packing import ConcatPlan, PackPlan
 from rope_lab.data.store import TokenStore, get_tokenizer, load_token_store, store_dir
 from rope_lab.data.tokenizers import Tokenizer
 
 STATE_FORMAT = 1
-
-
-def _check_arg(condition: bool, name: str, valid: str, value) -> None:
-  if not condition:
-    raise DataConfigError(f"make_train_iterator: {name} must be {valid}, got {value!r}")
 
 
 def document_order(cfg: DataConfig, store: TokenStore, tokenizer: Tokenizer, seed: int,
@@ -121,15 +117,16 @@ def make_train_iterator(cfg: DataConfig, *, seq_len: int, global_batch_size: int
     ``segment_ids`` and float32 ``loss_mask``, each ``[global_batch_size //
     process_count, seq_len]``.
   """
-  _check_arg(isinstance(seq_len, int) and seq_len >= 1, "seq_len", "a positive int", seq_len)
-  _check_arg(isinstance(process_count, int) and process_count >= 1, "process_count",
-             "a positive int", process_count)
-  _check_arg(isinstance(process_index, int) and 0 <= process_index < process_count,
-             "process_index", f"in [0, {process_count})", process_index)
-  _check_arg(isinstance(global_batch_size, int) and global_batch_size >= process_count
-             and global_batch_size % process_count == 0, "global_batch_size",
-             f"a positive multiple of process_count={process_count}", global_batch_size)
-  _check_arg(isinstance(seed, int) and seed >= 0, "seed", "a non-negative int", seed)
+  check(isinstance(seq_len, int) and seq_len >= 1, "make_train_iterator: seq_len", "a positive int", seq_len,
+        DataConfigError)
+  check(isinstance(process_count, int) and process_count >= 1, "make_train_iterator: process_count",
+        "a positive int", process_count, DataConfigError)
+  check(isinstance(process_index, int) and 0 <= process_index < process_count,
+        "make_train_iterator: process_index", f"in [0, {process_count})", process_index, DataConfigError)
+  check(isinstance(global_batch_size, int) and global_batch_size >= process_count
+        and global_batch_size % process_count == 0, "make_train_iterator: global_batch_size",
+        f"a positive multiple of process_count={process_count}", global_batch_size, DataConfigError)
+  check(isinstance(seed, int) and seed >= 0, "make_train_iterator: seed", "a non-negative int", seed, DataConfigError)
   tokenizer = get_tokenizer(cfg)
   store = load_token_store(cfg, cfg.train_split, tokenizer)
   cache_dir = None

@@ -29,13 +29,13 @@ def register(cls):
   return cls
 
 
+from rope_lab import errors  # noqa: E402
 from rope_lab.errors import ConfigError  # noqa: E402  (one class for every config error)
 
 
 def check(condition: bool, method: str, field: str, valid: str, value: Any) -> None:
   """Raises ConfigError naming ``method.field``, the valid range and the bad value."""
-  if not condition:
-    raise ConfigError(f"{method}: parameter {field!r} must be {valid}, got {value!r}")
+  errors.check(condition, f"{method}: parameter {field!r}", valid, value)
 
 
 # ----------------------------------------------------------------------------- hooks
