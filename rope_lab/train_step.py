@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rope_lab import sharding
 from rope_lab.config import ConfigError, ExperimentConfig
+from rope_lab.forward import encoding_hooks, param_initializer, param_layout, token_losses
 from rope_lab.model import Transformer
 from rope_lab.optimizer import learning_rate_schedule, make_optimizer
 from rope_lab.pe import Hooks
@@ -56,12 +57,6 @@ class TrainSetup:
     return sharding.replicated(self.mesh)
 
 
-def encoding_hooks(exp: ExperimentConfig, seq_len: int) -> Hooks:
-  """The encoding resolved for this model's shape and the training length."""
-  return exp.encoding.hooks(head_dim=exp.model.head_dim, n_heads=exp.model.n_heads,
-                            d_model=exp.model.d_model, seq_len=seq_len)
-
-
 def build_setup(exp: ExperimentConfig, devices=None) -> TrainSetup:
   """Mesh, model, optimizer and state shardings; checks batch/mesh fit before compiling."""
   cfg = exp.train
@@ -76,12 +71,8 @@ def build_setup(exp: ExperimentConfig, devices=None) -> TrainSetup:
   model = Transformer(exp.model)
   optimizer = make_optimizer(cfg)
   replicated = sharding.replicated(mesh)
-  hooks = jax.device_put(encoding_hooks(exp, cfg.seq_len), replicated)
-
-  init_params = _param_initializer(model, hooks, cfg.seq_len)
-  boxed = jax.eval_shape(init_params, jax.random.key(0))
-  param_shardings = sharding.tree_shardings(boxed, mesh, cfg.logical_rules)
-  abstract_params = nn.meta.unbox(boxed)
+  hooks = jax.device_put(encoding_hooks(exp.model, exp.encoding, cfg.seq_len), replicated)
+  abstract_params, param_shardings = param_layout(exp.model, hooks, cfg.seq_len, mesh, cfg.logical_rules)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   opt_shardings = optax.tree_map_params(
       optimizer, lambda _, s: s, abstract_opt, param_shardings,
@@ -97,16 +88,9 @@ def build_setup(exp: ExperimentConfig, devices=None) -> TrainSetup:
                     batch_sharding=sharding.batch_sharding(mesh))
 
 
-def _param_initializer(model: nn.Module, hooks: Hooks, seq_len: int) -> Callable:
-  def init(rng):
-    tokens = jnp.zeros((1, seq_len), jnp.int32)
-    return model.init(rng, tokens, hooks=hooks)["params"]
-  return init
-
-
 def make_init(setup: TrainSetup) -> Callable[[int], TrainState]:
   """seed -> fresh parameters and optimizer state, created in place on the mesh."""
-  init_params = _param_initializer(setup.model, setup.hooks, setup.exp.train.seq_len)
+  init_params = param_initializer(setup.model, setup.hooks, setup.exp.train.seq_len)
 
   def init(rng):
     params = nn.meta.unbox(init_params(rng))
@@ -139,13 +123,6 @@ def _init_key(seed: int) -> jax.Array:
 
 def _step_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), 1)
-
-
-def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Cross-entropy per token in float32: logsumexp(logits) - logit[target]."""
-  logits = logits.astype(jnp.float32)
-  target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return jax.nn.logsumexp(logits, axis=-1) - target_logits
 
 
 def _apply(setup: TrainSetup, params, batch: Batch, hooks: Hooks, rng) -> jax.Array:

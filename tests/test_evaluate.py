@@ -13,7 +13,7 @@ from rope_lab import pe
 from rope_lab.data import (ByteTokenizer, LongDocument, RetrievalExample, answer_log_likelihood,
                            greedy_exact_match, passkey_example)
 from rope_lab.model import ModelConfig, Transformer, init_params
-from rope_lab.train_step import token_losses
+from rope_lab.forward import token_losses
 
 CFG = ModelConfig(vocab_size=258, d_model=32, n_layers=1, n_heads=2, mlp_dim=64, attention="dot_product",
                   init_std=0.2)  # a large init makes the random model's predictions position-sensitive

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rope_lab import pe
-from rope_lab.evaluate.runs import encoding_hooks
+from rope_lab.forward import encoding_hooks
 from rope_lab.model import ModelConfig, Transformer
 
 

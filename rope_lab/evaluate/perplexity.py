@@ -28,9 +28,8 @@ import numpy as np
 
 from rope_lab import pe
 from rope_lab.data import LongDocument, Window, bits_per_byte, sliding_windows
-from rope_lab.evaluate.runs import encoding_hooks
+from rope_lab.forward import encoding_hooks, token_losses
 from rope_lab.model import ModelConfig, Transformer
-from rope_lab.train_step import token_losses
 
 # Windows at least this long use the chunked attention (shorter ones the fused XLA path).
 CHUNKED_FROM = 512

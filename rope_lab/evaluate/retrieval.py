@@ -23,7 +23,7 @@ import numpy as np
 from rope_lab import pe
 from rope_lab.data import RetrievalExample
 from rope_lab.evaluate.perplexity import DEFAULT_BATCH_TOKENS, DEFAULT_CHUNK, eval_model_config
-from rope_lab.evaluate.runs import encoding_hooks
+from rope_lab.forward import encoding_hooks
 from rope_lab.model import ModelConfig, Transformer
 
 

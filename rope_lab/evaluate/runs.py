@@ -18,8 +18,9 @@ import jax
 
 from rope_lab import checkpoint
 from rope_lab import config as config_lib
-from rope_lab import pe
+from rope_lab import pe, sharding
 from rope_lab.data import DataConfig
+from rope_lab.forward import encoding_hooks, param_layout
 from rope_lab.model import ModelConfig
 
 
@@ -42,12 +43,6 @@ def read_experiment(workdir: str) -> config_lib.ExperimentConfig:
     raise FileNotFoundError(f"{workdir!r} is not a training run directory: no config.json")
   with open(path) as f:
     return experiment_from_json(json.load(f))
-
-
-def encoding_hooks(model: ModelConfig, encoding: pe.Encoding, seq_len: int) -> pe.Hooks:
-  """``encoding`` resolved for ``model``'s shape at windows of ``seq_len`` tokens."""
-  return encoding.hooks(head_dim=model.head_dim, n_heads=model.n_heads, d_model=model.d_model,
-                        seq_len=seq_len)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +70,11 @@ class TrainedRun:
 
 def load_run(workdir: str, step: int | None = None) -> TrainedRun:
   """Restores the parameters of ``workdir``'s newest step (or ``step``) on this host's devices."""
-  # Local import: train_step pulls in the optimizer and sharding, which evaluation only needs here.
-  from rope_lab.train_step import build_setup  # pylint: disable=g-import-not-at-top
-
   exp = read_experiment(workdir)
   step = checkpoint.latest_step_of(workdir) if step is None else step
-  abstract = build_setup(exp).abstract_state.params
+  mesh = sharding.make_mesh(exp.train.mesh_shape)
+  hooks = encoding_hooks(exp.model, exp.encoding, exp.train.seq_len)
+  abstract, _ = param_layout(exp.model, hooks, exp.train.seq_len, mesh, exp.train.logical_rules)
   params = checkpoint.restore_params(workdir, abstract, step)
   params = jax.tree.map(lambda x: x, params)  # plain arrays, independent of the manager
   return TrainedRun(workdir=workdir, exp=exp, params=params, step=step)

@@ -36,11 +36,10 @@ from rope_lab import pe
 from rope_lab import sharding
 from rope_lab.data import Window
 from rope_lab.evaluate.perplexity import eval_model_config, stack_windows, window_nll
-from rope_lab.evaluate.runs import encoding_hooks
+from rope_lab.forward import encoding_hooks, token_losses
 from rope_lab.model import ModelConfig, Transformer
 from rope_lab.pe.longrope import LongRoPE, longrope_attention_factor
 from rope_lab.pe.rotary import default_inv_freq, rotary_tables
-from rope_lab.train_step import token_losses
 
 # Traces of the population program per model config (a side effect that runs only while tracing).
 _TRACES: collections.Counter = collections.Counter()
