@@ -157,11 +157,11 @@ def test_mean_qk_matches_the_projections_computed_by_hand(params):
 def test_analytic_maps_follow_the_encoding():
   pairs = ev.probe_pairs("ones", 16)
   positions = np.arange(32)
-  rope = ev.score_grid(pe.make("rope"), pairs, positions, seq_len=32)
+  rope = ev.probe_score_grid(pe.make("rope"), pairs, positions, seq_len=32)
   assert np.isnan(rope[0, 1]) and not np.isnan(rope[1, 0])  # the causal future is blank
   np.testing.assert_allclose(rope[10, 3], rope[20, 13], rtol=1e-5)  # RoPE depends on i - j only
-  pi = ev.score_by_distance(pe.make("pi", factor=4.0), pairs, 40, seq_len=41)
-  plain = ev.score_by_distance(pe.make("rope"), pairs, 10, seq_len=11)
+  pi = ev.probe_score_by_distance(pe.make("pi", factor=4.0), pairs, 40, seq_len=41)
+  plain = ev.probe_score_by_distance(pe.make("rope"), pairs, 10, seq_len=11)
   np.testing.assert_allclose(pi[::4], plain, rtol=1e-4, atol=1e-4)  # PI at d == RoPE at d / s
 
 

@@ -13,7 +13,7 @@
 * ``retrieval_data``: passkey rows mixed into training (the optional probe model).
 """
 
-from rope_lab.evaluate.analytic import PROBES, probe_pairs, score_by_distance, score_grid
+from rope_lab.evaluate.analytic import PROBES, probe_pairs, probe_score_by_distance, probe_score_grid
 from rope_lab.evaluate.attention_maps import (binned_mass, distance_bins, mass_by_distance,
                                               mean_attention_maps, mean_qk, pool_map)
 from rope_lab.evaluate.perplexity import (NLL, LengthResult, document_windows, eval_model_config,
@@ -31,6 +31,6 @@ __all__ = [
     "eval_model_config", "experiment_from_json", "load_run", "logits_fn", "mass_by_distance",
     "mean_attention_maps", "mean_qk", "perplexity_at_length", "perplexity_vs_length",
     "plan_from_json", "pool_map", "probe_pairs", "read_experiment", "rope_family_plans",
-    "score_by_distance", "score_examples", "score_grid", "stride_for", "summarize_scores",
+    "probe_score_by_distance", "score_examples", "probe_score_grid", "stride_for", "summarize_scores",
     "trace_count", "window_nll",
 ]

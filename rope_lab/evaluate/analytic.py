@@ -34,7 +34,7 @@ def probe_pairs(kind: str, head_dim: int, *, seed: int = 0, q_mean: np.ndarray |
   raise ValueError(f"unknown probe {kind!r}; valid: {PROBES}")
 
 
-def score_grid(encoding: pe.Encoding, pairs, positions: np.ndarray, *, seq_len: int) -> np.ndarray:
+def probe_score_grid(encoding: pe.Encoding, pairs, positions: np.ndarray, *, seq_len: int) -> np.ndarray:
   """[len(positions), len(positions)] score of query i against key j, averaged over the pairs.
 
   Scores of j > i (the future, which causal attention never uses) are set to NaN.
@@ -45,7 +45,7 @@ def score_grid(encoding: pe.Encoding, pairs, positions: np.ndarray, *, seq_len: 
   return grid
 
 
-def score_by_distance(encoding: pe.Encoding, pairs, max_distance: int, *, seq_len: int) -> np.ndarray:
+def probe_score_by_distance(encoding: pe.Encoding, pairs, max_distance: int, *, seq_len: int) -> np.ndarray:
   """[max_distance + 1] score at relative distance d (query at d, key at 0), averaged over pairs."""
   return np.mean([similarity.score_by_distance(encoding, q, k, max_distance, seq_len=seq_len)
                   for q, k in pairs], axis=0)

@@ -1,18 +1,23 @@
 """Encoding plans: which encoding to apply to a checkpoint at each evaluation length.
 
-A plan is a label and an encoding spec (``pe.from_dict`` form). A parameter whose value is
+A plan is a stable id, a display label and an encoding spec (``pe.from_dict`` form). A parameter whose value is
 the string ``"matched"`` is set, at each evaluation length L, to the length ratio
 max(1, L / L_train) (``"matched_positions"``: the ratio of the largest positions,
 max(1, (L - 1) / (L_train - 1)), which maps the last position exactly onto the last
 trained one, as interpolating a learned table needs): ``{"name": "pi", "factor": "matched"}`` is Position Interpolation
 rescaled for every window length (the Giraffe grid's "evaluation scale"). Every other
 parameter is fixed. The resolved spec of each measurement is what results.jsonl records.
+
+Ids (``"rope"``, ``"pi_matched"``, ``"yarn_s4"``) are what rows are joined by; labels
+(``"RoPE"``, ``"PI s=L/L0"``, ``"YaRN s=4"``) are only shown. Both are defined here, once
+per plan; :func:`plan_id_of_label` maps the labels of rows written before rows carried ids.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 from rope_lab import pe
@@ -20,17 +25,35 @@ from rope_lab import pe
 MATCHED = "matched"
 MATCHED_POSITIONS = "matched_positions"
 
+# Ids of the plans other code refers to by name (the scaled ones come from scaled_id).
+TRAINED = "trained"  # the run's own encoding
+ROPE = "rope"
+PI_MATCHED = "pi_matched"  # PI with s = L / L0 at every length
+DYNAMIC_NTK = "dynamic_ntk"
+DYNAMIC_YARN = "dynamic_yarn"
+XPOS = "xpos"
+
+
+def scaled_id(method: str, scale: float) -> str:
+  """The id of a static method set for scale s: ('yarn', 4.0) -> 'yarn_s4', (pi, 2.5) -> 'pi_s2.5'."""
+  return f"{method}_s{scale:g}"
+
 
 @dataclasses.dataclass(frozen=True)
 class EncodingPlan:
-  label: str
+  label: str  # for display only
   spec: tuple[tuple[str, Any], ...]  # sorted (name, value) pairs, hashable
+  id: str = ""  # the stable join key; "" means slug(label)
+
+  def __post_init__(self):
+    if not self.id:
+      object.__setattr__(self, "id", slug(self.label))
 
   @classmethod
-  def of(cls, label: str, spec: dict[str, Any]) -> "EncodingPlan":
+  def of(cls, label: str, spec: dict[str, Any], plan_id: str = "") -> "EncodingPlan":
     if "name" not in spec:
       raise ValueError(f"encoding plan {label!r}: spec needs a 'name', got {spec}")
-    plan = cls(label=label, spec=tuple(sorted(spec.items())))
+    plan = cls(label=label, spec=tuple(sorted(spec.items())), id=plan_id)
     plan.encoding(1, 1)  # validates the parameters now rather than mid-study
     return plan
 
@@ -91,19 +114,20 @@ def rope_family_plans(train_length: int, *, base: float, scale: float) -> list[E
   orig = {"original_max_position_embeddings": train_length}
   s = float(scale)
   return [
-      EncodingPlan.of("RoPE", {"name": "rope", "base": base}),
-      EncodingPlan.of(f"PI s={s:g}", {"name": "pi", "base": base, "factor": s}),
-      EncodingPlan.of(f"NTK s={s:g}", {"name": "ntk", "base": base, "alpha": s}),
-      EncodingPlan.of(f"YaRN s={s:g}", {"name": "yarn", "base": base, "factor": s, **orig}),
-      EncodingPlan.of(f"Llama3 s={s:g}", {"name": "llama3", "base": base, "factor": s, **orig}),
-      EncodingPlan.of("Power", {"name": "power", "base": base, "power": 0.5}),
+      EncodingPlan.of("RoPE", {"name": "rope", "base": base}, ROPE),
+      EncodingPlan.of(f"PI s={s:g}", {"name": "pi", "base": base, "factor": s}, scaled_id("pi", s)),
+      EncodingPlan.of(f"NTK s={s:g}", {"name": "ntk", "base": base, "alpha": s}, scaled_id("ntk", s)),
+      EncodingPlan.of(f"YaRN s={s:g}", {"name": "yarn", "base": base, "factor": s, **orig}, scaled_id("yarn", s)),
+      EncodingPlan.of(f"Llama3 s={s:g}", {"name": "llama3", "base": base, "factor": s, **orig},
+                      scaled_id("llama3", s)),
+      EncodingPlan.of("Power", {"name": "power", "base": base, "power": 0.5}, "power"),
       EncodingPlan.of("Truncated", {"name": "truncated", "base": base,
-                                    "cutoff_wavelength": float(train_length)}),
+                                    "cutoff_wavelength": float(train_length)}, "truncated"),
       # factor 1: alpha = L / L0 exactly (transformers' "dynamic" formula with factor s
       # over-scales to alpha = s L / L0 - (s - 1)).
-      EncodingPlan.of("Dynamic NTK", {"name": "dynamic_ntk", "base": base, "factor": 1.0, **orig}),
-      EncodingPlan.of("Dynamic YaRN", {"name": "dynamic_yarn", "base": base, **orig}),
-      EncodingPlan.of("PI s=L/L0", {"name": "pi", "base": base, "factor": MATCHED}),
+      EncodingPlan.of("Dynamic NTK", {"name": "dynamic_ntk", "base": base, "factor": 1.0, **orig}, DYNAMIC_NTK),
+      EncodingPlan.of("Dynamic YaRN", {"name": "dynamic_yarn", "base": base, **orig}, DYNAMIC_YARN),
+      EncodingPlan.of("PI s=L/L0", {"name": "pi", "base": base, "factor": MATCHED}, PI_MATCHED),
   ]
 
 
@@ -112,9 +136,27 @@ def ape_plans(train_length: int, *, max_length: int) -> list[EncodingPlan]:
   common = {"name": "learned", "max_length": max_length}
   orig = {"original_max_position_embeddings": train_length}
   return [
-      EncodingPlan.of("APE PCW", {**common, "extension": "pcw", **orig}),
-      EncodingPlan.of("APE grouped", {**common, "extension": "grouped", "extension_factor": MATCHED}),
-      EncodingPlan.of("APE recurrent", {**common, "extension": "recurrent", **orig}),
+      EncodingPlan.of("APE PCW", {**common, "extension": "pcw", **orig}, "ape_pcw"),
+      EncodingPlan.of("APE grouped", {**common, "extension": "grouped", "extension_factor": MATCHED}, "ape_grouped"),
+      EncodingPlan.of("APE recurrent", {**common, "extension": "recurrent", **orig}, "ape_recurrent"),
       EncodingPlan.of("APE interpolate", {**common, "extension": "interpolate",
-                                          "extension_factor": MATCHED_POSITIONS}),
+                                          "extension_factor": MATCHED_POSITIONS}, "ape_interpolate"),
   ]
+
+
+# Labels of the plans above in rows written before rows carried ids.
+_LABEL_IDS = {"RoPE": ROPE, "PI s=L/L0": PI_MATCHED, "Dynamic NTK": DYNAMIC_NTK, "Dynamic YaRN": DYNAMIC_YARN,
+              "Power": "power", "Truncated": "truncated", "trained": TRAINED, "xPos": XPOS,
+              "APE PCW": "ape_pcw", "APE grouped": "ape_grouped", "APE recurrent": "ape_recurrent",
+              "APE interpolate": "ape_interpolate"}
+_SCALED_LABEL = re.compile(r"^(PI|NTK|YaRN|Llama3) s=([0-9.eE+-]+)$")
+
+
+def plan_id_of_label(label: str) -> str:
+  """The id of the plan a label names (for rows without a plan_id); other labels: slug(label)."""
+  if label in _LABEL_IDS:
+    return _LABEL_IDS[label]
+  scaled = _SCALED_LABEL.match(label)
+  if scaled:
+    return scaled_id(scaled.group(1).lower(), float(scaled.group(2)))
+  return slug(label)

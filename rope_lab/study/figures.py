@@ -1,9 +1,9 @@
-"""Study figures from results.jsonl rows (and the attention / q-k arrays the study saved).
+"""Study figures: drawing only; the numbers they show come from figure_data.py.
 
 Every curve over seeds is drawn as the mean with a band from the lowest to the highest
 seed, so the spread is visible; the number of seeds is in the legend. Nothing here
 computes a model: perplexity, retrieval and attention numbers come from the rows, and the
-analytic similarity maps from the encodings themselves.
+analytic similarity maps from the encodings themselves. Rows are picked by plan id.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rope_lab import results as results_lib  # noqa: E402
-from rope_lab.evaluate import analytic, attention_maps, plans as plans_lib  # noqa: E402
+from rope_lab.evaluate import analytic, plans as plans_lib  # noqa: E402
+from rope_lab.evaluate.plans import DYNAMIC_NTK, DYNAMIC_YARN, PI_MATCHED, ROPE, TRAINED, scaled_id  # noqa: E402
+from rope_lab.study import figure_data as data  # noqa: E402
+from rope_lab.study.measurements import attention_file  # noqa: E402
+from rope_lab.study.runs import run_label  # noqa: E402
 
 DPI = 110
 
@@ -32,20 +36,12 @@ class Figure:
   caption: str
 
 
-def curve(rows, metric: str = "bits_per_byte", x: str = "length"):
-  """(xs, mean, low, high, n seeds) of ``metric`` grouped by ``x`` (rows of one method)."""
-  xs = sorted({r[x] for r in rows})
-  stats = [results_lib.summarize([r for r in rows if r[x] == v], metric) for v in xs]
-  return (np.asarray(xs), np.asarray([s.mean for s in stats]), np.asarray([s.low for s in stats]),
-          np.asarray([s.high for s in stats]), max(s.n for s in stats))
-
-
 def _draw_curves(ax, groups: list[tuple[str, list]], metric: str, train_length: int, *, ylim=None):
   colors = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
   for i, (label, rows) in enumerate(groups):
     if not rows:
       continue
-    xs, mean, low, high, n = curve(rows, metric)
+    xs, mean, low, high, n = data.curve(rows, metric)
     style = "--" if i >= 10 else "-"
     ax.plot(xs, mean, style, marker="o", ms=3, color=colors(i % 20), label=f"{label} (n={n})")
     if n > 1:
@@ -60,16 +56,6 @@ def _draw_curves(ax, groups: list[tuple[str, list]], metric: str, train_length: 
   ax.legend(fontsize=7)
 
 
-def _ylim(groups, metric) -> tuple[float, float] | None:
-  """Every curve in view, with a small margin."""
-  values = [r["metrics"][metric] for _, rows in groups for r in rows]
-  if not values:
-    return None
-  low, high = min(values), max(values)
-  margin = 0.04 * (high - low or 1.0)
-  return low - margin, high + margin
-
-
 def _save(fig, figures_dir: str, name: str, caption: str) -> Figure:
   os.makedirs(figures_dir, exist_ok=True)
   path = os.path.join(figures_dir, name)
@@ -82,20 +68,12 @@ def _ppl(rows, **criteria):
   return results_lib.select(rows, kind="perplexity", **criteria)
 
 
-def plan_order(rows) -> list[str]:
-  seen = []
-  for r in rows:
-    if r["plan"] not in seen:
-      seen.append(r["plan"])
-  return seen
-
-
 def perplexity_zero_shot(rows, cfg, figures_dir) -> Figure:
   base = _ppl(rows, run_kind="base", split=cfg.eval_split)
-  groups = [(label, [r for r in base if r["plan"] == label]) for label in plan_order(base)]
+  groups = data.by_plan(base)
   fig, ax = plt.subplots(figsize=(8, 5))
   _draw_curves(ax, groups, "bits_per_byte", cfg.train_length,
-               ylim=_ylim(groups, "bits_per_byte"))
+               ylim=data.value_range(groups, "bits_per_byte"))
   ax.axvline(cfg.train_length * cfg.static_scale, color="grey", ls="--", lw=0.8)
   ax.set_title(f"Zero-shot extension of a RoPE model trained at {cfg.train_length} tokens "
                f"({cfg.eval_split} documents)", fontsize=10)
@@ -108,15 +86,16 @@ def perplexity_zero_shot(rows, cfg, figures_dir) -> Figure:
 
 def perplexity_finetuned(rows, cfg, figures_dir) -> Figure:
   split = cfg.eval_split
-  groups = [(label, _ppl(rows, run_kind="base", plan=label, split=split))
-            for label in ("RoPE", f"PI s={cfg.static_scale:g}", f"YaRN s={cfg.static_scale:g}", "Dynamic YaRN")]
+  base = _ppl(rows, run_kind="base", split=split)
+  groups = [(data.plan_label(base, plan_id), _ppl(base, plan_id=plan_id))
+            for plan_id in (ROPE, scaled_id("pi", cfg.static_scale), scaled_id("yarn", cfg.static_scale), DYNAMIC_YARN)]
   for method in cfg.finetune_methods:
-    ft = [r for r in _ppl(rows, run_kind="finetune", method=method, plan="trained", split=split)
+    ft = [r for r in _ppl(rows, run_kind="finetune", method=method, plan_id=TRAINED, split=split)
           if r["run"].startswith("ft_") and r["train_scale"] == cfg.finetune_scale]
     groups.append((f"{method.upper() if method == 'pi' else 'YaRN'} fine-tuned s={cfg.finetune_scale}", ft))
   fig, ax = plt.subplots(figsize=(8, 5))
   _draw_curves(ax, groups, "bits_per_byte", cfg.train_length,
-               ylim=_ylim(groups, "bits_per_byte"))
+               ylim=data.value_range(groups, "bits_per_byte"))
   ax.axvline(cfg.train_length * cfg.finetune_scale, color="grey", ls="--", lw=0.8)
   ax.set_title(f"{cfg.finetune_steps}-step fine-tunes at {cfg.finetune_scale}x vs zero-shot", fontsize=10)
   fig.tight_layout()
@@ -125,26 +104,8 @@ def perplexity_finetuned(rows, cfg, figures_dir) -> Figure:
                "tokens) against the same encodings zero-shot and plain RoPE (mean over seeds, band: min to max).")
 
 
-def grid_values(rows, cfg) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
-  """Giraffe grid: rows = fine-tuning scale a (1: base), columns = evaluation scale b."""
-  split = cfg.eval_split
-  cells = _ppl(rows, plan="PI s=L/L0", split=split)
-  cells = [r for r in cells if r["run_kind"] == "base" or (r["run_kind"] == "finetune" and r["method"] == "pi")]
-  train_scales = sorted({r["train_scale"] for r in cells})
-  eval_scales = sorted({int(round(r["scale"])) for r in cells})
-  mean = np.full((len(train_scales), len(eval_scales)), np.nan)
-  spread = np.full_like(mean, np.nan)
-  for i, a in enumerate(train_scales):
-    for j, b in enumerate(eval_scales):
-      summary = results_lib.summarize([r for r in cells if r["train_scale"] == a
-                                       and int(round(r["scale"])) == b], "bits_per_byte")
-      if summary:
-        mean[i, j], spread[i, j] = summary.mean, summary.std
-  return train_scales, eval_scales, mean, spread
-
-
 def giraffe_grid(rows, cfg, figures_dir) -> Figure | None:
-  train_scales, eval_scales, mean, _ = grid_values(rows, cfg)
+  train_scales, eval_scales, mean, _ = data.grid_values(rows, cfg)
   if len(train_scales) < 2:
     return None
   fig, ax = plt.subplots(figsize=(1.1 * len(eval_scales) + 2, 0.7 * len(train_scales) + 1.8))
@@ -166,18 +127,8 @@ def giraffe_grid(rows, cfg, figures_dir) -> Figure | None:
                "training length (mean over the seeds that have the cell).")
 
 
-def _block_mean(grid: np.ndarray, step: int) -> np.ndarray:
-  """[N, N] -> [N/step, N/step] block means ignoring NaN (the causal future)."""
-  n = grid.shape[0] // step * step
-  blocks = grid[:n, :n].reshape(n // step, step, n // step, step)
-  counts = np.isfinite(blocks).sum(axis=(1, 3))
-  sums = np.nansum(blocks, axis=(1, 3))
-  return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
 def _analytic_encodings(cfg) -> list[plans_lib.EncodingPlan]:
-  base = float(getattr(cfg.base.encoding, "base", 10000.0))
-  return plans_lib.rope_family_plans(cfg.train_length, base=base, scale=cfg.static_scale)
+  return plans_lib.rope_family_plans(cfg.train_length, base=cfg.base_frequency, scale=cfg.static_scale)
 
 
 def _probes(arrays_dir, head_dim):
@@ -185,9 +136,9 @@ def _probes(arrays_dir, head_dim):
             ("gaussian", analytic.probe_pairs("gaussian", head_dim, seed=0))]
   qk_files = sorted(glob.glob(os.path.join(arrays_dir, "mean_qk_*.npz")))
   if qk_files:
-    data = np.load(qk_files[0])
-    probes.append(("trained mean q/k", analytic.probe_pairs("trained", head_dim, q_mean=data["q"],
-                                                            k_mean=data["k"])))
+    qk = np.load(qk_files[0])
+    probes.append(("trained mean q/k", analytic.probe_pairs("trained", head_dim, q_mean=qk["q"],
+                                                            k_mean=qk["k"])))
   return probes
 
 
@@ -196,17 +147,12 @@ def similarity_figures(cfg, arrays_dir, figures_dir) -> list[Figure]:
   head_dim = cfg.base.model.head_dim
   probes = _probes(arrays_dir, head_dim)
   grid_len = cfg.train_length * cfg.static_scale
-  positions = np.arange(int(grid_len))
-  step = max(1, len(positions) // 128)
+  step = max(1, int(grid_len) // 128)
   fig, axes = plt.subplots(len(probes), len(plans), figsize=(1.6 * len(plans), 1.7 * len(probes) + 0.6),
                            squeeze=False)
   for row, (probe, pairs) in enumerate(probes):
-    reference = analytic.score_by_distance(plans[0].encoding(grid_len, cfg.train_length), pairs, 0,
-                                           seq_len=int(grid_len))[0]
     for col, plan in enumerate(plans):
-      grid = analytic.score_grid(plan.encoding(grid_len, cfg.train_length), pairs, positions,
-                                 seq_len=int(grid_len)) / abs(reference)
-      pooled = _block_mean(grid, step)
+      pooled = data.similarity_grid(plan, plans[0], pairs, grid_len, cfg.train_length, step)
       ax = axes[row, col]
       ax.imshow(pooled, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest",
                 extent=(0, grid_len, grid_len, 0))
@@ -229,10 +175,9 @@ def similarity_figures(cfg, arrays_dir, figures_dir) -> list[Figure]:
   colors = plt.get_cmap("tab10")
   for ax, (probe, pairs) in zip(axes[0], probes):
     for i, plan in enumerate(plans):
-      scores = analytic.score_by_distance(plan.encoding(max_distance + 1, cfg.train_length), pairs,
-                                          max_distance, seq_len=max_distance + 1)
       distances = np.arange(1, max_distance + 1)
-      ax.plot(distances, scores[1:] / abs(scores[0]), lw=0.8, color=colors(i % 10), label=plan.label)
+      ax.plot(distances, data.similarity_by_distance(plan, pairs, max_distance, cfg.train_length), lw=0.8,
+              color=colors(i % 10), label=plan.label)
     ax.set_xscale("log", base=2)
     ax.axvline(cfg.train_length, color="k", ls=":", lw=1)
     ax.set_xlabel("relative distance i - j (tokens)")
@@ -253,31 +198,35 @@ def attention_figures(rows, cfg, arrays_dir, figures_dir) -> list[Figure]:
   if not files:
     return []
   att = results_lib.select(rows, kind="attention")
-  plans = plan_order(att)
+  plans = [(group[0]["plan_id"], label) for label, group in data.by_plan(att)]
   scales = sorted({int(r["scale"]) for r in att})
   run = att[0]["run"]
   n_layers = cfg.base.model.n_layers
 
   def load(plan, scale):
-    path = os.path.join(arrays_dir, f"attention_{run}_{plans_lib.slug(plan)}_{scale}x.npz")
-    return np.load(path) if os.path.exists(path) else None
+    plan_id, label = plan
+    # Studies run before plans had ids named the files by the label.
+    for name in (attention_file(run, plan_id, scale), f"attention_{run}_{plans_lib.slug(label)}_{scale}x.npz"):
+      if os.path.exists(os.path.join(arrays_dir, name)):
+        return np.load(os.path.join(arrays_dir, name))
+    return None
 
   fig, axes = plt.subplots(len(plans), len(scales) * n_layers,
                            figsize=(1.25 * len(scales) * n_layers, 1.35 * len(plans) + 0.8), squeeze=False)
   for i, plan in enumerate(plans):
     for j, scale in enumerate(scales):
-      data = load(plan, scale)
+      saved = load(plan, scale)
       for layer in range(n_layers):
         ax = axes[i, j * n_layers + layer]
         ax.set_xticks([])
         ax.set_yticks([])
-        if data is None:
+        if saved is None:
           continue
-        ax.imshow(np.log10(np.maximum(data["maps"][layer], 1e-6)), cmap="magma", vmin=-5, vmax=0,
+        ax.imshow(np.log10(np.maximum(saved["maps"][layer], 1e-6)), cmap="magma", vmin=-5, vmax=0,
                   interpolation="nearest")
         if i == 0:
           ax.set_title(f"{scale}x L{layer}", fontsize=7)
-      axes[i, j * n_layers].set_ylabel(plan, fontsize=7)
+      axes[i, j * n_layers].set_ylabel(plan[1], fontsize=7)
   fig.suptitle("Mean attention (log10, over heads and documents) per layer at 1x/4x/16x the training length",
                fontsize=9)
   fig.tight_layout()
@@ -290,16 +239,13 @@ def attention_figures(rows, cfg, arrays_dir, figures_dir) -> list[Figure]:
   styles = ["-", "--", ":", "-."]
   for i, plan in enumerate(plans):
     for j, scale in enumerate(scales):
-      data = load(plan, scale)
-      if data is None:
+      saved = load(plan, scale)
+      if saved is None:
         continue
-      edges = attention_maps.distance_bins(int(data["length"]))
-      widths = np.diff(np.minimum(edges, int(data["length"])))
-      density = attention_maps.binned_mass(data["mass"], edges) / widths  # per token of distance
-      centers = np.maximum(edges[:-1], 0.5)
+      centers, density = data.attention_density(saved)  # per token of distance
       for layer in range(n_layers):
         axes[0, layer].plot(centers, density[layer], styles[j % 4], color=colors(i % 10), lw=1,
-                            label=f"{plan} {scale}x" if layer == 0 else None)
+                            label=f"{plan[1]} {scale}x" if layer == 0 else None)
   for layer in range(n_layers):
     ax = axes[0, layer]
     ax.set_xscale("log", base=2)
@@ -317,39 +263,18 @@ def attention_figures(rows, cfg, arrays_dir, figures_dir) -> list[Figure]:
   return [maps_fig, mass_fig]
 
 
-def run_label(row) -> str:
-  """How a (run, encoding) pair is named in figures: base plans by encoding, fine-tunes by method."""
-  if row["run_kind"] == "finetune":
-    method = "PI" if row["method"] == "pi" else "YaRN"
-    return f"{method} fine-tuned {row['train_scale']}x" + ("" if row["plan"] == "trained" else f", {row['plan']}")
-  if row["run_kind"] == "base":
-    return row["plan"]
-  return f"{row['run_kind']}: {row['plan']}"
-
-
-def _by_label(rows) -> dict[str, list]:
-  groups: dict[str, list] = {}
-  for r in rows:
-    groups.setdefault(run_label(r), []).append(r)
-  return groups
-
-
 def retrieval_figures(rows, cfg, figures_dir) -> list[Figure]:
   cells = results_lib.select(rows, kind="passkey")
   if not cells:
     return []
-  groups = _by_label(cells)
+  groups = data.by_run(cells)
   lengths = sorted({r["length"] for r in cells})
   depths = sorted({r["depth"] for r in cells})
   fig, axes = plt.subplots(2, len(groups), figsize=(2.3 * len(groups) + 1.2, 5.6), squeeze=False)
-  for col, (label, group) in enumerate(groups.items()):
+  for col, group in enumerate(groups.values()):
+    label = run_label(group[0])
     for row, metric in enumerate(("accuracy", "token_accuracy")):
-      grid = np.full((len(depths), len(lengths)), np.nan)
-      for depth in depths:
-        for length in lengths:
-          summary = results_lib.summarize(results_lib.select(group, depth=depth, length=length), metric)
-          if summary:
-            grid[depths.index(depth), lengths.index(length)] = summary.mean
+      grid = data.retrieval_grid(group, metric, lengths, depths)
       ax = axes[row, col]
       image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
       ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=6, rotation=45)
@@ -368,23 +293,23 @@ def retrieval_figures(rows, cfg, figures_dir) -> list[Figure]:
 
   fig, (ax_mid, ax_len, ax_lines) = plt.subplots(1, 3, figsize=(15, 3.8))
   colors = plt.get_cmap("tab10")
-  middle = _by_label(results_lib.select(rows, kind="middle"))
-  lines = _by_label(results_lib.select(rows, kind="lines"))
-  for i, (label, group) in enumerate(groups.items()):
-    color = colors(i % 10)
-    if label in middle:
-      xs, mean, _, _, _ = curve(middle[label], "token_accuracy", x="depth")
+  middle = data.by_run(results_lib.select(rows, kind="middle"))
+  lines = data.by_run(results_lib.select(rows, kind="lines"))
+  for i, (key, group) in enumerate(groups.items()):
+    color, label = colors(i % 10), run_label(group[0])
+    if key in middle:
+      xs, mean, _, _, _ = data.curve(middle[key], "token_accuracy", x="depth")
       ax_mid.plot(xs, mean, ":", color=color, lw=1)
-      xs, mean, _, _, _ = curve(middle[label], "accuracy", x="depth")
+      xs, mean, _, _, _ = data.curve(middle[key], "accuracy", x="depth")
       ax_mid.plot(xs, mean, marker="o", ms=3, color=color, label=label)
-    xs, mean, _, _, _ = curve(group, "accuracy")
+    xs, mean, _, _, _ = data.curve(group, "accuracy")
     ax_len.plot(xs, mean, marker="o", ms=3, color=color, label=label)
-    xs, mean, _, _, _ = curve(group, "token_accuracy")
+    xs, mean, _, _, _ = data.curve(group, "token_accuracy")
     ax_len.plot(xs, mean, ":", color=color, lw=1)
-    if label in lines:
-      xs, mean, _, _, _ = curve(lines[label], "accuracy")
+    if key in lines:
+      xs, mean, _, _, _ = data.curve(lines[key], "accuracy")
       ax_lines.plot(xs, mean, marker="o", ms=3, color=color, label=label)
-      xs, mean, _, _, _ = curve(lines[label], "token_accuracy")
+      xs, mean, _, _, _ = data.curve(lines[key], "token_accuracy")
       ax_lines.plot(xs, mean, ":", color=color, lw=1)
   ax_mid.set(xlabel="key depth", ylabel="accuracy", title=f"lost in the middle: passkey at {cfg.middle_length} tokens")
   ax_len.set(xlabel="context length", ylabel="accuracy (mean over depths)", title="passkey by length")
@@ -410,12 +335,12 @@ def ape_figure(rows, cfg, figures_dir) -> Figure | None:
   if not ape:
     return None
   seed = ape[0]["seed"]
-  groups = [(label, [r for r in ape if r["plan"] == label]) for label in plan_order(ape)]
-  for label in ("RoPE", "PI s=L/L0", "Dynamic NTK", "Dynamic YaRN"):
-    groups.append((f"RoPE model: {label}", _ppl(rows, run_kind="base", plan=label, seed=seed,
-                                                split=cfg.eval_split)))
+  groups = data.by_plan(ape)
+  base = _ppl(rows, run_kind="base", seed=seed, split=cfg.eval_split)
+  for plan_id in (ROPE, PI_MATCHED, DYNAMIC_NTK, DYNAMIC_YARN):
+    groups.append((f"RoPE model: {data.plan_label(base, plan_id)}", _ppl(base, plan_id=plan_id)))
   fig, ax = plt.subplots(figsize=(8, 5))
-  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length, ylim=_ylim(groups, "bits_per_byte"))
+  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length, ylim=data.value_range(groups, "bits_per_byte"))
   ax.set_title(f"LongEmbed's APE extensions vs the RoPE family (seed {seed}, same data and steps)", fontsize=10)
   fig.tight_layout()
   return _save(fig, figures_dir, "ape_study.png",

@@ -1,0 +1,107 @@
+"""StudyConfig: what the reference study trains and measures, and its files in a work directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from rope_lab import config as config_lib
+from rope_lab import results as results_lib
+from rope_lab.errors import ConfigError, check
+
+CONFIG_FILE = "study_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  """What the study trains and measures. Lengths are multiples ("scales") of a training length."""
+
+  base: config_lib.ExperimentConfig | None = None  # the pretraining run (RoPE, short context)
+  seeds: tuple[int, ...] = (0, 1, 2)  # one base model (and its fine-tunes) per seed
+  eval_scales: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # evaluation windows / training length
+  stride_fraction: float = 0.5  # sliding-window stride as a fraction of the window
+  eval_split: str = "test"  # documents the reported numbers come from
+  choice_split: str = "validation"  # documents any choice is made on
+  eval_docs: int = 2  # held-out documents scored at every length
+  eval_doc_tokens: int = 8192  # each truncated to this many tokens (>= the longest window)
+  static_scale: float = 4.0  # target scale s of the static zero-shot methods
+  finetune_methods: tuple[str, ...] = ("pi", "yarn")
+  finetune_scale: int = 4  # fine-tuning context = finetune_scale x training length
+  finetune_steps: int = 30
+  finetune_learning_rates: tuple[float, ...] = (3e-4,)  # several: chosen on validation
+  finetune_warmup_steps: int = 5
+  grid_train_scales: tuple[int, ...] = (2, 4, 8)  # Giraffe grid: PI fine-tunes at these scales
+  grid_seeds: int = 1  # the grid's extra fine-tunes use the first this-many seeds
+  ape: bool = True  # train a learned-APE model (first seed) for LongEmbed's extensions
+  xpos: bool = False  # train an xPos model (first seed) and evaluate it as trained
+  retrieval_seeds: int = 1  # passkey / lines on the first this-many seeds' models
+  passkey_lengths: tuple[int, ...] = (256, 512, 1024, 2048)  # tokens (the prompt alone takes ~170)
+  passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+  passkey_samples: int = 2
+  middle_length: int = 512  # "lost in the middle": accuracy by depth at this length
+  middle_depths: int = 11
+  middle_samples: int = 2
+  lines_lengths: tuple[int, ...] = (512, 1024, 2048)  # tokens (the instructions alone take ~400)
+  lines_samples: int = 4
+  # Optional passkey probe model: trained at passkey_train_length with this fraction of its
+  # rows replaced by passkey examples (0: none). See evaluate/retrieval_data.py.
+  passkey_mix: float = 0.0
+  passkey_train_length: int = 256
+  attention_scales: tuple[int, ...] = (1, 4, 16)  # empirical attention maps (first seed)
+  attention_docs: int = 2
+  analytic_scale: int = 32  # analytic similarity by distance up to this x training length
+
+  def __post_init__(self):
+    seeds = len(self.seeds)
+    for ok, field, valid in (
+        (seeds >= 1 and len(set(self.seeds)) == seeds, "seeds", "distinct seeds"),
+        (self.eval_scales and all(s >= 1 for s in self.eval_scales), "eval_scales", "scales >= 1"),
+        (0 < self.stride_fraction <= 1, "stride_fraction", "in (0, 1]"),
+        (self.eval_split != self.choice_split, "choice_split", "a split other than eval_split"),
+        (self.eval_docs >= 1, "eval_docs", ">= 1"),
+        (self.finetune_learning_rates and min(self.finetune_learning_rates) > 0, "finetune_learning_rates",
+         "positive rates"),
+        (set(self.finetune_methods) <= {"pi", "yarn"}, "finetune_methods", "a subset of (pi, yarn)"),
+        (1 <= self.grid_seeds <= seeds, "grid_seeds", f"in [1, {seeds}]"),
+        (0 <= self.passkey_mix <= 1, "passkey_mix", "in [0, 1]"),
+        (1 <= self.retrieval_seeds <= seeds, "retrieval_seeds", f"in [1, {seeds}]")):
+      check(ok, f"config.{field}", valid, getattr(self, field))
+
+  @property
+  def train_length(self) -> int:
+    return self.base.train.seq_len
+
+  @property
+  def base_frequency(self) -> float:
+    """The rotary base of the pretrained model (every RoPE-family plan must use it)."""
+    return float(getattr(self.base.encoding, "base", 10000.0))
+
+  def lengths(self, scales) -> list[int]:
+    return [self.train_length * s for s in scales]
+
+
+def study_config_from_config_dict(config) -> StudyConfig:
+  """configs/study.py's ConfigDict -> StudyConfig (the base section via config.py's boundary)."""
+  values = config.to_dict()
+  if "base" not in values:
+    raise ConfigError("study config needs a 'base' section (the pretraining experiment)")
+  base = config_lib.experiment_from_config_dict(config.base)
+  del values["base"]
+  return dataclasses.replace(config_lib.dataclass_from_mapping(StudyConfig, values, "config"), base=base)
+
+
+def save_config(cfg: StudyConfig, workdir: str) -> None:
+  values = dataclasses.asdict(dataclasses.replace(cfg, base=None))
+  values["base"] = config_lib.experiment_to_dict(cfg.base)
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    json.dump(results_lib._plain(values), f, indent=2)  # pylint: disable=protected-access
+
+
+def read_study_config(workdir: str) -> StudyConfig:
+  """The StudyConfig a study directory was run with (its study_config.json)."""
+  from rope_lab.evaluate.runs import experiment_from_json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    values = json.load(f)
+  base = experiment_from_json(values.pop("base"))
+  return dataclasses.replace(config_lib.dataclass_from_mapping(StudyConfig, values, CONFIG_FILE), base=base)

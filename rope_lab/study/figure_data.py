@@ -1,0 +1,117 @@
+"""The numbers the study's figures show, computed from rows and arrays (figures.py draws them).
+
+Curves over seeds are the mean with the lowest and highest seed; grids are means per
+cell. Rows are grouped by plan id (and run_key for (run, encoding) pairs); labels are only
+carried along for the legends.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rope_lab import results as results_lib
+from rope_lab.evaluate import analytic, attention_maps
+from rope_lab.evaluate.plans import PI_MATCHED
+from rope_lab.study.runs import run_key
+
+
+def curve(rows, metric: str = "bits_per_byte", x: str = "length"):
+  """(xs, mean, low, high, n seeds) of ``metric`` grouped by ``x`` (rows of one method)."""
+  xs = sorted({r[x] for r in rows})
+  stats = [results_lib.summarize([r for r in rows if r[x] == v], metric) for v in xs]
+  return (np.asarray(xs), np.asarray([s.mean for s in stats]), np.asarray([s.low for s in stats]),
+          np.asarray([s.high for s in stats]), max(s.n for s in stats))
+
+
+def value_range(groups, metric) -> tuple[float, float] | None:
+  """Every curve's values in view, with a small margin."""
+  values = [r["metrics"][metric] for _, rows in groups for r in rows]
+  if not values:
+    return None
+  low, high = min(values), max(values)
+  margin = 0.04 * (high - low or 1.0)
+  return low - margin, high + margin
+
+
+def by_plan(rows) -> list[tuple[str, list]]:
+  """(label, rows) per plan id, in order of first appearance."""
+  groups: dict[str, list] = {}
+  for r in rows:
+    groups.setdefault(r["plan_id"], []).append(r)
+  return [(group[0]["plan"], group) for group in groups.values()]
+
+
+def plan_label(rows, plan_id: str) -> str:
+  """The label rows give a plan id (the id itself when no row has it)."""
+  return next((r["plan"] for r in rows if r.get("plan_id") == plan_id), plan_id)
+
+
+def by_run(rows) -> dict[tuple, list]:
+  """Rows grouped by (run, encoding) pair: run_key -> rows, in order of first appearance."""
+  groups: dict[tuple, list] = {}
+  for r in rows:
+    groups.setdefault(run_key(r), []).append(r)
+  return groups
+
+
+def grid_values(rows, cfg) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+  """Giraffe grid: rows = fine-tuning scale a (1: base), columns = evaluation scale b."""
+  cells = results_lib.select(rows, kind="perplexity", plan_id=PI_MATCHED, split=cfg.eval_split)
+  cells = [r for r in cells if r["run_kind"] == "base" or (r["run_kind"] == "finetune" and r["method"] == "pi")]
+  train_scales = sorted({r["train_scale"] for r in cells})
+  eval_scales = sorted({int(round(r["scale"])) for r in cells})
+  mean = np.full((len(train_scales), len(eval_scales)), np.nan)
+  spread = np.full_like(mean, np.nan)
+  for i, a in enumerate(train_scales):
+    for j, b in enumerate(eval_scales):
+      summary = results_lib.summarize([r for r in cells if r["train_scale"] == a
+                                       and int(round(r["scale"])) == b], "bits_per_byte")
+      if summary:
+        mean[i, j], spread[i, j] = summary.mean, summary.std
+  return train_scales, eval_scales, mean, spread
+
+
+def block_mean(grid: np.ndarray, step: int) -> np.ndarray:
+  """[N, N] -> [N/step, N/step] block means ignoring NaN (the causal future)."""
+  n = grid.shape[0] // step * step
+  blocks = grid[:n, :n].reshape(n // step, step, n // step, step)
+  counts = np.isfinite(blocks).sum(axis=(1, 3))
+  sums = np.nansum(blocks, axis=(1, 3))
+  return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def similarity_grid(plan, reference_plan, pairs, length: int, train_length: int, step: int) -> np.ndarray:
+  """The analytic q.k score of every (query, key) pair in a window, / the reference's score at
+  distance 0, pooled into step x step blocks."""
+  reference = analytic.probe_score_by_distance(reference_plan.encoding(length, train_length), pairs, 0,
+                                               seq_len=int(length))[0]
+  positions = np.arange(int(length))
+  grid = analytic.probe_score_grid(plan.encoding(length, train_length), pairs, positions,
+                                   seq_len=int(length)) / abs(reference)
+  return block_mean(grid, step)
+
+
+def similarity_by_distance(plan, pairs, max_distance: int, train_length: int) -> np.ndarray:
+  """Analytic score at distances 1..max_distance / the score at distance 0, at the longest window."""
+  scores = analytic.probe_score_by_distance(plan.encoding(max_distance + 1, train_length), pairs, max_distance,
+                                            seq_len=max_distance + 1)
+  return scores[1:] / abs(scores[0])
+
+
+def attention_density(data) -> tuple[np.ndarray, np.ndarray]:
+  """(bin centres, attention mass per token of distance [layer, bin]) from a saved attention file."""
+  length = int(data["length"])
+  edges = attention_maps.distance_bins(length)
+  widths = np.diff(np.minimum(edges, length))
+  return np.maximum(edges[:-1], 0.5), attention_maps.binned_mass(data["mass"], edges) / widths
+
+
+def retrieval_grid(rows, metric: str, lengths, depths) -> np.ndarray:
+  """Mean ``metric`` per [depth, length] over seeds and samples (NaN where not measured)."""
+  grid = np.full((len(depths), len(lengths)), np.nan)
+  for i, depth in enumerate(depths):
+    for j, length in enumerate(lengths):
+      summary = results_lib.summarize(results_lib.select(rows, depth=depth, length=length), metric)
+      if summary:
+        grid[i, j] = summary.mean
+  return grid

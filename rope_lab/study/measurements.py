@@ -1,0 +1,221 @@
+"""The measurement cache of a study: each measurement is made once and recorded as rows.
+
+A :class:`Study` is one study in one work directory. Training runs resume from their
+checkpoints; a measurement whose key (kind, run, plan id, length, ...) is already in
+``results.jsonl`` under the same configuration hash is not repeated. Every row names
+its plan by id (``plan_id``, the join key) and by label (``plan``, for display).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from rope_lab import config as config_lib
+from rope_lab import pe
+from rope_lab import results as results_lib
+from rope_lab.data import get_tokenizer, long_documents, task_grid
+from rope_lab.evaluate import attention_maps, perplexity, plans as plans_lib, retrieval
+from rope_lab.evaluate.retrieval_data import passkey_mix_source
+from rope_lab.evaluate.runs import TrainedRun, load_run
+from rope_lab.study.config import StudyConfig
+from rope_lab.study.runs import RunSpec, base_run, finetune_run, trained_plan
+
+RESULTS_FILE = "results.jsonl"
+
+
+class Study:
+  """One study in one work directory: its results file, its runs and the measurements on them."""
+
+  def __init__(self, cfg: StudyConfig, workdir: str, *, log: Callable[[str], None] = print):
+    if cfg.base is None:
+      raise config_lib.ConfigError("StudyConfig.base (the pretraining experiment) is not set")
+    self.cfg, self.workdir, self.log = cfg, workdir, log
+    os.makedirs(os.path.join(workdir, "arrays"), exist_ok=True)
+    self.results = results_lib.ResultsFile(os.path.join(workdir, RESULTS_FILE))
+    self.commit = results_lib.git_commit()
+    self.done = {(r["key"], r["config_hash"]) for r in self.results.read()}
+    self.tokenizer = get_tokenizer(cfg.base.data)
+    self._runs: dict[str, TrainedRun] = {}
+    self.finetune_lr = cfg.finetune_learning_rates[0]
+
+  # -- bookkeeping ---------------------------------------------------------------
+
+  def path(self, *parts) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def measure_hash(self, spec: RunSpec, **settings) -> str:
+    return results_lib.config_hash({"run": config_lib.experiment_to_dict(spec.exp), "mix": spec.data_mix,
+                                    "eval": settings})
+
+  def record(self, kind: str, key: str, chash: str, spec: RunSpec, metrics: dict, **fields) -> None:
+    row = results_lib.make_row(kind, key, metrics=metrics, seed=spec.seed, config_hash=chash,
+                               commit=self.commit, run=spec.name, run_kind=spec.kind,
+                               method=spec.method, train_scale=spec.train_scale,
+                               train_length=spec.exp.train.seq_len, **fields)
+    self.results.append([row])
+    self.done.add((key, chash))
+
+  def train(self, spec: RunSpec) -> str:
+    """Trains (or resumes, or finds finished) ``spec``; records its final losses once."""
+    from rope_lab import train as train_lib  # pylint: disable=g-import-not-at-top
+    workdir = self.path("runs", spec.name)
+    chash = self.measure_hash(spec)
+    key = f"train|{spec.name}"
+    if (key, chash) in self.done:
+      return workdir
+    self.log(f"training {spec.name} ({spec.exp.train.steps} steps at {spec.exp.train.seq_len} tokens)")
+    source = None
+    if spec.data_mix:
+      source = passkey_mix_source(train_lib.rope_lab_data_source(spec.exp.data), self.tokenizer,
+                                  fraction=spec.data_mix, train_split=spec.exp.data.train_split,
+                                  seed=spec.seed)
+    start = time.perf_counter()
+    result = train_lib.run(spec.exp, workdir, data_source=source)
+    self.record("train", key, chash, spec, {
+        "train_loss": result.train_loss, "eval_loss": result.eval_loss, "steps": result.step,
+        "seconds": round(time.perf_counter() - start, 1)}, encoding=pe.to_dict(spec.exp.encoding))
+    return workdir
+
+  def trained(self, spec: RunSpec) -> TrainedRun:
+    if spec.name not in self._runs:
+      self._runs[spec.name] = load_run(self.path("runs", spec.name))
+    return self._runs[spec.name]
+
+  def documents(self, split: str):
+    return long_documents(self.cfg.base.data, split=split, min_tokens=self.cfg.eval_doc_tokens,
+                          max_docs=self.cfg.eval_docs, max_tokens=self.cfg.eval_doc_tokens,
+                          tokenizer=self.tokenizer)
+
+  # -- perplexity ----------------------------------------------------------------
+
+  def perplexity(self, spec: RunSpec, plan: plans_lib.EncodingPlan, scales, *, split: str | None = None,
+                 record: bool = True) -> dict[int, float]:
+    """Loss at each scale (of the run's base training length) for ``plan``; records rows."""
+    cfg = self.cfg
+    split = split or cfg.eval_split
+    docs = self.documents(split)
+    settings = dict(split=split, docs=[d.doc_id for d in docs], doc_tokens=cfg.eval_doc_tokens,
+                    stride_fraction=cfg.stride_fraction, plan=list(plan.spec))
+    chash = self.measure_hash(spec, **settings)
+    losses = {}
+    for scale in scales:
+      length = cfg.train_length * scale
+      key = f"ppl|{spec.name}|{plan.id}|{length}|{split}"
+      if record and (key, chash) in self.done:
+        continue
+      run = self.trained(spec)
+      encoding = plan.encoding(length, cfg.train_length)
+      result = perplexity.perplexity_at_length(
+          run.model, run.params, encoding, docs, length,
+          stride=perplexity.stride_for(length, cfg.stride_fraction), tokenizer=self.tokenizer)
+      losses[scale] = result.loss
+      if record:
+        self.record("perplexity", key, chash, spec, result.metrics(), plan_id=plan.id, plan=plan.label,
+                    plan_kind=plan_kind(plan), encoding=pe.to_dict(encoding), length=length,
+                    scale=length / cfg.train_length, split=split, stride=result.stride)
+    return losses
+
+  def choose_finetune_lr(self) -> float:
+    """The fine-tuning learning rate with the lowest validation loss at the fine-tuning length."""
+    cfg = self.cfg
+    if len(cfg.finetune_learning_rates) == 1:
+      return cfg.finetune_learning_rates[0]
+    seed, scores = cfg.seeds[0], {}
+    base_dir = self.path("runs", base_run(cfg, seed).name)
+    method = cfg.finetune_methods[0]
+    chash = results_lib.config_hash({"lrs": cfg.finetune_learning_rates, "steps": cfg.finetune_steps,
+                                     "run": self.measure_hash(base_run(cfg, seed)), "split": cfg.choice_split})
+    earlier = results_lib.select(self.results.read(), kind="choice", config_hash=chash)
+    if earlier:
+      return earlier[-1]["metrics"]["chosen"]
+    for lr in cfg.finetune_learning_rates:
+      # The candidate with the chosen rate is the final fine-tune of this seed: trained once.
+      spec = finetune_run(cfg, seed, method, cfg.finetune_scale, lr, base_dir)
+      self.train(spec)
+      loss = self.perplexity(spec, trained_plan(spec), [cfg.finetune_scale], split=cfg.choice_split, record=False)
+      scores[lr] = loss[cfg.finetune_scale]
+      self._runs.pop(spec.name, None)
+    chosen = min(scores, key=scores.get)
+    self.results.append([results_lib.make_row(
+        "choice", f"finetune_lr|{chash}", metrics={"chosen": chosen, **{f"loss@{k:g}": v for k, v in scores.items()}},
+        seed=seed, config_hash=chash, commit=self.commit, split=cfg.choice_split, method=method,
+        length=cfg.train_length * cfg.finetune_scale)])
+    self.log(f"fine-tuning learning rate chosen on {cfg.choice_split}: {chosen:g} ({scores})")
+    return chosen
+
+  # -- retrieval -------------------------------------------------------------------
+
+  def passkey(self, spec: RunSpec, plan: plans_lib.EncodingPlan, lengths, depths, samples: int,
+              kind: str = "passkey") -> None:
+    task = "lines" if kind == "lines" else "passkey"
+    chash = self.measure_hash(spec, lengths=list(lengths), depths=list(depths), samples=samples,
+                              plan=list(plan.spec), task=task)
+    key = f"{kind}|{spec.name}|{plan.id}"
+    if (key, chash) in self.done:
+      return
+    run = self.trained(spec)
+    # Plans scale from the length the model was pretrained at (fine-tunes: the base's).
+    train_length = spec.exp.train.seq_len if spec.kind == "passkey" else self.cfg.train_length
+    rows = []
+    for length in lengths:
+      examples = task_grid(task, self.tokenizer, [length], depths, seed=1, samples=samples)
+      scores = retrieval.score_examples(run.model, run.params, plan.encoding(length, train_length),
+                                        examples)
+      groups = {}
+      for depth, score in zip([d for d in depths for _ in range(samples)], scores):
+        groups.setdefault(depth, []).append(score)
+      for depth, group in groups.items():
+        rows.append((length, depth, retrieval.summarize_scores(group)))
+    for length, depth, metrics in rows:
+      self.record(kind, f"{key}|{length}|{depth}", chash, spec, metrics, plan_id=plan.id, plan=plan.label,
+                  plan_kind=plan_kind(plan), length=length, scale=length / train_length, depth=depth,
+                  encoding=pe.to_dict(plan.encoding(length, train_length)))
+    self.done.add((key, chash))
+
+  # -- attention ------------------------------------------------------------------
+
+  def attention(self, spec: RunSpec, plan: plans_lib.EncodingPlan, scales) -> None:
+    cfg = self.cfg
+    run = self.trained(spec)
+    docs = self.documents(cfg.eval_split)
+    for scale in scales:
+      length = cfg.train_length * scale
+      chash = self.measure_hash(spec, plan=list(plan.spec), docs=[d.doc_id for d in docs])
+      key = f"attention|{spec.name}|{plan.id}|{length}"
+      if (key, chash) in self.done:
+        continue
+      rows = np.stack([d.tokens[:length] for d in docs[:cfg.attention_docs]])
+      maps = attention_maps.mean_attention_maps(run.model, run.params, plan.encoding(length, cfg.train_length),
+                                                rows)
+      mass = attention_maps.mass_by_distance(maps)
+      np.savez_compressed(self.path("arrays", attention_file(spec.name, plan.id, scale)),
+                          maps=attention_maps.pool_map(maps, 128), mass=mass, length=length)
+      for layer, layer_mass in enumerate(mass):
+        beyond = float(layer_mass[cfg.train_length:].sum())
+        distances = np.arange(length)
+        self.record("attention", f"{key}|{layer}", chash, spec, {
+            "mass_beyond_train_length": beyond, "mean_distance": float((layer_mass * distances).sum()),
+            "mass_first_token": float(maps[layer][:, 0].mean())}, plan_id=plan.id, plan=plan.label,
+            plan_kind=plan_kind(plan), length=length, scale=scale, layer=layer)
+
+
+def plan_kind(plan: plans_lib.EncodingPlan) -> str:
+  """'trained' (the run's own), 'matched' (s = L/L0), 'dynamic', 'none' (plain) or 'static'."""
+  if plan.id == plans_lib.TRAINED:
+    return "trained"
+  if plan.is_matched:
+    return "matched"
+  if plan.name.startswith("dynamic"):
+    return "dynamic"
+  if plan.name in ("rope", "xpos", "learned", "nope"):
+    return "none"
+  return "static"
+
+
+def attention_file(run: str, plan_id: str, scale: int) -> str:
+  """The arrays/ file holding a run's attention maps under one plan at one scale."""
+  return f"attention_{run}_{plan_id}_{scale}x.npz"

@@ -1,0 +1,165 @@
+"""report.md from the study's rows and figures: setup, claim-by-claim table, numbers.
+
+Only the markdown is written here. Every number in the report is read from results.jsonl;
+the verdicts are the claims' rules (rope_lab.study.claims), stated in the table. Numbers
+are bits per byte on the evaluation split, as mean ± sample standard deviation over seeds
+(n in the table). Rows are grouped by plan id and shown by label.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from rope_lab import results as results_lib
+from rope_lab.evaluate.plans import PI_MATCHED, TRAINED
+from rope_lab.study.claims import METRIC, evaluate_claims
+from rope_lab.study.runs import run_key, run_label
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+  lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in body]
+  return "\n".join(lines)
+
+
+def length_table(rows, criteria_by_label: Sequence[tuple[str, dict]], lengths: Sequence[int]) -> str:
+  body = []
+  for label, criteria in criteria_by_label:
+    cells = []
+    for length in lengths:
+      summary = results_lib.summarize(results_lib.select(rows, length=length, **criteria), METRIC)
+      cells.append("" if summary is None else summary.format(3))
+    if any(cells):
+      n_seeds = max((results_lib.summarize(results_lib.select(rows, **criteria), METRIC) or
+                     results_lib.Summary(0, 0, 0, 0, 0, ())).n, 0)
+      body.append([label, str(n_seeds)] + cells)
+  return markdown_table(["encoding", "seeds"] + [str(n) for n in lengths], body)
+
+
+def plans_in_order(rows) -> list[tuple[str, str]]:
+  """(plan id, label) of every plan in the rows, in order of first appearance."""
+  seen = {}
+  for r in rows:
+    seen.setdefault(r["plan_id"], r["plan"])
+  return list(seen.items())
+
+
+def retrieval_table(rows, kind: str = "passkey") -> str:
+  """Accuracy (answer-token accuracy) by length for every (run, encoding), mean over depths and seeds."""
+  cells = results_lib.select(rows, kind=kind)
+  if not cells:
+    return "_not measured_"
+  lengths = sorted({r["length"] for r in cells})
+  groups: dict[tuple, list] = {}
+  for r in cells:
+    groups.setdefault(run_key(r), []).append(r)
+  body = []
+  for group in groups.values():
+    row = [run_label(group[0]), str(len({r["seed"] for r in group}))]
+    for n in lengths:
+      at = results_lib.select(group, length=n)
+      if not at:
+        row.append("")
+        continue
+      examples = sum(r["metrics"]["examples"] for r in at)
+      acc = sum(r["metrics"]["accuracy"] * r["metrics"]["examples"] for r in at) / examples
+      tok = sum(r["metrics"]["token_accuracy"] * r["metrics"]["examples"] for r in at) / examples
+      row.append(f"{acc:.2f} ({tok:.2f}, n={examples})")
+    body.append(row)
+  return markdown_table(["model / encoding", "seeds"] + [str(n) for n in lengths], body)
+
+
+def _timing(rows) -> str:
+  timing = results_lib.select(rows, kind="timing")
+  if not timing:
+    return "_not recorded_"
+  phases = timing[-1]["metrics"]
+  total = sum(phases.values())
+  return ", ".join(f"{k} {v / 60:.1f} min" for k, v in phases.items()) + f"; total {total / 60:.1f} min"
+
+
+def write_report(rows, figures, cfg, path: str) -> str:
+  """Writes report.md next to the figures it links (relative paths) and returns its path."""
+  report_dir = os.path.dirname(os.path.abspath(path))
+  rel = lambda f: os.path.relpath(f.path, report_dir)
+  base_cfg = cfg.base
+  ppl = results_lib.select(rows, kind="perplexity", split=cfg.eval_split)
+  lengths = sorted({r["length"] for r in ppl})
+  commits = sorted({r["commit"] for r in rows})
+  train_rows = results_lib.select(rows, kind="train")
+  choice = results_lib.select(rows, kind="choice")
+  s = cfg.static_scale
+  parts = [
+      "# Context-extension study",
+      "",
+      f"Tiny byte-level Llama-style model ({base_cfg.model.n_layers} layers, width {base_cfg.model.d_model}, "
+      f"{base_cfg.model.n_heads} heads) trained on `{base_cfg.data.dataset}` at {cfg.train_length} tokens for "
+      f"{base_cfg.train.steps} steps (batch {base_cfg.train.global_batch_size}), seeds {list(cfg.seeds)}. "
+      f"Perplexity by sliding windows (stride {cfg.stride_fraction:g} x window; each window scores only its new "
+      f"tokens) on the first {cfg.eval_doc_tokens} tokens of {cfg.eval_docs} `{cfg.eval_split}` documents, the "
+      f"same tokens at every window length. Numbers: bits per byte, mean ± std over seeds. Static methods are "
+      f"set for s = {s:g}; the dynamic ones and `PI s=L/L0` follow the window length. Fine-tunes: "
+      f"{cfg.finetune_steps} steps ({100 * cfg.finetune_steps / base_cfg.train.steps:.0f}% of pretraining) at "
+      f"{cfg.finetune_scale}x with the same tokens per step.",
+      "",
+      f"Code: {', '.join(commits)}. Run time: {_timing(rows)}.",
+  ]
+  if choice:
+    metrics = choice[-1]["metrics"]
+    parts += ["", f"Chosen on `{choice[-1]['split']}` (never on `{cfg.eval_split}`): fine-tuning learning rate "
+              f"{metrics['chosen']:g} ({', '.join(f'{k}: {v:.3f} nats' for k, v in metrics.items() if k != 'chosen')})."]
+  parts += ["", "## Claims", "", markdown_table(
+      ["claim", "source", "rule (per seed)", "measured", "verdict"],
+      [[c.claim, c.source, c.rule, c.measured, f"**{c.verdict}**"] for c in evaluate_claims(rows, cfg)])]
+  parts += ["", "## Figures", ""]
+  for figure in figures:
+    parts += [f"![{figure.name}]({rel(figure)})", "", figure.caption, ""]
+
+  base_plans = [(label, dict(run_kind="base", plan_id=p))
+                for p, label in plans_in_order(results_lib.select(ppl, run_kind="base"))]
+  parts += ["## Zero-shot perplexity (bits per byte) by window length", "", length_table(ppl, base_plans, lengths)]
+  ft_labels = [(f"{m} fine-tuned at {cfg.finetune_scale}x", dict(run_kind="finetune", method=m, plan_id=TRAINED,
+                                                                 train_scale=cfg.finetune_scale))
+               for m in cfg.finetune_methods]
+  ft_labels += [(f"PI fine-tuned at {t}x, factor L/L0", dict(run_kind="finetune", method="pi", plan_id=PI_MATCHED,
+                                                             train_scale=t)) for t in sorted(set(cfg.grid_train_scales))]
+  parts += ["", "## Fine-tuned models", "", length_table(ppl, ft_labels, lengths)]
+  ape = [(label, dict(run_kind="ape", plan_id=p)) for p, label in plans_in_order(results_lib.select(ppl, run_kind="ape"))]
+  if ape:
+    parts += ["", "## Absolute positions (LongEmbed extensions of a learned-APE model)", "",
+              length_table(ppl, ape, lengths)]
+  xpos = results_lib.select(ppl, run_kind="xpos")
+  if xpos:
+    parts += ["", "## xPos (trained with it)", "", length_table(ppl, [("xPos", dict(run_kind="xpos"))], lengths)]
+  parts += ["", "## Retrieval", "",
+            "Exact greedy match of the answer (in brackets: fraction of answer tokens that are the argmax given "
+            "the true prefix, and the number of examples), mean over key depths and seeds.", "",
+            "Passkey:", "", retrieval_table(rows, "passkey"), "",
+            f"Passkey by depth at {cfg.middle_length} tokens (lost in the middle), all depths pooled:", "",
+            retrieval_table(rows, "middle"), "", "Key-value lines:", "", retrieval_table(rows, "lines")]
+  attention = results_lib.select(rows, kind="attention")
+  if attention:
+    body = []
+    for plan_id, label in plans_in_order(attention):
+      for scale in sorted({r["scale"] for r in attention}):
+        cell = results_lib.select(attention, plan_id=plan_id, scale=scale)
+        if cell:
+          body.append([label, f"{scale}x"] + [f"{r['metrics']['mass_beyond_train_length']:.3f}"
+                                             for r in sorted(cell, key=lambda r: r["layer"])])
+    layers = max(r["layer"] for r in attention) + 1
+    parts += ["", "## Attention mass beyond the training length", "",
+              "Fraction of attention at distances >= the training length (mean over queries, heads, documents):", "",
+              markdown_table(["encoding", "window"] + [f"layer {i}" for i in range(layers)], body)]
+  if train_rows:
+    body = [[r["run"], f"{r['metrics']['steps']}", f"{r['metrics']['train_loss']:.3f}",
+             "" if r["metrics"].get("eval_loss") is None else f"{r['metrics']['eval_loss']:.3f}",
+             f"{r['metrics']['seconds']:.0f}"] for r in train_rows]
+    parts += ["", "## Training runs", "", markdown_table(["run", "steps", "last train loss", "validation loss", "seconds"], body)]
+  parts += ["", f"Raw rows: `results.jsonl` ({len(rows)} rows)."]
+  with open(path, "w") as f:
+    f.write("\n".join(parts) + "\n")
+  return path
