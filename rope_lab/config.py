@@ -169,13 +169,10 @@ def experiment_from_config_dict(config: ml_collections.ConfigDict) -> Experiment
     raise ConfigError(f"config needs the section(s) {missing}; it has {sorted(values)}")
   train_values = {k: v for k, v in values.items() if k not in _SECTIONS}
   train = dataclass_from_mapping(TrainConfig, train_values, "config")
-  model = dataclass_from_mapping(ModelConfig, values["model"], "config.model")
-  if train.init_from is not None and train.init_from.startswith(HF_SCHEME):
-    # The checkpoint fixes the architecture; config.model keeps only how it runs.
-    from rope_lab.interop import hf
-    model = hf.model_config_for_run(train.init_from[len(HF_SCHEME):], model)
+  # With init_from=hf:<dir> the checkpoint's config.json fixes the architecture: the runner
+  # reads it (rope_lab.train.with_checkpoint_architecture); no file is read here.
   return ExperimentConfig(
-      model=model,
+      model=dataclass_from_mapping(ModelConfig, values["model"], "config.model"),
       data=dataclass_from_mapping(DataConfig, values["data"], "config.data"),
       encoding=encoding_from_mapping(values["pe"]),
       train=train,

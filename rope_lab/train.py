@@ -194,6 +194,15 @@ def _start_state(program: Program, checkpointer: Checkpointer, cfg: TrainConfig,
   return program.init_state(cfg.seed)
 
 
+def with_checkpoint_architecture(exp: ExperimentConfig) -> ExperimentConfig:
+  """With init_from=hf:<dir>, ``exp`` with the checkpoint's architecture (its config.json);
+  config.model keeps only how the model runs (attention path, chunk, dtype, masking)."""
+  init_from = exp.train.init_from
+  if init_from is None or not init_from.startswith(HF_SCHEME):
+    return exp
+  return dataclasses.replace(exp, model=hf.model_config_for_run(init_from[len(HF_SCHEME):], exp.model))
+
+
 def run(exp: ExperimentConfig, workdir: str, *, data_source: DataSource | None = None,
         devices=None) -> TrainResult:
   """Trains ``exp`` in ``workdir`` (resuming there if possible); see the module docstring.
@@ -201,6 +210,7 @@ def run(exp: ExperimentConfig, workdir: str, *, data_source: DataSource | None =
   ``data_source`` replaces the project's data pipeline (tests, notebooks); ``devices``
   restricts the mesh to some of the devices (single-process only).
   """
+  exp = with_checkpoint_architecture(exp)
   cfg = exp.train
   workdir_path = epath.Path(workdir)
   uses_project_data = data_source is None

@@ -140,7 +140,8 @@ def test_runner_fine_tunes_from_a_hugging_face_directory(tmp_path):
   model_dir = str(tmp_path / "hf_llama")
   model.save_pretrained(model_dir)
   # config.model says width 64 and untied; the checkpoint's config.json wins.
-  exp = tiny_experiment(init_from="hf:" + model_dir, steps=1, model__d_model=64, model__n_heads=2)
+  exp = train.with_checkpoint_architecture(
+      tiny_experiment(init_from="hf:" + model_dir, steps=1, model__d_model=64, model__n_heads=2))
   assert (exp.model.d_model, exp.model.n_heads, exp.model.head_dim) == (32, 4, 8)
   workdir = str(tmp_path / "run")
   result = train.run(exp, workdir)
@@ -150,4 +151,4 @@ def test_runner_fine_tunes_from_a_hugging_face_directory(tmp_path):
   # The first step runs at learning rate 0 (linear warmup), so the saved weights are the checkpoint's.
   np.testing.assert_allclose(embed, model.model.embed_tokens.weight.detach().numpy(), atol=1e-7)
   with pytest.raises(hf.HFCheckpointError, match="no config.json"):
-    tiny_experiment(init_from="hf:" + str(tmp_path / "nowhere"))
+    train.with_checkpoint_architecture(tiny_experiment(init_from="hf:" + str(tmp_path / "nowhere")))
