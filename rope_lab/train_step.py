@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rope_lab import sharding
 from rope_lab.config import ConfigError, ExperimentConfig
+from rope_lab.encoding_range import check_xpos_length
 from rope_lab.model import Transformer
 from rope_lab.optimizer import learning_rate_schedule, make_optimizer
 from rope_lab.pe import Hooks
@@ -58,6 +59,8 @@ class TrainSetup:
 
 def encoding_hooks(exp: ExperimentConfig, seq_len: int) -> Hooks:
   """The encoding resolved for this model's shape and the training length."""
+  check_xpos_length(exp.encoding, head_dim=exp.model.head_dim,
+                    compute_dtype=exp.model.compute_dtype, length=seq_len, where="config.seq_len")
   return exp.encoding.hooks(head_dim=exp.model.head_dim, n_heads=exp.model.n_heads,
                             d_model=exp.model.d_model, seq_len=seq_len)
 

@@ -10,7 +10,6 @@ APE's table aside, whose size the checkpoint fixes).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -18,8 +17,10 @@ import jax
 
 from rope_lab import checkpoint
 from rope_lab import config as config_lib
-from rope_lab import pe
+from rope_lab import pe, resume
 from rope_lab.data import DataConfig
+from rope_lab.encoding_range import check_xpos_length
+from rope_lab.errors import CheckpointError, MissingFileError
 from rope_lab.model import ModelConfig
 
 
@@ -37,15 +38,24 @@ def experiment_from_json(values: dict[str, Any]) -> config_lib.ExperimentConfig:
 
 
 def read_experiment(workdir: str) -> config_lib.ExperimentConfig:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{workdir!r} is not a training run directory: no config.json")
-  with open(path) as f:
-    return experiment_from_json(json.load(f))
+  """The experiment of a training run's work directory, with the changes accepted on its
+  resumes applied (``rope_lab.resume``); errors name the file and say what to do."""
+  values = resume.current_config(workdir)
+  if values is None:
+    raise MissingFileError(f"{workdir!r} is not a training run directory: no config.json; give "
+                           f"the --workdir of a run of python -m experiments.train")
+  try:
+    return experiment_from_json(values)
+  except (ValueError, TypeError, KeyError) as e:
+    raise CheckpointError(f"{os.path.join(workdir, 'config.json')} does not describe a run "
+                          f"({e}); restore it or train again in a new work directory") from None
 
 
 def encoding_hooks(model: ModelConfig, encoding: pe.Encoding, seq_len: int) -> pe.Hooks:
-  """``encoding`` resolved for ``model``'s shape at windows of ``seq_len`` tokens."""
+  """``encoding`` resolved for ``model``'s shape at windows of ``seq_len`` tokens (checked
+  against xPos's overflow length first)."""
+  check_xpos_length(encoding, head_dim=model.head_dim, compute_dtype=model.compute_dtype,
+                    length=seq_len, where="evaluation length")
   return encoding.hooks(head_dim=model.head_dim, n_heads=model.n_heads, d_model=model.d_model,
                         seq_len=seq_len)
 
@@ -79,8 +89,8 @@ def load_run(workdir: str, step: int | None = None) -> TrainedRun:
   from rope_lab.train_step import build_setup  # pylint: disable=g-import-not-at-top
 
   exp = read_experiment(workdir)
-  step = checkpoint.latest_step_of(workdir) if step is None else step
+  step = checkpoint.latest_step_of(workdir, "--workdir") if step is None else step
   abstract = build_setup(exp).abstract_state.params
-  params = checkpoint.restore_params(workdir, abstract, step)
+  params = checkpoint.restore_params(workdir, abstract, step, "--workdir")
   params = jax.tree.map(lambda x: x, params)  # plain arrays, independent of the manager
   return TrainedRun(workdir=workdir, exp=exp, params=params, step=step)
