@@ -227,3 +227,39 @@ def _check_same_shapes(stored, wanted, run_dir: str, role: str) -> None:
         f"{role}={run_dir!r}: its parameters do not fit this model: "
         f"only in the checkpoint {only_stored[:5]}, only in the model {only_wanted[:5]}, "
         f"different shapes {[(k, stored_shapes[k], wanted_shapes[k]) for k in differ[:5]]}")
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+
+def check_safetensors_complete(model_dir: str) -> None:
+  """Every ``*.safetensors`` file of ``model_dir`` is as long as its header says.
+
+  A safetensors file starts with an 8-byte little-endian header length, then a JSON header
+  giving each tensor's byte range in the data that follows. A truncated download passes
+  the header and fails later with a SafetensorError that does not name the file; this
+  reads only the headers and names the file.
+  """
+  remedy = "download or copy the checkpoint again"
+  for name in sorted(os.listdir(model_dir)):
+    if not name.endswith(".safetensors"):
+      continue
+    path = os.path.join(model_dir, name)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+      prefix = f.read(8)
+      if len(prefix) < 8:
+        raise CheckpointError(f"{path} is truncated ({size} bytes, not even a header); {remedy}")
+      header_len = int.from_bytes(prefix, "little")
+      if 8 + header_len > size:
+        raise CheckpointError(f"{path} is truncated ({size:,} bytes, its header alone needs "
+                              f"{8 + header_len:,}); {remedy}")
+      try:
+        header = json.loads(f.read(header_len))
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} has an unreadable header ({e}); {remedy}") from None
+    data_end = max((entry["data_offsets"][1] for key, entry in header.items()
+                    if key != "__metadata__"), default=0)
+    if 8 + header_len + data_end > size:
+      raise CheckpointError(f"{path} is truncated ({size:,} bytes, its header describes "
+                            f"{8 + header_len + data_end:,}); {remedy}")

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from rope_lab import resume, sharding
 from rope_lab import workdir as workdir_lib
 from rope_lab.checkpoint import Checkpointer, committed_latest_step, latest_step_of
-from rope_lab.checkpoint import restore_params
+from rope_lab.checkpoint import check_safetensors_complete, restore_params
 from rope_lab.config import HF_SCHEME, ConfigError, ExperimentConfig, TrainConfig, experiment_to_dict
 from rope_lab.interop import hf
 from rope_lab.data import DataConfig, get_tokenizer, make_train_iterator, save_tokenizer_spec
@@ -233,6 +233,7 @@ def _run_locked(exp: ExperimentConfig, workdir: str, *, data_source: DataSource 
     # A wrong init_from fails before anything is compiled.
     if cfg.init_from.startswith(HF_SCHEME):
       hf.read_config(cfg.init_from[len(HF_SCHEME):])
+      check_safetensors_complete(cfg.init_from[len(HF_SCHEME):])
     else:
       latest_step_of(cfg.init_from)
   program = build_program(exp, devices)
