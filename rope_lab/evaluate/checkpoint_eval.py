@@ -60,9 +60,10 @@ def _parameters_fit(run: TrainedRun, plan: EncodingPlan):
   try:
     yield
   except flax.errors.ScopeParamNotFoundError as e:
+    detail = str(e).split(" (https", 1)[0]
     raise CheckpointError(
         f"encoding {plan.label!r} needs parameters the checkpoint in {run.workdir} does not have "
-        f"(trained with {run.encoding.name!r}; {e.__class__.__name__}: {str(e).splitlines()[0]}); "
+        f"(trained with {run.encoding.name!r}; {detail}); "
         f"a learned position table only exists in runs trained with 'learned'") from None
 
 
