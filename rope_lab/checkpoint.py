@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging as py_logging
 import os
 from typing import Any
 
@@ -172,6 +173,22 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+class _DropReadOnlyNotices(py_logging.Filter):
+  """Orbax warns on every read-only open of a checkpoint directory, which is how rope_lab
+  reads another run's parameters (fine-tuning, evaluation); those two lines are noise."""
+
+  NOTICES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(notice in message for notice in self.NOTICES)
+
+
+_ABSL_LOGGER = py_logging.getLogger("absl")
+if not any(isinstance(f, _DropReadOnlyNotices) for f in _ABSL_LOGGER.filters):
+  _ABSL_LOGGER.addFilter(_DropReadOnlyNotices())
 
 
 def _read_only_manager(run_dir: str, role: str = "config.init_from") -> ocp.CheckpointManager:

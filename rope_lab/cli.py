@@ -50,25 +50,9 @@ def _verbosity_requested() -> bool:
   return "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present
 
 
-# Warnings that libraries print for normal operation; kept in log.txt, not on the terminal.
-_EXPECTED_WARNINGS = (
-    "Given directory is read only",  # orbax, opening another run's checkpoints to read
-    "CheckpointManagerOptions.read_only=True",
-)
-
-
-class _DropExpected(py_logging.Filter):
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    message = record.getMessage()
-    return not any(text in message for text in _EXPECTED_WARNINGS)
-
-
 def quiet_libraries() -> None:
   """Terminal: WARNING and above unless --verbosity was given; TFDS bars off."""
   handler = logging.get_absl_handler()
-  if not any(isinstance(f, _DropExpected) for f in handler.filters):
-    handler.addFilter(_DropExpected())
   if _verbosity_requested():
     handler.setLevel(logging.ABSL_TO_STANDARD[flags.FLAGS.verbosity])
   else:
