@@ -35,6 +35,10 @@ setuptools.setup(
             # Reference implementations for parity tests (CPU build of PyTorch).
             "torch==2.13.0",
             "transformers",
+            # Runs the colab/ notebooks in the test suite.
+            "nbclient",
+            "nbformat",
+            "ipykernel",
         ],
     },
 )

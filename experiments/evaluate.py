@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (config.json + checkpoints).")
 _ENCODING = flags.DEFINE_multi_string("encoding", None, "JSON encoding spec; repeatable.")
@@ -32,29 +32,43 @@ _SAMPLES = flags.DEFINE_integer("passkey_samples", 2, "Passkey examples per (len
 _LINES = flags.DEFINE_list("lines_lengths", [], "Key-value lines context lengths (>= ~400 tokens).")
 _RESULTS = flags.DEFINE_string("results", None, "results.jsonl to append to.")
 flags.mark_flags_as_required(["workdir"])
-flags.FLAGS.set_default("verbosity", logging.WARNING)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rope_lab import pe  # pylint: disable=g-import-not-at-top
-  from rope_lab.evaluate import checkpoint_eval, plans, runs  # pylint: disable=g-import-not-at-top
+  from rope_lab import cli, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from rope_lab.evaluate import checkpoint_eval  # pylint: disable=g-import-not-at-top
   settings = checkpoint_eval.EvalSettings(
       lengths=tuple(int(n) for n in _LENGTHS.value or ()), stride_fraction=_STRIDE.value,
       split=_SPLIT.value, max_docs=_MAX_DOCS.value, doc_tokens=_DOC_TOKENS.value,
       passkey_lengths=tuple(int(n) for n in _PASSKEY.value), passkey_depths=tuple(float(d) for d in _DEPTHS.value),
       passkey_samples=_SAMPLES.value, lines_lengths=tuple(int(n) for n in _LINES.value))
+  workdir = cli.absolute_path(_WORKDIR.value)
+  results = cli.absolute_path(_RESULTS.value) or os.path.join(workdir, "eval", "results.jsonl")
+  # A run that cannot be evaluated fails before anything is created under it.
+  from rope_lab import checkpoint  # pylint: disable=g-import-not-at-top
+  from rope_lab.evaluate import runs  # pylint: disable=g-import-not-at-top
+  runs.read_experiment(workdir)
+  checkpoint.latest_step_of(workdir, "--workdir")
+  with workdir_lib.locked(os.path.dirname(results)):
+    cli.log_to_file(os.path.dirname(results))
+    _evaluate(workdir, results, settings)
+
+
+def _evaluate(workdir: str, results: str, settings) -> None:
+  from rope_lab import cli, pe  # pylint: disable=g-import-not-at-top
+  from rope_lab.evaluate import checkpoint_eval, plans, runs  # pylint: disable=g-import-not-at-top
   if _ENCODING.value:
     encoding_plans = [plans.plan_from_json(text) for text in _ENCODING.value]
   else:
-    trained = runs.read_experiment(_WORKDIR.value).encoding
+    trained = runs.read_experiment(workdir).encoding
     encoding_plans = [plans.EncodingPlan.of("trained", pe.to_dict(trained))]
-  results = _RESULTS.value or os.path.join(_WORKDIR.value, "eval", "results.jsonl")
-  rows = checkpoint_eval.evaluate_checkpoint(_WORKDIR.value, encoding_plans, settings, results,
-                                             log=lambda m: print(m, flush=True))
-  print(f"{len(rows)} rows appended to {results}")
+  rows = checkpoint_eval.evaluate_checkpoint(workdir, encoding_plans, settings, results,
+                                             log=cli.say)
+  cli.say(f"{len(rows)} new rows in {results}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from rope_lab import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.run(main)

@@ -48,10 +48,10 @@ def main(argv):
   import matplotlib.pyplot as plt
   import numpy as np
 
-  from rope_lab import pe, similarity
+  from rope_lab import cli, pe, similarity
 
   factor = FLAGS.max_distance / FLAGS.train_length
-  specs = [json.loads(m) for m in FLAGS.method] if FLAGS.method else default_methods(FLAGS.train_length, factor)
+  specs = [_spec(m) for m in FLAGS.method] if FLAGS.method else default_methods(FLAGS.train_length, factor)
   encodings = [pe.from_dict(spec) for spec in specs]  # all validated before any drawing
   d = FLAGS.head_dim
   if FLAGS.vector == "ones":
@@ -84,10 +84,23 @@ def main(argv):
   ax_s.set_title(f"q.k score at distance, q = k = {FLAGS.vector}, normalised per row")
   fig.colorbar(image, ax=ax_s, fraction=0.03)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  fig.savefig(FLAGS.out, dpi=110)
-  print(f"wrote {FLAGS.out}")
+  out = cli.absolute_path(FLAGS.out)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  fig.savefig(out, dpi=110)
+  cli.say(f"wrote {out}")
+
+
+def _spec(text: str) -> dict:
+  from rope_lab.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  try:
+    spec = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"--method={text!r} is not valid JSON ({e})") from None
+  if not isinstance(spec, dict):
+    raise ConfigError(f"--method={text!r} must be a JSON object with a 'name'")
+  return spec
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from rope_lab import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.run(main)

@@ -16,6 +16,7 @@ import time
 
 from absl import app, flags
 
+from rope_lab import cli
 from rope_lab.data import DataConfig, prepare, resolve_data_dir
 
 _DATASET = flags.DEFINE_string(
@@ -35,21 +36,20 @@ DEFAULT_DATASETS = ("kjv", "pystdlib")
 
 def main(argv):
   del argv
-  data_dir = _DATA_DIR.value
+  data_dir = cli.absolute_path(_DATA_DIR.value)
   if data_dir is not None:
     os.makedirs(data_dir, exist_ok=True)
+  tokenizer = _TOKENIZER.value
+  if tokenizer.endswith(".model"):
+    tokenizer = cli.absolute_path(tokenizer)
   datasets = DEFAULT_DATASETS if _DATASET.value == "default" else (_DATASET.value,)
   start = time.perf_counter()
   for dataset in datasets:
     dataset_start = time.perf_counter()
-    try:
-      cfg = DataConfig(dataset=dataset, data_dir=data_dir, tokenizer=_TOKENIZER.value,
-                       vocab_size=_VOCAB_SIZE.value, ordering=_ORDERING.value,
-                       packing="concat" if _ORDERING.value == "in_context" else "pack")
-      summaries = prepare(cfg)
-    except (ValueError, FileNotFoundError) as e:
-      # The package's errors already name the file or parameter; a traceback adds nothing.
-      raise SystemExit(f"prepare_data: {e}") from e
+    cfg = DataConfig(dataset=dataset, data_dir=data_dir, tokenizer=tokenizer,
+                     vocab_size=_VOCAB_SIZE.value, ordering=_ORDERING.value,
+                     packing="concat" if _ORDERING.value == "in_context" else "pack")
+    summaries = prepare(cfg)
     print(f"{dataset} ({cfg.tokenizer} tokens) in {resolve_data_dir(data_dir)}: "
           f"{time.perf_counter() - dataset_start:.1f}s")
     for s in summaries:
@@ -60,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

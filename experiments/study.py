@@ -11,9 +11,7 @@ same directory resumes: finished training runs and measurements are not repeated
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -24,15 +22,23 @@ _QUICK = flags.DEFINE_bool("quick", False, "The quick variant (configs/study.py:
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False,
                                  "Only redraw the figures and report.md from the work directory's results.")
 flags.mark_flags_as_required(["workdir"])
-flags.FLAGS.set_default("verbosity", logging.WARNING)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from rope_lab import cli, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir = cli.absolute_path(_WORKDIR.value)
+  with workdir_lib.locked(workdir):
+    cli.log_to_file(workdir)
+    _run(workdir)
+
+
+def _run(workdir: str) -> None:
+  from rope_lab import cli  # pylint: disable=g-import-not-at-top
   if _REPORT_ONLY.value:
     from rope_lab import study  # pylint: disable=g-import-not-at-top
-    print(f"report: {study.write_outputs(_WORKDIR.value)}")
+    cli.say(f"report: {study.write_outputs(workdir)}")
     return
   config = _CONFIG.value
   if config is None:
@@ -40,15 +46,13 @@ def main(argv):
     config = study_configs.get_config("quick" if _QUICK.value else None)
   elif _QUICK.value:
     raise app.UsageError("--quick picks configs/study.py:quick; with --config name the variant there instead")
-  from rope_lab import config as config_lib, study  # pylint: disable=g-import-not-at-top
-  try:
-    cfg = study.study_config_from_config_dict(config)
-  except config_lib.ConfigError as e:
-    sys.stderr.write(f"config error: {e}\n")
-    sys.exit(2)
-  report = study.run_study(cfg, _WORKDIR.value, log=lambda message: print(message, flush=True))
-  print(f"report: {report}")
+  from rope_lab import study  # pylint: disable=g-import-not-at-top
+  cfg = study.study_config_from_config_dict(config)
+  report = study.run_study(cfg, workdir, log=cli.say)
+  cli.say(f"report: {report}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from rope_lab import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.run(main, resume_hint="run the same command again to resume; finished runs and "
+                             "measurements are kept")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -61,26 +61,26 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    # Orbax logs every file it writes at INFO; the loop reports progress itself.
-    logging.set_verbosity(logging.WARNING)
-  from rope_lab.config import ConfigError, experiment_from_config_dict  # pylint: disable=g-import-not-at-top
-  try:
-    exp = experiment_from_config_dict(_CONFIG.value)
-  except ConfigError as e:
-    sys.stderr.write(f"config error: {e}\n")
-    sys.exit(2)
+  from rope_lab import cli  # pylint: disable=g-import-not-at-top
+  from rope_lab.config import experiment_from_config_dict  # pylint: disable=g-import-not-at-top
+  workdir = cli.absolute_path(_WORKDIR.value)
+  config = _CONFIG.value
+  if config.get("init_from"):
+    with config.unlocked():
+      config.init_from = cli.absolute_path(config.init_from)
+  exp = experiment_from_config_dict(config)
   initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
   from rope_lab import train  # pylint: disable=g-import-not-at-top
-  try:
-    result = train.run(exp, _WORKDIR.value)
-  except ConfigError as e:
-    sys.stderr.write(f"config error: {e}\n")
-    sys.exit(2)
-  logging.info("finished: %s", result)
+  if jax.process_index() == 0:
+    cli.log_to_file(workdir)
+  result = train.run(exp, workdir)
+  cli.say(f"{result.status} at step {result.step}: {workdir}")
   if result.status == "preempted":
     sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  from rope_lab import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.run(main, flags_parser=parse_flags,
+           resume_hint="run the same command again to resume from the last checkpoint")

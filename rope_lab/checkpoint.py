@@ -16,12 +16,16 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging as py_logging
+import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from rope_lab.errors import CheckpointError, MissingFileError
 
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("params", "optimizer", "data")
@@ -73,7 +77,7 @@ class DataStateHandler(ocp.CheckpointHandler):
     path = _process_file(directory)
     if not path.exists():
       found = sorted(p.name for p in directory.iterdir())
-      raise FileNotFoundError(
+      raise CheckpointError(
           f"no data-iterator state {path.name} in {directory} (found {found}); a run can "
           f"resume only with the process count it was saved with")
     return _from_json(json.loads(path.read_text()))
@@ -95,7 +99,23 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 
 
 def checkpoint_directory(workdir: str | epath.Path) -> epath.Path:
-  return epath.Path(workdir) / CHECKPOINT_DIR
+  """``<workdir>/checkpoints``, absolute for local paths (orbax refuses relative ones)."""
+  text = os.fspath(workdir)
+  if "://" not in text:
+    text = os.path.abspath(text)
+  return epath.Path(text) / CHECKPOINT_DIR
+
+
+def committed_latest_step(workdir: str) -> int | None:
+  """The newest committed step of ``workdir``'s own checkpoints, None if it has none.
+
+  Read-only: unlike opening a :class:`Checkpointer`, this never removes a temporary
+  directory, so it is safe to call before the run knows whether it may resume.
+  """
+  if not checkpoint_directory(workdir).exists():
+    return None
+  with _read_only_manager(workdir, role="work directory") as manager:
+    return manager.latest_step()
 
 
 class Checkpointer:
@@ -155,43 +175,62 @@ class Checkpointer:
     self._manager.close()
 
 
-def _read_only_manager(run_dir: str) -> ocp.CheckpointManager:
+class _DropReadOnlyNotices(py_logging.Filter):
+  """Orbax warns on every read-only open of a checkpoint directory, which is how rope_lab
+  reads another run's parameters (fine-tuning, evaluation); those two lines are noise."""
+
+  NOTICES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(notice in message for notice in self.NOTICES)
+
+
+_ABSL_LOGGER = py_logging.getLogger("absl")
+if not any(isinstance(f, _DropReadOnlyNotices) for f in _ABSL_LOGGER.filters):
+  _ABSL_LOGGER.addFilter(_DropReadOnlyNotices())
+
+
+def _read_only_manager(run_dir: str, role: str = "config.init_from") -> ocp.CheckpointManager:
   directory = checkpoint_directory(run_dir)
   if not directory.exists():
-    raise FileNotFoundError(f"config.init_from={run_dir!r}: no {CHECKPOINT_DIR}/ directory "
-                            f"there; give the work directory of a training run")
+    raise MissingFileError(f"{role}={run_dir!r}: no {CHECKPOINT_DIR}/ directory there, so no "
+                           f"trained model; give the work directory of a training run (train "
+                           f"one with python -m experiments.train --workdir=...)")
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
   handlers = {"params": ocp.StandardCheckpointHandler(),
               "optimizer": ocp.StandardCheckpointHandler(), "data": DataStateHandler()}
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def latest_step_of(run_dir: str) -> int:
-  """The newest committed step of another run; FileNotFoundError naming it if none."""
-  with _read_only_manager(run_dir) as manager:
+def latest_step_of(run_dir: str, role: str = "config.init_from") -> int:
+  """The newest committed step of another run; MissingFileError naming ``role`` if none."""
+  with _read_only_manager(run_dir, role) as manager:
     step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f"config.init_from={run_dir!r}: {checkpoint_directory(run_dir)} "
-                            f"holds no committed checkpoint")
+    raise MissingFileError(f"{role}={run_dir!r}: {checkpoint_directory(run_dir)} holds no "
+                           f"committed checkpoint (was its training run stopped before the "
+                           f"first save?)")
   return step
 
 
-def restore_params(run_dir: str, abstract_params, step: int | None = None):
+def restore_params(run_dir: str, abstract_params, step: int | None = None,
+                   role: str = "config.init_from"):
   """Parameters of another run (its newest step by default), laid out as ``abstract_params``.
 
-  Raises FileNotFoundError naming ``run_dir`` when it holds no committed checkpoint, and
-  ValueError when the stored shapes differ from the model's.
+  Raises MissingFileError naming ``run_dir`` when it holds no committed checkpoint, and
+  CheckpointError when the stored shapes differ from the model's.
   """
-  step = latest_step_of(run_dir) if step is None else step
-  with _read_only_manager(run_dir) as manager:
+  step = latest_step_of(run_dir, role) if step is None else step
+  with _read_only_manager(run_dir, role) as manager:
     stored = manager.item_metadata(step)["params"]
-    _check_same_shapes(stored, abstract_params, run_dir)
+    _check_same_shapes(stored, abstract_params, run_dir, role)
     restored = manager.restore(
         step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
   return restored["params"]
 
 
-def _check_same_shapes(stored, wanted, run_dir: str) -> None:
+def _check_same_shapes(stored, wanted, run_dir: str, role: str) -> None:
   stored_shapes = {jax.tree_util.keystr(p): tuple(x.shape)
                    for p, x in jax.tree_util.tree_leaves_with_path(stored)}
   wanted_shapes = {jax.tree_util.keystr(p): tuple(x.shape)
@@ -201,7 +240,43 @@ def _check_same_shapes(stored, wanted, run_dir: str) -> None:
     only_wanted = sorted(set(wanted_shapes) - set(stored_shapes))
     differ = sorted(k for k in set(stored_shapes) & set(wanted_shapes)
                     if stored_shapes[k] != wanted_shapes[k])
-    raise ValueError(
-        f"config.init_from={run_dir!r}: its parameters do not fit this model: "
+    raise CheckpointError(
+        f"{role}={run_dir!r}: its parameters do not fit this model: "
         f"only in the checkpoint {only_stored[:5]}, only in the model {only_wanted[:5]}, "
         f"different shapes {[(k, stored_shapes[k], wanted_shapes[k]) for k in differ[:5]]}")
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+
+def check_safetensors_complete(model_dir: str) -> None:
+  """Every ``*.safetensors`` file of ``model_dir`` is as long as its header says.
+
+  A safetensors file starts with an 8-byte little-endian header length, then a JSON header
+  giving each tensor's byte range in the data that follows. A truncated download passes
+  the header and fails later with a SafetensorError that does not name the file; this
+  reads only the headers and names the file.
+  """
+  remedy = "download or copy the checkpoint again"
+  for name in sorted(os.listdir(model_dir)):
+    if not name.endswith(".safetensors"):
+      continue
+    path = os.path.join(model_dir, name)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+      prefix = f.read(8)
+      if len(prefix) < 8:
+        raise CheckpointError(f"{path} is truncated ({size} bytes, not even a header); {remedy}")
+      header_len = int.from_bytes(prefix, "little")
+      if 8 + header_len > size:
+        raise CheckpointError(f"{path} is truncated ({size:,} bytes, its header alone needs "
+                              f"{8 + header_len:,}); {remedy}")
+      try:
+        header = json.loads(f.read(header_len))
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} has an unreadable header ({e}); {remedy}") from None
+    data_end = max((entry["data_offsets"][1] for key, entry in header.items()
+                    if key != "__metadata__"), default=0)
+    if 8 + header_len + data_end > size:
+      raise CheckpointError(f"{path} is truncated ({size:,} bytes, its header describes "
+                            f"{8 + header_len + data_end:,}); {remedy}")

@@ -15,11 +15,16 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from rope_lab import pe, sharding
+from rope_lab.encoding_range import check_xpos_length
 from rope_lab.model import ModelConfig, Transformer
 
 
-def encoding_hooks(model: ModelConfig, encoding: pe.Encoding, seq_len: int) -> pe.Hooks:
-  """``encoding`` resolved for ``model``'s shape at windows of ``seq_len`` tokens."""
+def encoding_hooks(model: ModelConfig, encoding: pe.Encoding, seq_len: int, *,
+                   where: str = "evaluation length") -> pe.Hooks:
+  """``encoding`` resolved for ``model``'s shape at windows of ``seq_len`` tokens, after
+  checking that xPos's scales stay finite there (``where`` names the length in the error)."""
+  check_xpos_length(encoding, head_dim=model.head_dim, compute_dtype=model.compute_dtype,
+                    length=seq_len, where=where)
   return encoding.hooks(head_dim=model.head_dim, n_heads=model.n_heads, d_model=model.d_model,
                         seq_len=seq_len)
 

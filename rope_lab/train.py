@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -23,8 +24,10 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from rope_lab import sharding
-from rope_lab.checkpoint import Checkpointer, checkpoint_directory, latest_step_of, restore_params
+from rope_lab import resume, sharding
+from rope_lab import workdir as workdir_lib
+from rope_lab.checkpoint import Checkpointer, committed_latest_step, latest_step_of
+from rope_lab.checkpoint import check_safetensors_complete, restore_params
 from rope_lab.config import HF_SCHEME, ConfigError, ExperimentConfig, TrainConfig, experiment_to_dict
 from rope_lab.interop import hf
 from rope_lab.data import DataConfig, get_tokenizer, make_train_iterator, save_tokenizer_spec
@@ -112,9 +115,12 @@ class _Loop:
   """State of one run() call: what has been logged, saved and measured."""
 
   def __init__(self, cfg: TrainConfig, checkpointer: Checkpointer, log: MetricsLog,
-               progress: Progress, last_saved: int | None):
+               progress: Progress, last_saved: int | None,
+               on_first_save: Callable[[], None] | None = None):
     self.cfg, self.checkpointer, self.log, self.progress = cfg, checkpointer, log, progress
     self.last_saved = last_saved
+    # Accepted resume changes are recorded once a checkpoint was saved under them.
+    self.on_first_save = on_first_save
     self.pending: list[tuple[int, dict]] = []
     self.train_loss: float | None = None
     self.window_start = time.perf_counter()
@@ -151,6 +157,9 @@ class _Loop:
   def save(self, step: int, state: TrainState, data_state: Any) -> None:
     self.checkpointer.save(step, state, data_state)
     self.last_saved = step
+    if self.on_first_save is not None:
+      self.on_first_save()
+      self.on_first_save = None
     self.progress.message(f"checkpoint saved at step {step}")
 
 
@@ -208,26 +217,40 @@ def run(exp: ExperimentConfig, workdir: str, *, data_source: DataSource | None =
   """Trains ``exp`` in ``workdir`` (resuming there if possible); see the module docstring.
 
   ``data_source`` replaces the project's data pipeline (tests, notebooks); ``devices``
-  restricts the mesh to some of the devices (single-process only).
+  restricts the mesh to some of the devices (single-process only). The work directory is
+  locked for the whole call (``rope_lab.workdir``); a resume is validated against the
+  stored config before anything is written (``rope_lab.resume``).
   """
   exp = with_checkpoint_architecture(exp)
+  workdir = os.path.abspath(workdir)  # orbax needs absolute paths
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.locked(workdir):
+    return _run_locked(exp, workdir, data_source=data_source, devices=devices)
+
+
+def _run_locked(exp: ExperimentConfig, workdir: str, *, data_source: DataSource | None,
+                devices) -> TrainResult:
   cfg = exp.train
   workdir_path = epath.Path(workdir)
+  resumed_from = committed_latest_step(workdir)
+  changes = {}
+  if resumed_from is not None:
+    changes = resume.check_resume(workdir, experiment_to_dict(exp), resumed_from)
   uses_project_data = data_source is None
   if uses_project_data:
     check_vocabulary(exp)
     data_source = rope_lab_data_source(exp.data)
-  if cfg.init_from is not None and not checkpoint_directory(workdir).exists():
+  if cfg.init_from is not None and resumed_from is None:
     # A wrong init_from fails before anything is compiled.
     if cfg.init_from.startswith(HF_SCHEME):
       hf.read_config(cfg.init_from[len(HF_SCHEME):])
+      check_safetensors_complete(cfg.init_from[len(HF_SCHEME):])
     else:
       latest_step_of(cfg.init_from)
   program = build_program(exp, devices)
   setup = program.setup
   primary = jax.process_index() == 0
-  workdir_path.mkdir(parents=True, exist_ok=True)
-  if primary:
+  if primary and resumed_from is None:
     _write_run_files(workdir_path, exp, uses_project_data)
 
   block, blocks = sharding.process_row_block(setup.batch_sharding, cfg.global_batch_size)
@@ -236,13 +259,16 @@ def run(exp: ExperimentConfig, workdir: str, *, data_source: DataSource | None =
   train_iter = data_source(exp.data.train_split, **iterator_args)
   checkpointer = Checkpointer(workdir, keep=cfg.keep_checkpoints,
                               async_save=cfg.async_checkpointing)
-  log = MetricsLog(str(workdir_path), enabled=primary, tensorboard=cfg.tensorboard)
+  log = MetricsLog(str(workdir_path), enabled=primary, tensorboard=cfg.tensorboard,
+                   resume_step=resumed_from or 0)
   progress = Progress(cfg.steps, 0, enabled=primary)
+  on_first_save = (lambda: resume.record_changes(workdir, changes, resumed_from)) \
+      if primary and changes else None
   try:
     state = _start_state(program, checkpointer, cfg, train_iter, progress)
     eval_batches = _eval_batches(cfg, setup, data_source) if cfg.eval_every else []
-    return _train(program, cfg, state, train_iter, eval_batches,
-                  _Loop(cfg, checkpointer, log, progress, checkpointer.latest_step()))
+    loop = _Loop(cfg, checkpointer, log, progress, checkpointer.latest_step(), on_first_save)
+    return _train(program, cfg, state, train_iter, eval_batches, loop)
   finally:
     checkpointer.wait()  # an in-flight save completes; a failed run never adds one
     checkpointer.close()

@@ -107,14 +107,21 @@ class EventWriter:
 
 
 class MetricsLog:
-  """metrics.jsonl (one JSON object per line, appended across resumes) and TensorBoard.
+  """metrics.jsonl (one JSON object per line, kept across resumes) and TensorBoard.
 
-  Only the primary process writes; the others get a log that drops everything.
+  A resumed run starts from its checkpoint's step, so rows a previous run logged after
+  that step (it died before saving them) are dropped when the log opens: the resumed run
+  logs those steps again, and each step appears once. A torn last line (a process killed
+  mid-write) is dropped too. Only the primary process writes; the others get a log that
+  drops everything.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool, tensorboard: bool):
+  def __init__(self, workdir: str, *, enabled: bool, tensorboard: bool, resume_step: int = 0):
     self.enabled = enabled
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if enabled:
+      keep_rows_up_to(self.path, resume_step)
+    self._jsonl = open(self.path, "a") if enabled else None
     self._events = EventWriter(os.path.join(workdir, "tensorboard")) if enabled and tensorboard \
         else None
 
@@ -132,6 +139,28 @@ class MetricsLog:
     for handle in (self._jsonl, self._events):
       if handle is not None:
         handle.close()
+
+
+def keep_rows_up_to(path: str, step: int) -> None:
+  """Rewrites the metrics file ``path`` without rows after ``step`` or torn lines (atomically)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().split("\n")
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # empty or torn
+    if isinstance(row, dict) and row.get("step", 0) <= step:
+      kept.append(line)
+  if len(kept) == sum(1 for line in lines if line.strip()):
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write("".join(line + "\n" for line in kept))
+  os.replace(tmp, path)
 
 
 def format_duration(seconds: float) -> str:

@@ -71,7 +71,7 @@ def build_setup(exp: ExperimentConfig, devices=None) -> TrainSetup:
   model = Transformer(exp.model)
   optimizer = make_optimizer(cfg)
   replicated = sharding.replicated(mesh)
-  hooks = jax.device_put(encoding_hooks(exp.model, exp.encoding, cfg.seq_len), replicated)
+  hooks = jax.device_put(encoding_hooks(exp.model, exp.encoding, cfg.seq_len, where="config.seq_len"), replicated)
   abstract_params, param_shardings = param_layout(exp.model, hooks, cfg.seq_len, mesh, cfg.logical_rules)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   opt_shardings = optax.tree_map_params(

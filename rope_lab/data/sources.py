@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+from rope_lab.data import integrity
 from rope_lab.data.errors import DatasetNotPreparedError, DocumentError, UnknownDatasetError
 from rope_lab.data.splits import split_of
 
@@ -137,6 +138,7 @@ def prepare_embedded(name: str, data_dir: str) -> str:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     built_dir = os.path.join(tmp_root, name, str(builder_cls.VERSION))
+    integrity.write_manifest(built_dir, [f for f in os.listdir(built_dir) if "array_record" in f])
     os.makedirs(os.path.dirname(final_dir), exist_ok=True)
     try:
       os.rename(built_dir, final_dir)
@@ -149,6 +151,29 @@ def prepare_embedded(name: str, data_dir: str) -> str:
   return final_dir
 
 
+def embedded_remedy(name: str, data_dir: str) -> str:
+  return (f"re-prepare the dataset: delete {embedded_version_dir(name, data_dir)} and run "
+          f"python -m experiments.prepare_data --dataset={name} --data_dir={data_dir}")
+
+
+def check_embedded_records(name: str, data_dir: str) -> None:
+  """The prepared records of ``name`` against the sizes and checksums of their preparation."""
+  integrity.check_manifest(embedded_version_dir(name, data_dir),
+                           f"prepared records of dataset {name!r}", embedded_remedy(name, data_dir))
+
+
+def _records(source, where: str, remedy: str):
+  """The records of a TFDS data source; a record that cannot be read names ``where``."""
+  for i in range(len(source)):
+    try:
+      yield source[i]
+    except Exception as e:  # pylint: disable=broad-except
+      # array_record reports a truncated or corrupt file as anything from None records
+      # (AttributeError downstream) to status errors; the file is what the user can act on.
+      raise DocumentError(f"record {i} of {where} cannot be read ({type(e).__name__}: {e}); "
+                          f"{remedy}") from None
+
+
 def _embedded_source(name: str, data_dir: str, split: str, auto_prepare: bool):
   from rope_lab.data.builders import EMBEDDED_BUILDERS  # pylint: disable=g-import-not-at-top
   if not is_embedded_prepared(name, data_dir):
@@ -157,6 +182,7 @@ def _embedded_source(name: str, data_dir: str, split: str, auto_prepare: bool):
           f"dataset {name!r} is not prepared under {data_dir!r}; run "
           f"python -m experiments.prepare_data --dataset={name} --data_dir={data_dir}")
     prepare_embedded(name, data_dir)
+  check_embedded_records(name, data_dir)
   builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
   _check_split(builder.info.splits.keys(), split, name)
   return builder.as_data_source(split=split)
@@ -292,15 +318,21 @@ def iter_documents(spec: DatasetSpec, split: str, data_dir: str, *,
   """Yields ``(doc_id, text)`` for every document of ``split``, in a fixed order."""
   if spec.kind == "embedded":
     source = _embedded_source(spec.name, data_dir, split, auto_prepare)
-    for i in range(len(source)):
-      record = source[i]
+    where = f"split {split!r} of dataset {spec.name!r} in {embedded_version_dir(spec.name, data_dir)}"
+    for record in _records(source, where, embedded_remedy(spec.name, data_dir)):
+      if record is None or record.get("id") is None or record.get("text") is None:
+        raise DocumentError(f"a record of {where} is empty (a truncated or corrupt file); "
+                            f"{embedded_remedy(spec.name, data_dir)}")
       yield record["id"].decode("utf-8"), record["text"].decode("utf-8")
   elif spec.kind == "tfds":
     source, features = _catalog_source(spec, data_dir, split)
     feature = text_feature_name(features, text_feature, f"tfds:{spec.name}")
     id_feature = next((k for k in _ID_FEATURE_PREFERENCE if k in features), None)
-    for i in range(len(source)):
-      record = source[i]
+    where = f"split {split!r} of tfds:{spec.name} in {catalog_dataset_dir(spec, data_dir)}"
+    remedy = "copy the dataset's array_record files again from where it was prepared"
+    for i, record in enumerate(_records(source, where, remedy)):
+      if record is None:
+        raise DocumentError(f"record {i} of {where} is empty (a truncated or corrupt file); {remedy}")
       doc_id = record[id_feature] if id_feature else i
       yield _as_text(doc_id), _as_text(record[feature])
   elif spec.kind == "files":

@@ -21,9 +21,10 @@ import tempfile
 
 import numpy as np
 
-from rope_lab.data import sources
+from rope_lab.data import integrity, sources
 from rope_lab.data.config import DataConfig, resolve_data_dir
 from rope_lab.data.errors import DataConfigError, DatasetNotPreparedError, DocumentError
+from rope_lab.errors import DataError
 from rope_lab.data.tokenizers import (ByteTokenizer, SentencePieceTokenizer, Tokenizer,
                                       train_sentencepiece)
 
@@ -153,12 +154,29 @@ def _write_store(directory: str, documents, tokenizer: Tokenizer, dataset: str,
   with open(os.path.join(directory, "meta.json"), "w", encoding="utf-8") as f:
     json.dump({"dataset": dataset, "split": split, "dtype": np.dtype(dtype).name,
                "num_tokens": offsets[-1], "num_docs": len(doc_ids),
-               "tokenizer": tokenizer.spec(), "eod_id": tokenizer.eod_id}, f, indent=2)
+               "tokenizer": tokenizer.spec(), "eod_id": tokenizer.eod_id,
+               "files": integrity.fingerprints(directory, CACHE_FILES)}, f, indent=2)
+
+
+CACHE_FILES = ("tokens.bin", "offsets.npy", "doc_ids.json")
 
 
 def _read_store(directory: str) -> TokenStore:
-  with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
-    meta = json.load(f)
+  """The cache in ``directory``, after checking its files' sizes and checksums."""
+  remedy = f"delete {directory} (a token cache; the next run rebuilds it)"
+  try:
+    with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
+      meta = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DataError(f"token cache {directory}: meta.json is not valid JSON ({e}); {remedy}") from None
+  if "files" in meta:
+    integrity.check_fingerprints(directory, meta["files"], "token cache", remedy)
+  else:  # a cache written before checksums were recorded: at least the size must fit
+    expected = meta["num_tokens"] * np.dtype(meta["dtype"]).itemsize
+    size = os.path.getsize(os.path.join(directory, "tokens.bin"))
+    if size != expected:
+      raise DataError(f"token cache: {os.path.join(directory, 'tokens.bin')} holds {size:,} bytes, "
+                      f"{expected:,} expected; {remedy}")
   with open(os.path.join(directory, "doc_ids.json"), encoding="utf-8") as f:
     doc_ids = tuple(json.load(f))
   tokens = np.memmap(os.path.join(directory, "tokens.bin"), dtype=meta["dtype"], mode="r",
@@ -191,6 +209,11 @@ def load_token_store(cfg: DataConfig, split: str,
           f"dataset {spec.name!r} is not prepared under {data_dir!r}; run "
           f"python -m experiments.prepare_data --dataset={spec.name} --data_dir={data_dir}")
     sources.prepare_embedded(spec.name, data_dir)
+  # The cache is rebuilt from the records when deleted; a damaged copy must not go
+  # unnoticed just because the cache was built before the damage.
+  for part in (spec.parts if spec.kind == "mixture" else (spec,)):
+    if part.kind == "embedded" and sources.is_embedded_prepared(part.name, data_dir):
+      sources.check_embedded_records(part.name, data_dir)
   directory = store_dir(cfg, split, tokenizer, data_dir)
   if not os.path.isfile(os.path.join(directory, "meta.json")):
     documents = sources.iter_documents(spec, split, data_dir, text_feature=cfg.text_feature,

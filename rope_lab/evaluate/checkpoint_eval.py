@@ -7,14 +7,17 @@ the checkpoint zero-shot (the checkpoint's own encoding is the plan "trained").
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 
+import flax
 import numpy as np
 
 from rope_lab import config as config_lib
 from rope_lab import pe
 from rope_lab import results as results_lib
+from rope_lab.errors import CheckpointError, ConfigError
 from rope_lab.data import get_tokenizer, long_documents, task_grid
 from rope_lab.evaluate import perplexity, retrieval
 from rope_lab.evaluate.plans import EncodingPlan
@@ -41,19 +44,39 @@ class EvalSettings:
 
   def __post_init__(self):
     if not self.lengths and not self.passkey_lengths and not self.lines_lengths:
-      raise ValueError("nothing to evaluate: give lengths, passkey_lengths or lines_lengths")
+      raise ConfigError("nothing to evaluate: give lengths, passkey_lengths or lines_lengths")
     if self.doc_tokens is not None and self.lengths and self.doc_tokens < max(self.lengths):
-      raise ValueError(f"doc_tokens={self.doc_tokens} is shorter than the longest window {max(self.lengths)}")
+      raise ConfigError(f"doc_tokens={self.doc_tokens} is shorter than the longest window {max(self.lengths)}")
 
 
 def trained_plan(run: TrainedRun) -> EncodingPlan:
   return EncodingPlan.of("trained", pe.to_dict(run.encoding))
 
 
+@contextlib.contextmanager
+def _parameters_fit(run: TrainedRun, plan: EncodingPlan):
+  """An encoding whose parameters the checkpoint lacks (learned APE on a RoPE run) fails
+  while tracing, before any compute; say so in rope_lab's words."""
+  try:
+    yield
+  except flax.errors.ScopeParamNotFoundError as e:
+    detail = str(e).split(" (https", 1)[0]
+    raise CheckpointError(
+        f"encoding {plan.label!r} needs parameters the checkpoint in {run.workdir} does not have "
+        f"(trained with {run.encoding.name!r}; {detail}); "
+        f"a learned position table only exists in runs trained with 'learned'") from None
+
+
 def evaluate_checkpoint(workdir: str, plans: Sequence[EncodingPlan], settings: EvalSettings,
                         results_path: str, *, log: Callable[[str], None] = print) -> list[dict]:
-  """Measures every plan on the checkpoint in ``workdir``; returns (and appends) the rows."""
+  """Measures every plan on the checkpoint in ``workdir``; returns (and appends) the new rows.
+
+  A measurement whose key and config hash ``results_path`` already holds is skipped (not
+  measured again, not appended again), so re-running a command adds nothing twice.
+  """
   run = load_run(workdir)
+  results_file = results_lib.ResultsFile(results_path)
+  done = {(row["key"], row["config_hash"]) for row in results_file.read()}
   tokenizer = get_tokenizer(run.exp.data)
   commit = results_lib.git_commit()
   train_length = run.train_length
@@ -70,13 +93,18 @@ def evaluate_checkpoint(workdir: str, plans: Sequence[EncodingPlan], settings: E
   for plan in plans:
     chash = results_lib.config_hash({**base_hash, "plan": list(plan.spec)})
     for length in settings.lengths:
+      key = f"ppl|{workdir}|{plan.label}|{length}|{settings.split}"
+      if (key, chash) in done:
+        log(f"{plan.label} {length}: already in {results_path}")
+        continue
       encoding = plan.encoding(length, train_length)
-      result = perplexity.perplexity_at_length(
-          run.model, run.params, encoding, docs, length,
-          stride=perplexity.stride_for(length, settings.stride_fraction), tokenizer=tokenizer)
+      with _parameters_fit(run, plan):
+        result = perplexity.perplexity_at_length(
+            run.model, run.params, encoding, docs, length,
+            stride=perplexity.stride_for(length, settings.stride_fraction), tokenizer=tokenizer)
       log(f"{plan.label} {length}: loss {result.loss:.4f}, {result.bits_per_byte:.4f} bits/byte")
       rows.append(results_lib.make_row(
-          "perplexity", f"ppl|{workdir}|{plan.label}|{length}|{settings.split}", metrics=result.metrics(),
+          "perplexity", key, metrics=result.metrics(),
           seed=seed, config_hash=chash, commit=commit, plan=plan.label, encoding=pe.to_dict(encoding),
           length=length, scale=length / train_length, split=settings.split, stride=result.stride,
           docs=[d.doc_id for d in docs], **common))
@@ -84,9 +112,13 @@ def evaluate_checkpoint(workdir: str, plans: Sequence[EncodingPlan], settings: E
         ("passkey", settings.passkey_lengths, settings.passkey_depths, settings.passkey_samples),
         ("lines", settings.lines_lengths, (0.5,), settings.lines_samples)):
       for length in lengths:
+        if all((f"{task}|{workdir}|{plan.label}|{length}|{depth}", chash) in done for depth in depths):
+          log(f"{plan.label} {task} {length}: already in {results_path}")
+          continue
         examples = task_grid(task, tokenizer, [length], depths, seed=settings.seed, samples=samples)
         encoding = plan.encoding(length, train_length)
-        scores = retrieval.score_examples(run.model, run.params, encoding, examples)
+        with _parameters_fit(run, plan):
+          scores = retrieval.score_examples(run.model, run.params, encoding, examples)
         for depth in depths:
           group = [s for s, d in zip(scores, np.repeat(depths, samples)) if d == depth]
           metrics = retrieval.summarize_scores(group)
@@ -95,5 +127,5 @@ def evaluate_checkpoint(workdir: str, plans: Sequence[EncodingPlan], settings: E
               task, f"{task}|{workdir}|{plan.label}|{length}|{depth}", metrics=metrics, seed=seed,
               config_hash=chash, commit=commit, plan=plan.label, encoding=pe.to_dict(encoding),
               length=length, scale=length / train_length, depth=float(depth), **common))
-  results_lib.ResultsFile(results_path).append(rows)
+  results_file.append(rows)
   return rows

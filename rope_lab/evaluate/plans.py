@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from rope_lab import pe
+from rope_lab.errors import ConfigError
 
 MATCHED = "matched"
 MATCHED_POSITIONS = "matched_positions"
@@ -77,9 +78,13 @@ class EncodingPlan:
 
 def plan_from_json(text: str) -> EncodingPlan:
   """``'{"name": "pi", "factor": 4}'`` or with a ``"label"`` field; the label defaults to a summary."""
-  spec = json.loads(text)
+  try:
+    spec = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"--encoding={text!r} is not valid JSON ({e}); give an object such as "
+                      f"'{{\"name\": \"pi\", \"factor\": 4}}'") from None
   if not isinstance(spec, dict):
-    raise ValueError(f"an encoding spec must be a JSON object, got {text!r}")
+    raise ConfigError(f"an encoding spec must be a JSON object, got {text!r}")
   label = spec.pop("label", None) or describe(spec)
   return EncodingPlan.of(label, spec)
 

@@ -10,7 +10,6 @@ APE's table aside, whose size the checkpoint fixes).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -18,8 +17,9 @@ import jax
 
 from rope_lab import checkpoint
 from rope_lab import config as config_lib
-from rope_lab import pe, sharding
+from rope_lab import pe, resume, sharding
 from rope_lab.data import DataConfig
+from rope_lab.errors import CheckpointError, MissingFileError
 from rope_lab.forward import encoding_hooks, param_layout
 from rope_lab.model import ModelConfig
 
@@ -38,11 +38,17 @@ def experiment_from_json(values: dict[str, Any]) -> config_lib.ExperimentConfig:
 
 
 def read_experiment(workdir: str) -> config_lib.ExperimentConfig:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{workdir!r} is not a training run directory: no config.json")
-  with open(path) as f:
-    return experiment_from_json(json.load(f))
+  """The experiment of a training run's work directory, with the changes accepted on its
+  resumes applied (``rope_lab.resume``); errors name the file and say what to do."""
+  values = resume.current_config(workdir)
+  if values is None:
+    raise MissingFileError(f"{workdir!r} is not a training run directory: no config.json; give "
+                           f"the --workdir of a run of python -m experiments.train")
+  try:
+    return experiment_from_json(values)
+  except (ValueError, TypeError, KeyError) as e:
+    raise CheckpointError(f"{os.path.join(workdir, 'config.json')} does not describe a run "
+                          f"({e}); restore it or train again in a new work directory") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +77,10 @@ class TrainedRun:
 def load_run(workdir: str, step: int | None = None) -> TrainedRun:
   """Restores the parameters of ``workdir``'s newest step (or ``step``) on this host's devices."""
   exp = read_experiment(workdir)
-  step = checkpoint.latest_step_of(workdir) if step is None else step
+  step = checkpoint.latest_step_of(workdir, "--workdir") if step is None else step
   mesh = sharding.make_mesh(exp.train.mesh_shape)
   hooks = encoding_hooks(exp.model, exp.encoding, exp.train.seq_len)
   abstract, _ = param_layout(exp.model, hooks, exp.train.seq_len, mesh, exp.train.logical_rules)
-  params = checkpoint.restore_params(workdir, abstract, step)
+  params = checkpoint.restore_params(workdir, abstract, step, "--workdir")
   params = jax.tree.map(lambda x: x, params)  # plain arrays, independent of the manager
   return TrainedRun(workdir=workdir, exp=exp, params=params, step=step)

@@ -1,0 +1,34 @@
+"""The reference study at test size, as a config file for ``experiments.study --config``:
+tests/tiny_config.py's model on random bytes, 4 steps, one seed, two lengths, no extras."""
+
+import ml_collections
+
+from tests import tiny_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  config = ml_collections.ConfigDict()
+  config.base = tiny_config.get_config()
+  config.base.update(steps=4, checkpoint_every=2)  # a periodic save exercises orbax's paths
+  config.seeds = (0,)
+  config.eval_scales = (1, 2)
+  config.eval_docs = 1
+  config.eval_doc_tokens = 64
+  config.static_scale = 2.0
+  config.finetune_scale = 2
+  config.finetune_steps = 2
+  config.finetune_learning_rates = (1e-2,)
+  config.finetune_warmup_steps = 0
+  config.grid_train_scales = ()
+  config.ape = False
+  config.xpos = False
+  config.passkey_lengths = ()
+  config.lines_lengths = ()
+  config.middle_length = 176
+  config.middle_depths = 2
+  config.middle_samples = 1
+  config.attention_scales = (1,)
+  config.attention_docs = 1
+  config.analytic_scale = 2
+  return config
