@@ -297,6 +297,7 @@ class Transformer(nn.Module):
                return_attention: bool = False):
     cfg = self.cfg
     check_hooks(cfg, hooks)
+    pe_apply.check_sequence_length(hooks, tokens_BxL.shape[1])
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32), tokens_BxL.shape)
     meta, float_pos = token_meta(hooks, positions, segment_ids, segment_masking=cfg.segment_masking, rng=rng)

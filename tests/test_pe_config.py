@@ -54,7 +54,8 @@ def test_odd_rotary_dimension_fails_before_compute():
 
 
 def test_longrope_wrong_length_for_the_model_fails_at_hooks():
-  enc = pe.make("longrope", short_factor=[1.0] * 3, long_factor=[1.0] * 3, original_max_position_embeddings=64)
+  enc = pe.make("longrope", short_factor=[1.0] * 3, long_factor=[1.0] * 3, original_max_position_embeddings=64,
+                factor=2.0)
   with pytest.raises(pe.ConfigError, match="3 entries but head_dim 16"):
     enc.hooks(head_dim=16, n_heads=1, d_model=16, seq_len=8)
 

@@ -113,8 +113,8 @@ def ape_plans(train_length: int, *, max_length: int) -> list[EncodingPlan]:
   orig = {"original_max_position_embeddings": train_length}
   return [
       EncodingPlan.of("APE PCW", {**common, "extension": "pcw", **orig}),
-      EncodingPlan.of("APE grouped", {**common, "extension": "grouped", "extension_factor": MATCHED}),
+      EncodingPlan.of("APE grouped", {**common, "extension": "grouped", **orig}),  # ceil(L / L0) per input
       EncodingPlan.of("APE recurrent", {**common, "extension": "recurrent", **orig}),
-      EncodingPlan.of("APE interpolate", {**common, "extension": "interpolate",
+      EncodingPlan.of("APE interpolate", {**common, "extension": "interpolate", **orig,
                                           "extension_factor": MATCHED_POSITIONS}),
   ]

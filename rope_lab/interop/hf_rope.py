@@ -134,7 +134,7 @@ def encoding_to_hf(encoding: pe.Encoding, *, max_position_embeddings: int) -> di
       raise HFConfigError("longrope: n_hat > 0 has no Hugging Face equivalent")
     out.update(rope_type="longrope", short_factor=list(enc.short_factor), long_factor=list(enc.long_factor),
                original_max_position_embeddings=enc.original_max_position_embeddings,
-               factor=enc.factor or 1.0)
+               factor=enc.extension_ratio() or 1.0)
     if enc.attention_factor is not None:
       out["attention_factor"] = enc.attention_factor
   elif enc.name == "llama3":

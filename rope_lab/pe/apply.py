@@ -10,28 +10,64 @@ import jax
 import jax.numpy as jnp
 
 from rope_lab.pe.base import Hooks, PositionMap, SelfExtend, XposScales
-from rope_lab.pe.rotary import apply_rotary, cos_sin
+from rope_lab.errors import ConfigError
+from rope_lab.pe.rotary import apply_rotary, check_positions_fit, cos_sin
+
+
+def check_sequence_length(hooks: Hooks, length: int) -> None:
+  """Raises ConfigError when inputs of ``length`` tokens reach past what ``hooks`` were made for.
+
+  A trace-time check (``length`` is a static shape). Hooks with rotary tables (and the
+  length-dependent values that come with them) are resolved for one ``seq_len``; an input
+  longer than that would read positions the tables do not hold.
+  """
+  if hooks.rotary is None:
+    return
+  if hooks.seq_len and length > hooks.seq_len:
+    raise ConfigError(
+        f"position {length - 1} is beyond the hooks, which were made for seq_len {hooks.seq_len}; "
+        f"resolve the encoding at seq_len >= {length} (encoding.hooks(..., seq_len={length}))")
+  check_positions_fit(hooks.rotary, length, seq_len=hooks.seq_len)
+
+
+def randomized_positions(positions_BxL: jnp.ndarray, max_position: int, rng: jax.Array) -> jnp.ndarray:
+  """Each packed segment's positions -> its own sorted draw of distinct positions from [0, N).
+
+  Ruoss et al. 2023 give a sequence of L tokens a sorted draw of L distinct positions from
+  [0, N). A row of packed segments gets one draw of L distinct values in random order:
+  any set of slots then holds a uniform draw of its own size, so sorting the values within
+  each segment (a lexicographic sort on (segment, value)) gives every segment its own
+  sorted draw over [0, N), not a prefix of one row-wide draw. A segment starts where a
+  position does not follow its predecessor by one.
+  """
+  length = positions_BxL.shape[-1]
+  flat_NxL = positions_BxL.reshape(-1, length)
+  keys = jax.random.split(rng, flat_NxL.shape[0])
+  draws_NxL = jax.vmap(lambda k: jax.random.choice(k, max_position, (length,), replace=False))(keys)
+  draws_NxL = draws_NxL.astype(jnp.int32)
+  starts_NxL = jnp.concatenate(
+      [jnp.ones_like(flat_NxL[:, :1], bool), flat_NxL[:, 1:] != flat_NxL[:, :-1] + 1], axis=1)
+  segment_NxL = jnp.cumsum(starts_NxL, axis=1)
+  _, sorted_NxL = jax.lax.sort((segment_NxL, draws_NxL), dimension=1, num_keys=2)
+  return sorted_NxL.reshape(positions_BxL.shape)
 
 
 def map_positions(
-    pmap: PositionMap, positions: jnp.ndarray, *, rng: jax.Array | None = None
+    pmap: PositionMap, positions_BxL: jnp.ndarray, *, rng: jax.Array | None = None
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """positions int [B, L] -> (int positions for rotary, float positions for tables, window ids).
 
-  Randomized positions apply only when an ``rng`` is given (training): each row draws
-  sorted distinct positions from [0, randomize_range) and position p reads the p-th draw.
+  Randomized positions apply with an ``rng`` (training) and, when the map says so, without
+  one (evaluation, a fixed key from ``randomize_seed``).
   """
-  positions = positions.astype(jnp.int32)
-  if pmap.randomize_range and rng is not None:
-    length = positions.shape[-1]
-    flat = positions.reshape(-1, length)
-    keys = jax.random.split(rng, flat.shape[0])
-    draws = jax.vmap(
-        lambda k: jnp.sort(jax.random.choice(k, pmap.randomize_range, (length,), replace=False))
-    )(keys)
-    positions = jnp.take_along_axis(draws, jnp.clip(flat, 0, length - 1), axis=-1).reshape(positions.shape)
-  window_ids = jnp.where(pmap.window > 0, positions // jnp.maximum(pmap.window, 1), 0)
-  wrapped = jnp.where(pmap.period > 0, positions % jnp.maximum(pmap.period, 1), positions)
+  positions_BxL = positions_BxL.astype(jnp.int32)
+  if pmap.randomize_range:
+    if rng is None and pmap.randomize_at_evaluation:
+      rng = jax.random.key(pmap.randomize_seed)
+    if rng is not None:
+      positions_BxL = randomized_positions(positions_BxL, pmap.randomize_range, rng)
+  window_ids = jnp.where(pmap.window > 0, positions_BxL // jnp.maximum(pmap.window, 1), 0)
+  wrapped = jnp.where(pmap.period > 0, positions_BxL % jnp.maximum(pmap.period, 1), positions_BxL)
   grouped = wrapped // pmap.group
   return grouped, grouped.astype(jnp.float32) * pmap.scale, window_ids
 

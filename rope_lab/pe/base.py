@@ -63,6 +63,8 @@ class RotaryTables:
   fine_size: int = struct.field(pytree_node=False)
   rotary_dim: int = struct.field(pytree_node=False)
   layout: str = struct.field(pytree_node=False)  # "half" (GPT-NeoX/Llama) or "interleaved"
+  # Positions [0, length) are covered; a gather beyond reads NaN instead of a clamped row.
+  length: int = struct.field(pytree_node=False, default=0)
 
 
 @struct.dataclass
@@ -78,8 +80,12 @@ class PositionMap:
   group: jnp.ndarray  # int32 scalar
   scale: jnp.ndarray  # float32 scalar
   window: jnp.ndarray  # int32 scalar
-  # Randomized positions (training only): sorted random draws from [0, randomize_range).
+  # Randomized positions: sorted random draws from [0, randomize_range) per packed segment,
+  # in training (the step's rng) and, when randomize_at_evaluation, also without an rng
+  # (a key from randomize_seed), as the reference evaluates.
   randomize_range: int = struct.field(pytree_node=False, default=0)
+  randomize_at_evaluation: bool = struct.field(pytree_node=False, default=False)
+  randomize_seed: int = struct.field(pytree_node=False, default=0)
 
 
 @struct.dataclass
@@ -110,6 +116,9 @@ class Hooks:
   sinusoid_inv_freq: jnp.ndarray | None = None  # [d_model // 2]
   sinusoid_layout: str = struct.field(pytree_node=False, default="interleaved")
   learned_length: int = struct.field(pytree_node=False, default=0)
+  # The sequence length these hooks were resolved for (0: unknown). Rotary tables and
+  # length-dependent values stop there, so the model refuses longer inputs.
+  seq_len: int = struct.field(pytree_node=False, default=0)
 
 
 def identity_positions() -> PositionMap:
@@ -179,14 +188,15 @@ class Encoding:
     """Factor on both q and k (as Hugging Face applies it to cos/sin); logits get its square."""
     return 1.0
 
-  def position_map(self) -> PositionMap:
+  def position_map(self, seq_len: int) -> PositionMap:
+    """How positions are remapped for inputs of ``seq_len`` tokens (identity by default)."""
     return identity_positions()
 
   def max_rotary_position(self, seq_len: int) -> int:
     """Largest mapped position the rotary tables must cover, plus one."""
     return seq_len
 
-  def near_positions(self) -> int:
+  def near_positions(self, seq_len: int) -> int:
     """LongRoPE's n_hat: leading positions that keep the unscaled frequencies."""
     return 0
 
@@ -200,7 +210,7 @@ class Encoding:
     rot_dim = self.rotary_dim(head_dim)
     if rot_dim:
       inv_freq = self.inv_freq(head_dim, seq_len)
-      near = self.near_positions()
+      near = self.near_positions(seq_len)
       near_inv = self.unscaled_inv_freq(head_dim) if near else None
       tables = rotary.rotary_tables(
           inv_freq,
@@ -212,9 +222,10 @@ class Encoding:
       )
     factor = self.attention_scaling(seq_len)
     return Hooks(
-        positions=self.position_map(),
+        positions=self.position_map(seq_len),
         logit_scale=jnp.float32(factor * factor),
         rotary=tables,
+        seq_len=seq_len,
         **self.extra_hooks(head_dim=head_dim, n_heads=n_heads, d_model=d_model, seq_len=seq_len),
     )
 

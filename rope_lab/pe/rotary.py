@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rope_lab.errors import ConfigError
 from rope_lab.pe.base import RotaryTables
 
 TWO_PI = 2.0 * math.pi
@@ -85,15 +87,37 @@ def rotary_tables(
       fine_size=fine,
       rotary_dim=rotary_dim,
       layout=layout,
+      length=n_coarse * fine,
   )
+
+
+def check_positions_fit(tables: RotaryTables, num_positions: int, *, seq_len: int = 0) -> None:
+  """Raises ConfigError when positions [0, num_positions) reach past the tables.
+
+  Used at trace time, where the sequence length is a static shape; a traced position
+  beyond the tables reads NaN rows (see ``cos_sin``), never a clamped one.
+  """
+  if num_positions > tables.length:
+    made_for = f"seq_len {seq_len}" if seq_len else f"{tables.length} positions"
+    raise ConfigError(
+        f"rotary tables: position {num_positions - 1} is beyond the hooks, which were made for "
+        f"{made_for} (tables cover positions < {tables.length}); resolve the encoding at "
+        f"seq_len >= {num_positions}")
 
 
 def cos_sin(tables: RotaryTables, positions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """float32 cos, sin [..., P] at integer ``positions`` [...] (angle addition)."""
+  if not isinstance(positions, jax.core.Tracer) and np.size(positions):
+    check_positions_fit(tables, int(np.max(positions)) + 1)
   positions = positions.astype(jnp.int32)
+  n_coarse = tables.cos_coarse.shape[-2]
   hi = positions // tables.fine_size
+  hi = jnp.where(hi < 0, n_coarse, hi)  # negative positions are out of range too, not wrapped
   lo = positions % tables.fine_size
-  cos_hi, sin_hi = tables.cos_coarse[hi], tables.sin_coarse[hi]
+  # A traced position past the tables reads NaN (loud) where plain indexing would clamp
+  # to the last row and return a plausible but wrong angle.
+  gather = lambda table: jnp.take(table, hi, axis=-2, mode="fill", fill_value=jnp.nan)
+  cos_hi, sin_hi = gather(tables.cos_coarse), gather(tables.sin_coarse)
   cos_lo, sin_lo = tables.cos_fine[lo], tables.sin_fine[lo]
   cos = cos_hi * cos_lo - sin_hi * sin_lo
   sin = sin_hi * cos_lo + cos_hi * sin_lo
