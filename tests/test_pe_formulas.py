@@ -8,7 +8,7 @@ import pytest
 
 from rope_lab import pe
 from rope_lab.pe import apply as pe_apply
-from rope_lab.pe.bias_and_scales import xpos_overflow_length
+from rope_lab.pe.xpos import xpos_overflow_length
 
 
 def test_alibi_slopes_power_of_two_and_not():

@@ -20,5 +20,12 @@ from rope_lab.pe.base import (  # noqa: F401
 )
 
 # Importing the method modules registers them.
-from rope_lab.pe import absolute, bias_and_scales, longrope, rope_family  # noqa: F401,E402
+from rope_lab.pe import (  # noqa: F401,E402
+    absolute,
+    alibi,
+    frequency_scalings,
+    longrope,
+    position_maps,
+    xpos,
+)
 from rope_lab.pe.longrope import load_factors, save_factors  # noqa: F401,E402

@@ -66,78 +66,80 @@ def map_positions(
       rng = jax.random.key(pmap.randomize_seed)
     if rng is not None:
       positions_BxL = randomized_positions(positions_BxL, pmap.randomize_range, rng)
-  window_ids = jnp.where(pmap.window > 0, positions_BxL // jnp.maximum(pmap.window, 1), 0)
-  wrapped = jnp.where(pmap.period > 0, positions_BxL % jnp.maximum(pmap.period, 1), positions_BxL)
-  grouped = wrapped // pmap.group
-  return grouped, grouped.astype(jnp.float32) * pmap.scale, window_ids
+  window_ids_BxL = jnp.where(pmap.window > 0, positions_BxL // jnp.maximum(pmap.window, 1), 0)
+  wrapped_BxL = jnp.where(pmap.period > 0, positions_BxL % jnp.maximum(pmap.period, 1), positions_BxL)
+  grouped_BxL = wrapped_BxL // pmap.group
+  return grouped_BxL, grouped_BxL.astype(jnp.float32) * pmap.scale, window_ids_BxL
 
 
-def sinusoid_table(inv_freq: jnp.ndarray, positions: jnp.ndarray, layout: str) -> jnp.ndarray:
-  """float positions [...] -> [..., D]: interleaved (sin, cos, ...) or concat [sin | cos]."""
-  angles = positions[..., None] * inv_freq
-  sin, cos = jnp.sin(angles), jnp.cos(angles)
+def sinusoid_table(inv_freq_P: jnp.ndarray, positions_BxL: jnp.ndarray, layout: str) -> jnp.ndarray:
+  """float positions [B, L] -> [B, L, 2P]: interleaved (sin, cos, ...) or concat [sin | cos]."""
+  angles_BxLxP = positions_BxL[..., None] * inv_freq_P
+  sin, cos = jnp.sin(angles_BxLxP), jnp.cos(angles_BxLxP)
   if layout == "concat":
     return jnp.concatenate([sin, cos], axis=-1)
-  return jnp.stack([sin, cos], axis=-1).reshape(angles.shape[:-1] + (2 * inv_freq.shape[-1],))
+  return jnp.stack([sin, cos], axis=-1).reshape(angles_BxLxP.shape[:-1] + (2 * inv_freq_P.shape[-1],))
 
 
-def learned_lookup(table: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
-  """Rows of ``table`` at float positions, linearly interpolated between neighbours."""
-  low = jnp.floor(positions)
-  frac = (positions - low)[..., None]
-  low = jnp.clip(low.astype(jnp.int32), 0, table.shape[0] - 1)
-  high = jnp.clip(low + 1, 0, table.shape[0] - 1)
-  return table[low] * (1 - frac) + table[high] * frac
+def learned_lookup(table_NxD: jnp.ndarray, positions_BxL: jnp.ndarray) -> jnp.ndarray:
+  """Rows [B, L, D] of ``table_NxD`` at float positions, linearly interpolated between neighbours."""
+  low = jnp.floor(positions_BxL)
+  frac_BxLx1 = (positions_BxL - low)[..., None]
+  low = jnp.clip(low.astype(jnp.int32), 0, table_NxD.shape[0] - 1)
+  high = jnp.clip(low + 1, 0, table_NxD.shape[0] - 1)
+  return table_NxD[low] * (1 - frac_BxLx1) + table_NxD[high] * frac_BxLx1
 
 
-def absolute_embedding(hooks: Hooks, positions: jnp.ndarray, learned_table=None) -> jnp.ndarray | None:
-  """What to add to the token embeddings at float ``positions`` (None for none)."""
+def absolute_embedding(hooks: Hooks, positions_BxL: jnp.ndarray, learned_table=None) -> jnp.ndarray | None:
+  """What to add to the token embeddings [B, L, D] at float positions (None for none)."""
   if hooks.absolute == "sinusoidal":
-    return sinusoid_table(hooks.sinusoid_inv_freq, positions, hooks.sinusoid_layout)
+    return sinusoid_table(hooks.sinusoid_inv_freq, positions_BxL, hooks.sinusoid_layout)
   if hooks.absolute == "learned":
-    return learned_lookup(learned_table, positions)
+    return learned_lookup(learned_table, positions_BxL)
   return None
 
 
-def xpos_scales(xpos: XposScales, positions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(q scale, k scale) [..., L, P] = zeta^(+-(p - center) / scale_base), in float32."""
-  exponent = (positions.astype(jnp.float32) - xpos.center)[..., None] / xpos.scale_base
-  q_scale = jnp.power(xpos.zeta, exponent)
-  return q_scale, 1.0 / q_scale
+def xpos_scales(xpos: XposScales, positions_BxL: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(q scale, k scale) [B, L, P] = zeta^(+-(p - center) / scale_base), in float32."""
+  exponent_BxLx1 = (positions_BxL.astype(jnp.float32) - xpos.center)[..., None] / xpos.scale_base
+  q_scale_BxLxP = jnp.power(xpos.zeta, exponent_BxLx1)
+  return q_scale_BxLxP, 1.0 / q_scale_BxLxP
 
 
-def rotate_qk(hooks: Hooks, q: jnp.ndarray, k: jnp.ndarray, q_pos: jnp.ndarray, k_pos: jnp.ndarray):
-  """Applies rotary (and xPos) to q [B, Lq, H, D] and k [B, Lk, Hk, D] at integer positions."""
+def rotate_qk(hooks: Hooks, q_BxLxHxD: jnp.ndarray, k_BxLxKxD: jnp.ndarray, q_pos_BxL: jnp.ndarray,
+              k_pos_BxL: jnp.ndarray):
+  """Applies rotary (and xPos) to q [B, Lq, H, D] and k [B, Lk, K, D] at integer positions."""
   if hooks.rotary is None:
-    return q, k
+    return q_BxLxHxD, k_BxLxKxD
   tables = hooks.rotary
-  q_cos, q_sin = cos_sin(tables, q_pos)
-  k_cos, k_sin = cos_sin(tables, k_pos)
+  q_cos_BxLxP, q_sin_BxLxP = cos_sin(tables, q_pos_BxL)
+  k_cos_BxLxP, k_sin_BxLxP = cos_sin(tables, k_pos_BxL)
   if hooks.xpos is not None:
-    q_scale, _ = xpos_scales(hooks.xpos, q_pos)
-    _, k_scale = xpos_scales(hooks.xpos, k_pos)
-    q_cos, q_sin = q_cos * q_scale, q_sin * q_scale
-    k_cos, k_sin = k_cos * k_scale, k_sin * k_scale
+    q_scale_BxLxP, _ = xpos_scales(hooks.xpos, q_pos_BxL)
+    _, k_scale_BxLxP = xpos_scales(hooks.xpos, k_pos_BxL)
+    q_cos_BxLxP, q_sin_BxLxP = q_cos_BxLxP * q_scale_BxLxP, q_sin_BxLxP * q_scale_BxLxP
+    k_cos_BxLxP, k_sin_BxLxP = k_cos_BxLxP * k_scale_BxLxP, k_sin_BxLxP * k_scale_BxLxP
   kwargs = dict(rotary_dim=tables.rotary_dim, layout=tables.layout)
-  return apply_rotary(q, q_cos, q_sin, **kwargs), apply_rotary(k, k_cos, k_sin, **kwargs)
+  return (apply_rotary(q_BxLxHxD, q_cos_BxLxP, q_sin_BxLxP, **kwargs),
+          apply_rotary(k_BxLxKxD, k_cos_BxLxP, k_sin_BxLxP, **kwargs))
 
 
-def alibi_bias(slopes: jnp.ndarray, q_pos: jnp.ndarray, k_pos: jnp.ndarray) -> jnp.ndarray:
+def alibi_bias(slopes_H: jnp.ndarray, q_pos_BxL: jnp.ndarray, k_pos_BxL: jnp.ndarray) -> jnp.ndarray:
   """[B, H, Lq, Lk] additive bias -m_h |i - j| from positions [B, Lq] and [B, Lk]."""
-  distance = jnp.abs(q_pos[:, :, None] - k_pos[:, None, :]).astype(jnp.float32)
-  return -slopes[None, :, None, None] * distance[:, None]
+  distance_BxLxL = jnp.abs(q_pos_BxL[:, :, None] - k_pos_BxL[:, None, :]).astype(jnp.float32)
+  return -slopes_H[None, :, None, None] * distance_BxLxL[:, None]
 
 
-def self_extend_positions(se: SelfExtend, positions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(grouped query positions, grouped key positions) for the distant part of attention.
+def self_extend_positions(se: SelfExtend, positions_BxL: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(grouped query positions, grouped key positions) [B, L] for the distant part of attention.
 
   q: floor(i/G) + W - floor(W/G); k: floor(j/G). Their difference at i - j = W equals
   W up to the rounding of floor, so the two regimes meet without a jump.
   """
   g, w = se.group, se.window
-  return positions // g + w - w // g, positions // g
+  return positions_BxL // g + w - w // g, positions_BxL // g
 
 
-def self_extend_use_normal(se: SelfExtend, q_pos: jnp.ndarray, k_pos: jnp.ndarray) -> jnp.ndarray:
-  """Merge rule: True where the key is within the neighbour window (i - j < W)."""
-  return (q_pos[:, :, None] - k_pos[:, None, :]) < se.window
+def self_extend_use_normal(se: SelfExtend, q_pos_BxL: jnp.ndarray, k_pos_BxL: jnp.ndarray) -> jnp.ndarray:
+  """Merge rule [B, Lq, Lk]: True where the key is within the neighbour window (i - j < W)."""
+  return (q_pos_BxL[:, :, None] - k_pos_BxL[:, None, :]) < se.window

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from rope_lab.pe.base import ConfigError, check, register, required
-from rope_lab.pe.rope_family import RoPE, _check_original
+from rope_lab.pe.frequency_scalings import RoPE, _check_original
 from rope_lab.pe.rotary import default_inv_freq
 
 FACTOR_FILE_FORMAT = "rope_lab.longrope/1"

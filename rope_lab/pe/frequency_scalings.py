@@ -1,4 +1,4 @@
-"""RoPE and the methods that only change its frequencies or its attention scale.
+"""Frequency scalings: RoPE and the methods that only change its frequencies or its attention scale.
 
 Each method is a frozen config plus one or two pure functions of (rotary_dim, base, ...)
 returning float64 inverse frequencies. Hugging Face transformers' ``rope_type`` names are
@@ -12,10 +12,7 @@ import math
 
 import numpy as np
 
-import jax.numpy as jnp
-
-from rope_lab.pe.base import ConfigError, Encoding, PositionMap, SelfExtend, check, register
-from rope_lab.pe.base import identity_positions, required
+from rope_lab.pe.base import ConfigError, Encoding, check, register, required
 from rope_lab.pe.rotary import default_inv_freq
 
 # ----------------------------------------------------------------------------- maths
@@ -391,76 +388,3 @@ class TruncatedBasis(RoPE):
   def inv_freq(self, head_dim, seq_len):
     return truncated_inv_freq(self.rotary_dim(head_dim), self.base, self.factor, self.cutoff_wavelength,
                               self.zero_ratio, self.rho_ratio)
-
-
-RANDOMIZED_EVALUATION = ("sampled", "plain")
-
-
-@register
-@dataclasses.dataclass(frozen=True)
-class RandomizedPositions(RoPE):
-  """Randomized positions (Ruoss et al. 2023): sorted random positions from [0, N).
-
-  Each packed segment draws its own sorted distinct positions from [0, N), in training
-  and, as the reference evaluates, at evaluation too (``evaluation='sampled'``, a key
-  from ``evaluation_seed``); ``evaluation='plain'`` evaluates at 0..L-1 instead.
-  """
-
-  name = "randomized"
-  paper = "Ruoss et al. 2023, Randomized Positional Encodings"
-  changes = "position map (sorted random draws)"
-
-  max_position: int | None = required()
-  evaluation: str = "sampled"  # one of RANDOMIZED_EVALUATION
-  evaluation_seed: int = 0  # key of the evaluation draws (one independent draw per row of a batch)
-
-  def validate(self):
-    super().validate()
-    check(self.max_position is not None and self.max_position >= 2, self.name, "max_position",
-          ">= 2 (the range positions are drawn from)", self.max_position)
-    check(self.evaluation in RANDOMIZED_EVALUATION, self.name, "evaluation", f"one of {RANDOMIZED_EVALUATION}",
-          self.evaluation)
-
-  def position_map(self, seq_len: int) -> PositionMap:
-    sampled = self.evaluation == "sampled"
-    if sampled and seq_len > self.max_position:
-      raise ConfigError(
-          f"{self.name}: seq_len {seq_len} exceeds max_position {self.max_position}: an input draws "
-          "distinct positions from [0, max_position) (evaluation='plain' evaluates at 0..L-1)")
-    return identity_positions().replace(randomize_range=self.max_position, randomize_at_evaluation=sampled,
-                                        randomize_seed=self.evaluation_seed)
-
-  def max_rotary_position(self, seq_len):
-    return max(seq_len, self.max_position)
-
-
-@register
-@dataclasses.dataclass(frozen=True)
-class SelfExtendRoPE(RoPE):
-  """SelfExtend (Jin et al. 2024): normal positions within W, floor(p/G) positions beyond.
-
-  Grouped query position floor(i/G) + W - floor(W/G) keeps distances continuous at W.
-  """
-
-  name = "self_extend"
-  paper = "Jin et al. 2024, LLM Maybe LongLM (SelfExtend)"
-  changes = "position map (merged normal + grouped attention)"
-
-  group_size: int = 8
-  window: int = 512
-  original_max_position_embeddings: int | None = required()
-
-  def validate(self):
-    super().validate()
-    _check_original(self.name, self.original_max_position_embeddings)
-    check(self.group_size >= 1, self.name, "group_size", ">= 1", self.group_size)
-    check(1 <= self.window < self.original_max_position_embeddings, self.name, "window",
-          f"in [1, original_max_position_embeddings={self.original_max_position_embeddings})", self.window)
-
-  def max_rotary_position(self, seq_len):
-    # Grouped query positions floor(i/G) + W - floor(W/G) pass L - 1 when W is near or past L.
-    g, w = self.group_size, self.window
-    return max(seq_len, (seq_len - 1) // g + w - w // g + 1)
-
-  def extra_hooks(self, **unused):
-    return {"self_extend": SelfExtend(group=jnp.int32(self.group_size), window=jnp.int32(self.window))}
