@@ -28,6 +28,9 @@ ROTARY_METHODS = {
     "truncated": dict(cutoff_wavelength=64.0),
     "randomized": dict(max_position=8192),
     "self_extend": dict(group_size=4, window=16, original_max_position_embeddings=ORIG),
+    "proportional": dict(rope_proportion=0.5),
+    "resonance": dict(),
+    "hope": dict(original_max_position_embeddings=ORIG),
 }
 
 

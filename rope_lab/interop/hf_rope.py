@@ -2,7 +2,8 @@
 
 Reads both the newer ``rope_parameters`` dictionary and the older ``rope_scaling`` +
 ``rope_theta`` form of a config.json, for rope types default, linear, dynamic, yarn,
-longrope and llama3, plus ``partial_rotary_factor``. The mapping follows what
+longrope, llama3 and proportional, plus ``partial_rotary_factor`` (for "proportional" the
+share of pairs that rotate, with the exponent over the whole head). The mapping follows what
 transformers computes: e.g. "dynamic" uses ``max_position_embeddings`` as the original
 length, and yarn/longrope fall back to max / original when ``factor`` is absent.
 """
@@ -14,7 +15,7 @@ from typing import Any
 from rope_lab import pe
 from rope_lab.errors import ConfigError
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
 
 
 class HFConfigError(ConfigError):
@@ -71,6 +72,9 @@ def encoding_from_hf(config: dict[str, Any]) -> pe.Encoding:
   try:
     if rope_type == "default":
       return pe.make("rope", **common)
+    if rope_type == "proportional":  # partial_rotary_factor is the proportion of pairs that rotate
+      return pe.make("proportional", base=common["base"], rope_proportion=common["rotary_fraction"],
+                     factor=float(params.get("factor") or 1.0), layout="half")
     if rope_type == "linear":
       return pe.make("pi", factor=float(_field(params, "factor", where)), **common)
     if rope_type == "dynamic":
@@ -114,7 +118,9 @@ def encoding_to_hf(encoding: pe.Encoding, *, max_position_embeddings: int) -> di
   out: dict[str, Any] = {"rope_theta": enc.base}
   if enc.rotary_fraction != 1.0:
     out["partial_rotary_factor"] = enc.rotary_fraction
-  if enc.name == "rope":
+  if enc.name == "proportional":
+    out.update(rope_type="proportional", partial_rotary_factor=enc.rope_proportion, factor=enc.factor)
+  elif enc.name == "rope":
     out["rope_type"] = "default"
   elif enc.name == "pi":
     out.update(rope_type="linear", factor=enc.factor)
@@ -143,5 +149,5 @@ def encoding_to_hf(encoding: pe.Encoding, *, max_position_embeddings: int) -> di
                original_max_position_embeddings=enc.original_max_position_embeddings)
   else:
     raise HFConfigError(f"encoding {enc.name!r} has no Hugging Face rope_type; supported: rope, pi, "
-                        "dynamic_ntk, yarn, longrope, llama3")
+                        "dynamic_ntk, yarn, longrope, llama3, proportional")
   return out

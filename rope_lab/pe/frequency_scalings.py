@@ -106,6 +106,34 @@ def truncated_inv_freq(
   return np.where(theta < b / zero_ratio, 0.0, out)
 
 
+def proportional_inv_freq(head_dim: int, base: float, rope_proportion: float) -> np.ndarray:
+  """Proportional RoPE / p-RoPE: theta_i = base^(-2i/D) for the first floor(p D / 2) pairs, 0 after.
+
+  The exponent runs over the whole head dimension D (unlike partial rotary, whose exponent
+  runs over the rotated dims only), so the kept pairs are exactly RoPE's fastest ones and
+  the slowest, low-frequency tail is left unrotated (Barbero et al. 2024; Gemma's
+  rope_proportion; transformers' "proportional").
+  """
+  rope_angles = int(rope_proportion * head_dim // 2)
+  theta = 1.0 / np.power(float(base), np.arange(0, 2 * rope_angles, 2, dtype=np.float64) / head_dim)
+  return np.concatenate([theta, np.zeros(head_dim // 2 - rope_angles)])
+
+
+def resonance_inv_freq(inv_freq: np.ndarray) -> np.ndarray:
+  """Resonance RoPE: each wavelength 2 pi / theta rounded to the nearest integer number of tokens."""
+  return 2 * math.pi / np.round(2 * math.pi / inv_freq)
+
+
+def hope_inv_freq(rotary_dim: int, base: float, original: int) -> np.ndarray:
+  """HoPE: RoPE with the pairs whose wavelength exceeds the training length set to 0 (unrotated).
+
+  Those pairs never complete a period within L_orig; HoPE (Chen et al. 2024) blames them
+  for the long-term decay and the failure to extrapolate, and keeps only the others.
+  """
+  theta = default_inv_freq(rotary_dim, base)
+  return np.where(2 * math.pi / theta > original, 0.0, theta)
+
+
 # ----------------------------------------------------------------------------- configs
 
 
@@ -388,3 +416,63 @@ class TruncatedBasis(RoPE):
   def inv_freq(self, head_dim, seq_len):
     return truncated_inv_freq(self.rotary_dim(head_dim), self.base, self.factor, self.cutoff_wavelength,
                               self.zero_ratio, self.rho_ratio)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class ProportionalRoPE(RoPE):
+  """Proportional RoPE / p-RoPE (Barbero et al. 2024; Gemma 3): only the fastest fraction p of pairs rotate.
+
+  theta_i = base^(-2i/D) / factor for i < floor(p D / 2), 0 for the low-frequency tail.
+  p = 1 is RoPE and p = 0 is NoPE (the p-RoPE ablation). transformers: rope_type
+  "proportional" with partial_rotary_factor = p.
+  """
+
+  name = "proportional"
+  paper = "Barbero et al. 2024, Round and Round We Go (p-RoPE); Gemma 3"
+  changes = "rotary frequencies (low-frequency tail unrotated)"
+
+  rope_proportion: float = 1.0  # p: fraction of the head's pairs that rotate, fastest first
+  factor: float = 1.0  # positions / factor (linear interpolation), as transformers applies it
+
+  def validate(self):
+    super().validate()
+    check(0.0 <= self.rope_proportion <= 1.0, self.name, "rope_proportion", "in [0, 1]", self.rope_proportion)
+    check(self.rotary_fraction == 1.0, self.name, "rotary_fraction",
+          "1.0 (proportional RoPE spans the whole head; set rope_proportion instead)", self.rotary_fraction)
+    _check_factor(self.name, self.factor)
+
+  def inv_freq(self, head_dim, seq_len):
+    return proportional_inv_freq(self.rotary_dim(head_dim), self.base, self.rope_proportion) / self.factor
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class ResonanceRoPE(RoPE):
+  """Resonance RoPE (Wang et al. 2024): theta_i = 2 pi / round(2 pi / theta_i), integer wavelengths."""
+
+  name = "resonance"
+  paper = "Wang et al. 2024, Resonance RoPE"
+  changes = "rotary frequencies (rounded wavelengths)"
+
+  def inv_freq(self, head_dim, seq_len):
+    return resonance_inv_freq(self.unscaled_inv_freq(head_dim))
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class HoPE(RoPE):
+  """HoPE (Chen et al. 2024): RoPE without the pairs whose wavelength exceeds the training length."""
+
+  name = "hope"
+  paper = "Chen et al. 2024, HoPE: a positional encoding without long-term decay"
+  changes = "rotary frequencies (low-frequency pairs unrotated)"
+
+  original_max_position_embeddings: int | None = required()
+
+  def validate(self):
+    super().validate()
+    _check_original(self.name, self.original_max_position_embeddings)
+
+  def inv_freq(self, head_dim, seq_len):
+    return hope_inv_freq(self.rotary_dim(head_dim), self.base, self.original_max_position_embeddings)
