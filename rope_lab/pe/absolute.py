@@ -15,10 +15,11 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from rope_lab.pe.base import ConfigError, Encoding, PositionMap, check, register
+from rope_lab.pe.base import ConfigError, Encoding, PositionMap, check, choice, register
 
 EXTENSIONS = ("none", "pcw", "grouped", "recurrent", "interpolate")
 EXTENSION_MODES = ("per_input", "static")
+SINUSOID_LAYOUTS = ("interleaved", "concat")
 
 
 @register
@@ -68,12 +69,12 @@ def longembed_interpolation_scale(extension_mode: str, seq_len: int, original: i
 class _APEExtension(Encoding):
   """LongEmbed's training-free extensions, shared by the two absolute tables."""
 
-  extension: str = "none"  # one of EXTENSIONS
+  extension: str = choice("none", EXTENSIONS)  # LongEmbed's training-free extension
   original_max_position_embeddings: int | None = None  # L_orig, the trained length
   extension_factor: float = 1.0  # s (interpolate; grouped when extension_mode is 'static')
   # 'per_input' (the reference): the factor follows each input's length n; grouped uses
   # ceil(n / L_orig) and interpolation leaves n <= L_orig unscaled. 'static': s for every input.
-  extension_mode: str = "per_input"
+  extension_mode: str = choice("per_input", EXTENSION_MODES)
 
   def validate(self):
     check(self.extension in EXTENSIONS, self.name, "extension", f"one of {EXTENSIONS}", self.extension)
@@ -131,7 +132,7 @@ class SinusoidalAPE(_APEExtension):
   paper = "Vaswani et al. 2017; LongEmbed extensions: Zhu et al. 2024"
   changes = "absolute table"
 
-  layout: str = "interleaved"  # "interleaved" (sin, cos, sin, ...) or "concat" ([sin | cos])
+  layout: str = choice("interleaved", SINUSOID_LAYOUTS)  # (sin, cos, sin, ...) or [sin | cos]
   min_timescale: float = 1.0
   max_timescale: float = 10000.0
 

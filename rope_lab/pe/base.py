@@ -135,6 +135,19 @@ def required():
   return dataclasses.field(default=None, metadata={"required": True})
 
 
+ROTARY_LAYOUTS = ("half", "interleaved")
+
+
+def choice(default: str, choices: tuple[str, ...]):
+  """A string parameter with a fixed set of values (listed by ``python -m rope_lab.pe``)."""
+  return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
+def field_choices(cls, name: str) -> tuple[str, ...] | None:
+  """The allowed values of a choice field of ``cls`` (None for an open field)."""
+  return {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls)}.get(name)
+
+
 @dataclasses.dataclass(frozen=True)
 class Encoding:
   """Base of every method config. Subclasses set ``name``, ``paper`` and ``changes``."""
@@ -146,6 +159,11 @@ class Encoding:
   def __post_init__(self):
     self._coerce_types()
     self.validate()
+    for field in dataclasses.fields(self):  # methods name their own checks first; this catches the rest
+      allowed = field.metadata.get("choices")
+      if allowed is not None:
+        check(getattr(self, field.name) in allowed, self.name, field.name, f"one of {allowed}",
+              getattr(self, field.name))
 
   def _coerce_types(self):
     """Accepts ints for float fields and lists for tuple fields (config files, JSON); rejects the rest."""

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from rope_lab.pe.base import ConfigError, Encoding, check, register, required
+from rope_lab.pe.base import ROTARY_LAYOUTS, ConfigError, Encoding, check, choice, register, required
 from rope_lab.pe.rotary import default_inv_freq
 
 # ----------------------------------------------------------------------------- maths
@@ -148,7 +148,7 @@ class RoPE(Encoding):
 
   base: float = 10000.0  # theta
   rotary_fraction: float = 1.0  # leading fraction of each head's dims that rotate
-  layout: str = "half"  # "half" (GPT-NeoX/Llama rotate-half) or "interleaved" (RoFormer/GPT-J)
+  layout: str = choice("half", ROTARY_LAYOUTS)  # "half" (GPT-NeoX/Llama rotate-half) or "interleaved" (RoFormer/GPT-J)
 
   def validate(self):
     check(self.base > 1.0, self.name, "base", "> 1", self.base)

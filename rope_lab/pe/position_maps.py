@@ -11,7 +11,16 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from rope_lab.pe.base import ConfigError, PositionMap, SelfExtend, check, identity_positions, register, required
+from rope_lab.pe.base import (
+    ConfigError,
+    PositionMap,
+    SelfExtend,
+    check,
+    choice,
+    identity_positions,
+    register,
+    required,
+)
 from rope_lab.pe.frequency_scalings import RoPE, _check_original
 
 
@@ -33,7 +42,7 @@ class RandomizedPositions(RoPE):
   changes = "position map (sorted random draws)"
 
   max_position: int | None = required()
-  evaluation: str = "sampled"  # one of RANDOMIZED_EVALUATION
+  evaluation: str = choice("sampled", RANDOMIZED_EVALUATION)  # draws at evaluation, or plain 0..L-1
   evaluation_seed: int = 0  # key of the evaluation draws (one independent draw per row of a batch)
 
   def validate(self):

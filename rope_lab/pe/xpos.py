@@ -8,7 +8,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from rope_lab.pe.base import XposScales, check, register
+from rope_lab.pe.base import ROTARY_LAYOUTS, XposScales, check, choice, register
 from rope_lab.pe.frequency_scalings import RoPE
 
 
@@ -42,7 +42,7 @@ class XPos(RoPE):
   paper = "Sun et al. 2022, A Length-Extrapolatable Transformer (xPos)"
   changes = "rotary frequencies, q/k scales"
 
-  layout: str = "interleaved"  # the reference pairs adjacent dimensions
+  layout: str = choice("interleaved", ROTARY_LAYOUTS)  # the reference pairs adjacent dimensions
   scale_base: float = 512.0
   gamma: float = 0.4
 
