@@ -11,6 +11,7 @@ from rope_lab.pe.base import (  # noqa: F401
     Encoding,
     Hooks,
     PositionMap,
+    QueryScale,
     RotaryTables,
     SelfExtend,
     XposScales,
@@ -26,6 +27,7 @@ from rope_lab.pe import (  # noqa: F401,E402
     frequency_scalings,
     longrope,
     position_maps,
+    query_scaling,
     xpos,
 )
 from rope_lab.pe.longrope import load_factors, save_factors  # noqa: F401,E402

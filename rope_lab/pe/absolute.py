@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rope_lab.pe.base import ConfigError, Encoding, PositionMap, check, choice, register
+from rope_lab.pe.query_scaling import check_temperature_tuning, temperature_tuning_query_scale
 
 EXTENSIONS = ("none", "pcw", "grouped", "recurrent", "interpolate")
 EXTENSION_MODES = ("per_input", "static")
@@ -25,11 +26,27 @@ SINUSOID_LAYOUTS = ("interleaved", "concat")
 @register
 @dataclasses.dataclass(frozen=True)
 class NoPE(Encoding):
-  """NoPE (Kazemnejad et al. 2023): no positional signal; causality alone orders tokens."""
+  """NoPE (Kazemnejad et al. 2023): no positional signal; causality alone orders tokens.
+
+  With ``attn_temperature_tuning`` (Llama 4's NoPE layers) queries are scaled by
+  1 + attn_scale * ln(1 + floor((p + 1) / floor_scale)).
+  """
 
   name = "nope"
-  paper = "Kazemnejad et al. 2023, NoPE"
-  changes = "nothing"
+  paper = "Kazemnejad et al. 2023, NoPE; Llama 4 temperature tuning"
+  changes = "nothing (optionally a query scale)"
+
+  attn_temperature_tuning: bool = False
+  floor_scale: float = 8192.0  # tokens per step of the temperature
+  attn_scale: float = 0.1
+
+  def validate(self):
+    check_temperature_tuning(self.name, self.floor_scale, self.attn_scale)
+
+  def extra_hooks(self, **unused):
+    if not self.attn_temperature_tuning:
+      return {}
+    return {"query_scale": temperature_tuning_query_scale(self.floor_scale, self.attn_scale)}
 
 
 def sinusoid_inv_freq(d_model: int, layout: str, min_timescale: float, max_timescale: float) -> np.ndarray:

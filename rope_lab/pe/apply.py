@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rope_lab.pe.base import Hooks, PositionMap, SelfExtend, XposScales
+from rope_lab.pe.base import Hooks, PositionMap, QueryScale, SelfExtend, XposScales
 from rope_lab.errors import ConfigError
 from rope_lab.pe.rotary import apply_rotary, check_positions_fit, cos_sin
 
@@ -106,9 +106,18 @@ def xpos_scales(xpos: XposScales, positions_BxL: jnp.ndarray) -> tuple[jnp.ndarr
   return q_scale_BxLxP, 1.0 / q_scale_BxLxP
 
 
+def query_scales(scale: QueryScale, positions_BxL: jnp.ndarray) -> jnp.ndarray:
+  """float32 [B, L]: max(1, offset + slope * ln(shift + floor((p + 1) / divisor)))."""
+  count_BxL = jnp.floor((positions_BxL.astype(jnp.float32) + 1.0) / scale.divisor)
+  return jnp.maximum(1.0, scale.offset + scale.slope * jnp.log(scale.shift + count_BxL))
+
+
 def rotate_qk(hooks: Hooks, q_BxLxHxD: jnp.ndarray, k_BxLxKxD: jnp.ndarray, q_pos_BxL: jnp.ndarray,
               k_pos_BxL: jnp.ndarray):
-  """Applies rotary (and xPos) to q [B, Lq, H, D] and k [B, Lk, K, D] at integer positions."""
+  """Applies rotary (and xPos, and query scales) to q [B, Lq, H, D] and k [B, Lk, K, D] at integer positions."""
+  if hooks.query_scale is not None:  # q only: the logits of query p grow by the factor
+    scale_BxLx1x1 = query_scales(hooks.query_scale, q_pos_BxL)[..., None, None]
+    q_BxLxHxD = (q_BxLxHxD.astype(jnp.float32) * scale_BxLx1x1).astype(q_BxLxHxD.dtype)
   if hooks.rotary is None:
     return q_BxLxHxD, k_BxLxKxD
   tables = hooks.rotary

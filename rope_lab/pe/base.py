@@ -96,6 +96,22 @@ class XposScales:
 
 
 @struct.dataclass
+class QueryScale:
+  """q x max(1, offset + slope * ln(shift + floor((p + 1) / divisor))) at position p.
+
+  One formula for the position-dependent query temperatures: LogN (Qwen) is offset 0,
+  slope 1 / ln L, shift 0, divisor 1, i.e. log_L(p + 1) beyond L; Llama 4's
+  attn_temperature_tuning is offset 1, slope attn_scale, shift 1, divisor floor_scale.
+  Arrays, so switching between them does not recompile.
+  """
+
+  offset: jnp.ndarray  # float32 scalars
+  slope: jnp.ndarray
+  shift: jnp.ndarray
+  divisor: jnp.ndarray
+
+
+@struct.dataclass
 class SelfExtend:
   group: jnp.ndarray  # int32 scalar G
   window: jnp.ndarray  # int32 scalar W
@@ -111,6 +127,7 @@ class Hooks:
   alibi_slopes: jnp.ndarray | None = None  # [n_heads]
   xpos: XposScales | None = None
   self_extend: SelfExtend | None = None
+  query_scale: QueryScale | None = None  # position-dependent factor on q only (LogN, Llama 4)
   # Absolute table added to token embeddings: "none", "sinusoidal" or "learned".
   absolute: str = struct.field(pytree_node=False, default="none")
   sinusoid_inv_freq: jnp.ndarray | None = None  # [d_model // 2]
@@ -251,7 +268,7 @@ class Encoding:
     return "half"
 
   def extra_hooks(self, *, head_dim: int, n_heads: int, d_model: int, seq_len: int) -> dict:
-    """Non-rotary hooks (ALiBi slopes, xPos scales, absolute tables, SelfExtend)."""
+    """Non-rotary hooks (ALiBi slopes, xPos scales, absolute tables, SelfExtend, query scales)."""
     return {}
 
 
