@@ -316,7 +316,7 @@ class Transformer(nn.Module):
 
     all_probs = []
     for i in range(cfg.n_layers):
-      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, hooks, return_attention)
+      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, pe_apply.hooks_for_layer(hooks, i), return_attention)
       all_probs.append(probs)
     x = Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name="final_norm")(x)
 

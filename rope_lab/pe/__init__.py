@@ -26,6 +26,7 @@ from rope_lab.pe import (  # noqa: F401,E402
     alibi,
     frequency_scalings,
     longrope,
+    per_layer,
     position_maps,
     query_scaling,
     xpos,

@@ -14,6 +14,11 @@ from rope_lab.errors import ConfigError
 from rope_lab.pe.rotary import apply_rotary, check_positions_fit, cos_sin
 
 
+def hooks_for_layer(hooks: Hooks, layer: int) -> Hooks:
+  """The hooks attention uses in ``layer``: the per-layer entry, cycling, or ``hooks`` itself."""
+  return hooks if hooks.layers is None else hooks.layers[layer % len(hooks.layers)]
+
+
 def check_sequence_length(hooks: Hooks, length: int) -> None:
   """Raises ConfigError when inputs of ``length`` tokens reach past what ``hooks`` were made for.
 
@@ -21,6 +26,8 @@ def check_sequence_length(hooks: Hooks, length: int) -> None:
   length-dependent values that come with them) are resolved for one ``seq_len``; an input
   longer than that would read positions the tables do not hold.
   """
+  for layer_hooks in hooks.layers or ():
+    check_sequence_length(layer_hooks, length)
   if hooks.rotary is None:
     return
   if hooks.seq_len and length > hooks.seq_len:

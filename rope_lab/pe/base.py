@@ -136,6 +136,10 @@ class Hooks:
   # The sequence length these hooks were resolved for (0: unknown). Rotary tables and
   # length-dependent values stop there, so the model refuses longer inputs.
   seq_len: int = struct.field(pytree_node=False, default=0)
+  # Per-layer encodings: layer i uses layers[i % len(layers)] for everything attention
+  # reads (the position map and absolute table stay the top-level ones). None: every
+  # layer uses these hooks.
+  layers: tuple | None = None
 
 
 def identity_positions() -> PositionMap:
