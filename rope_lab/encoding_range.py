@@ -6,7 +6,7 @@ float32's largest value and |k| / s above its smallest normal one (2^-126); beyo
 scores become inf/NaN or lose their precision to subnormals, and ``loss nan`` lands in
 results.jsonl. The limit here keeps every scale within 2^110, i.e. leaves a factor 2^16
 of head room for the q and k entries on both sides (entries of magnitude 2^-16 to 2^16
-stay exact), and is computed with ``pe.bias_and_scales.xpos_overflow_length``.
+stay exact), and is computed with ``pe.xpos.xpos_overflow_length``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from rope_lab.errors import ConfigError
-from rope_lab.pe.bias_and_scales import XPos, xpos_overflow_length
+from rope_lab.pe.xpos import XPos, xpos_overflow_length
 
 
 ENTRY_HEAD_ROOM = 2.0 ** 16

@@ -298,6 +298,7 @@ class Transformer(nn.Module):
                return_attention: bool = False):
     cfg = self.cfg
     check_hooks(cfg, hooks)
+    pe_apply.check_sequence_length(hooks, tokens_BxL.shape[1])
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32), tokens_BxL.shape)
     meta, float_pos = token_meta(hooks, positions, segment_ids, segment_masking=cfg.segment_masking, rng=rng)
@@ -316,7 +317,7 @@ class Transformer(nn.Module):
 
     all_probs = []
     for i in range(cfg.n_layers):
-      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, hooks, return_attention)
+      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, pe_apply.hooks_for_layer(hooks, i), return_attention)
       all_probs.append(probs)
     x = Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name="final_norm")(x)
 

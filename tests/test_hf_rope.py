@@ -26,6 +26,8 @@ ROPE_SETTINGS = {
                  "original_max_position_embeddings": 256},
     "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 256},
+    "proportional": {"rope_type": "proportional", "partial_rotary_factor": 0.25},
+    "proportional_scaled": {"rope_type": "proportional", "partial_rotary_factor": 0.5, "factor": 2.0},
 }
 
 

@@ -54,7 +54,8 @@ def test_odd_rotary_dimension_fails_before_compute():
 
 
 def test_longrope_wrong_length_for_the_model_fails_at_hooks():
-  enc = pe.make("longrope", short_factor=[1.0] * 3, long_factor=[1.0] * 3, original_max_position_embeddings=64)
+  enc = pe.make("longrope", short_factor=[1.0] * 3, long_factor=[1.0] * 3, original_max_position_embeddings=64,
+                factor=2.0)
   with pytest.raises(pe.ConfigError, match="3 entries but head_dim 16"):
     enc.hooks(head_dim=16, n_heads=1, d_model=16, seq_len=8)
 
@@ -96,3 +97,24 @@ def test_method_table_lists_every_method():
     assert f"\n{name}  [" in "\n" + out
   assert "original_max_position_embeddings" in out and "(required)" in out
   assert len(pe.REGISTRY) >= 17
+
+
+def test_method_table_shows_the_allowed_values_of_every_choice_field():
+  from rope_lab.pe.__main__ import describe_field, describe_methods
+  out = describe_methods()
+  for name, cls in pe.REGISTRY.items():
+    for field in dataclasses.fields(cls):
+      if field.type == "str":  # every string parameter is a choice with its values listed
+        allowed = field.metadata.get("choices")
+        assert allowed, f"{name}.{field.name} has no declared choices"
+        line = describe_field(field)
+        assert line in out and all(repr(c) in line for c in allowed), line
+  for value in ("'pcw'", "'grouped'", "'recurrent'", "'interpolate'", "'per_input'", "'static'", "'sampled'"):
+    assert value in out
+
+
+def test_choice_fields_refuse_other_values():
+  with pytest.raises(pe.ConfigError, match="'evaluation' must be one of"):
+    pe.make("randomized", max_position=8, evaluation="fixed")
+  with pytest.raises(pe.ConfigError, match="'extension_mode' must be one of"):
+    pe.make("sinusoidal", extension_mode="dynamic")

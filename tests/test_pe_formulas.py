@@ -8,7 +8,7 @@ import pytest
 
 from rope_lab import pe
 from rope_lab.pe import apply as pe_apply
-from rope_lab.pe.bias_and_scales import xpos_overflow_length
+from rope_lab.pe.xpos import xpos_overflow_length
 
 
 def test_alibi_slopes_power_of_two_and_not():
@@ -89,11 +89,20 @@ def test_self_extend_positions_by_hand():
 
 
 @pytest.mark.parametrize("extension,params,expected_int,expected_float,windows", [
-    ("grouped", dict(extension_factor=2.0), [0, 0, 1, 1, 2, 2, 3], [0, 0, 1, 1, 2, 2, 3], [0] * 7),
+    ("grouped", dict(extension_factor=2.0, extension_mode="static"), [0, 0, 1, 1, 2, 2, 3],
+     [0, 0, 1, 1, 2, 2, 3], [0] * 7),
+    # Per input (the reference): g = ceil(7 / 3) = 3.
+    ("grouped", dict(original_max_position_embeddings=3), [0, 0, 0, 1, 1, 1, 2], [0, 0, 0, 1, 1, 1, 2], [0] * 7),
     ("recurrent", dict(original_max_position_embeddings=3), [0, 1, 2, 0, 1, 2, 0], [0, 1, 2, 0, 1, 2, 0], [0] * 7),
     ("pcw", dict(original_max_position_embeddings=3), [0, 1, 2, 0, 1, 2, 0], [0, 1, 2, 0, 1, 2, 0],
      [0, 0, 0, 1, 1, 1, 2]),
-    ("interpolate", dict(extension_factor=2.0), list(range(7)), [0, 0.5, 1, 1.5, 2, 2.5, 3], [0] * 7),
+    ("interpolate", dict(extension_factor=2.0, extension_mode="static"), list(range(7)),
+     [0, 0.5, 1, 1.5, 2, 2.5, 3], [0] * 7),
+    ("interpolate", dict(extension_factor=2.0, original_max_position_embeddings=4), list(range(7)),
+     [0, 0.5, 1, 1.5, 2, 2.5, 3], [0] * 7),
+    # Per input: an input no longer than L_orig = 8 keeps its positions.
+    ("interpolate", dict(extension_factor=2.0, original_max_position_embeddings=8), list(range(7)),
+     list(range(7)), [0] * 7),
 ])
 def test_longembed_position_maps(extension, params, expected_int, expected_float, windows):
   enc = pe.make("learned", extension=extension, max_length=16, **params)
@@ -126,22 +135,3 @@ def test_sinusoidal_layouts_by_hand():
   table = np.asarray(pe_apply.absolute_embedding(hooks, np.array([5.0])))[0]
   ws = [1.0, 10000 ** -0.5, 10000 ** -1.0]
   np.testing.assert_allclose(table, [math.sin(5 * w) for w in ws] + [math.cos(5 * w) for w in ws], atol=1e-6)
-
-
-def test_randomized_positions_are_sorted_distinct_and_in_range():
-  enc = pe.make("randomized", max_position=100)
-  hooks = enc.hooks(head_dim=8, n_heads=1, d_model=8, seq_len=10)
-  positions = np.tile(np.arange(10), (3, 1))
-  ints, _, _ = pe_apply.map_positions(hooks.positions, positions, rng=jax.random.PRNGKey(0))
-  ints = np.asarray(ints)
-  assert ints.max() < 100 and ints.min() >= 0
-  assert all(np.all(np.diff(row) > 0) for row in ints)
-  assert not np.array_equal(ints[0], ints[1])
-  # Without an rng (evaluation) positions are untouched.
-  plain, _, _ = pe_apply.map_positions(hooks.positions, positions)
-  assert np.array_equal(np.asarray(plain), positions)
-  # Packed rows: a restarted segment reads the same sorted draws from its start.
-  packed = np.array([[0, 1, 2, 0, 1, 2, 3, 4, 5, 6]])
-  ints, _, _ = pe_apply.map_positions(hooks.positions, packed, rng=jax.random.PRNGKey(1))
-  ints = np.asarray(ints)[0]
-  assert np.array_equal(ints[3:6], ints[:3]) and np.all(np.diff(ints[3:]) > 0)

@@ -150,3 +150,26 @@ def test_cos_sin_and_rotation_match_transformers(layout_partial):
   q_ours = np.array(q_ours)
   q_ours[..., :rot_dim] *= scale
   np.testing.assert_allclose(q_ours, np.transpose(q_hf.numpy(), (0, 2, 1, 3)), atol=2e-3)
+
+
+@pytest.mark.parametrize("head_dim", (32, 64))
+@pytest.mark.parametrize("seq_len", (2 * ORIGINAL, 3 * ORIGINAL + 7, 16 * ORIGINAL))
+def test_dynamic_yarn_is_yarn_at_the_current_ratio(head_dim, seq_len):
+  """jquesnelle/yarn's dynamic YaRN: at L > L_orig, YaRN with s = L / L_orig (frequencies and mscale)."""
+  enc = pe.make("dynamic_yarn", original_max_position_embeddings=ORIGINAL)
+  params = {"rope_type": "yarn", "factor": seq_len / ORIGINAL, "original_max_position_embeddings": ORIGINAL}
+  hf = hf_inv_freq(hf_config(head_dim, 10000.0, params, max_position=seq_len), "yarn")
+  assert_same(enc.inv_freq(head_dim, seq_len), enc.attention_scaling(seq_len), *hf)
+  # Within the trained length it is plain RoPE with no temperature.
+  plain = hf_inv_freq(hf_config(head_dim, 10000.0, {"rope_type": "default"}), "default")
+  assert_same(enc.inv_freq(head_dim, ORIGINAL), enc.attention_scaling(ORIGINAL), *plain)
+
+
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("alpha", (2.0, 4.0, 8.0))
+def test_fixed_alpha_ntk_is_transformers_dynamic_at_factor_one(head_dim, alpha):
+  """transformers "dynamic" with factor 1 at L = alpha L_orig sets base * alpha^(d/(d-2)): fixed NTK."""
+  enc = pe.make("ntk", alpha=alpha)
+  config = hf_config(head_dim, 10000.0, {"rope_type": "dynamic", "factor": 1.0})
+  hf = hf_inv_freq(config, "dynamic", seq_len=int(alpha * ORIGINAL))
+  assert_same(enc.inv_freq(head_dim, 100), enc.attention_scaling(100), *hf)

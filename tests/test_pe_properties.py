@@ -26,8 +26,11 @@ ROTARY_METHODS = {
     "xpos": dict(),
     "power": dict(power=0.5),
     "truncated": dict(cutoff_wavelength=64.0),
-    "randomized": dict(max_position=1024),
+    "randomized": dict(max_position=8192),
     "self_extend": dict(group_size=4, window=16, original_max_position_embeddings=ORIG),
+    "proportional": dict(rope_proportion=0.5),
+    "resonance": dict(),
+    "hope": dict(original_max_position_embeddings=ORIG),
 }
 
 
@@ -90,7 +93,8 @@ def test_longrope_n_hat_keeps_leading_positions_unscaled():
     ("ntk_by_parts", dict(factor=1.0, original_max_position_embeddings=ORIG)),
     ("yarn", dict(factor=1.0, original_max_position_embeddings=ORIG)),
     ("llama3", dict(factor=1.0, original_max_position_embeddings=ORIG, base=10000.0)),
-    ("longrope", dict(short_factor=[1.0] * 16, long_factor=[1.0] * 16, original_max_position_embeddings=ORIG)),
+    ("longrope", dict(short_factor=[1.0] * 16, long_factor=[1.0] * 16, original_max_position_embeddings=ORIG,
+                      factor=1.0)),
     ("power", dict(power=0.0)),
     ("truncated", dict(cutoff_wavelength=1e9, zero_ratio=1e9)),
 ])

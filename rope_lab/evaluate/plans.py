@@ -142,9 +142,10 @@ def ape_plans(train_length: int, *, max_length: int) -> list[EncodingPlan]:
   orig = {"original_max_position_embeddings": train_length}
   return [
       EncodingPlan.of("APE PCW", {**common, "extension": "pcw", **orig}, "ape_pcw"),
-      EncodingPlan.of("APE grouped", {**common, "extension": "grouped", "extension_factor": MATCHED}, "ape_grouped"),
+      EncodingPlan.of("APE grouped", {**common, "extension": "grouped", **orig},  # ceil(L / L0) per input
+                      "ape_grouped"),
       EncodingPlan.of("APE recurrent", {**common, "extension": "recurrent", **orig}, "ape_recurrent"),
-      EncodingPlan.of("APE interpolate", {**common, "extension": "interpolate",
+      EncodingPlan.of("APE interpolate", {**common, "extension": "interpolate", **orig,
                                           "extension_factor": MATCHED_POSITIONS}, "ape_interpolate"),
   ]
 

@@ -11,6 +11,7 @@ from rope_lab.pe.base import (  # noqa: F401
     Encoding,
     Hooks,
     PositionMap,
+    QueryScale,
     RotaryTables,
     SelfExtend,
     XposScales,
@@ -20,5 +21,14 @@ from rope_lab.pe.base import (  # noqa: F401
 )
 
 # Importing the method modules registers them.
-from rope_lab.pe import absolute, bias_and_scales, longrope, rope_family  # noqa: F401,E402
+from rope_lab.pe import (  # noqa: F401,E402
+    absolute,
+    alibi,
+    frequency_scalings,
+    longrope,
+    per_layer,
+    position_maps,
+    query_scaling,
+    xpos,
+)
 from rope_lab.pe.longrope import load_factors, save_factors  # noqa: F401,E402

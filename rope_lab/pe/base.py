@@ -63,6 +63,8 @@ class RotaryTables:
   fine_size: int = struct.field(pytree_node=False)
   rotary_dim: int = struct.field(pytree_node=False)
   layout: str = struct.field(pytree_node=False)  # "half" (GPT-NeoX/Llama) or "interleaved"
+  # Positions [0, length) are covered; a gather beyond reads NaN instead of a clamped row.
+  length: int = struct.field(pytree_node=False, default=0)
 
 
 @struct.dataclass
@@ -78,8 +80,12 @@ class PositionMap:
   group: jnp.ndarray  # int32 scalar
   scale: jnp.ndarray  # float32 scalar
   window: jnp.ndarray  # int32 scalar
-  # Randomized positions (training only): sorted random draws from [0, randomize_range).
+  # Randomized positions: sorted random draws from [0, randomize_range) per packed segment,
+  # in training (the step's rng) and, when randomize_at_evaluation, also without an rng
+  # (a key from randomize_seed), as the reference evaluates.
   randomize_range: int = struct.field(pytree_node=False, default=0)
+  randomize_at_evaluation: bool = struct.field(pytree_node=False, default=False)
+  randomize_seed: int = struct.field(pytree_node=False, default=0)
 
 
 @struct.dataclass
@@ -87,6 +93,22 @@ class XposScales:
   zeta: jnp.ndarray  # [P] per-pair base of the decay
   scale_base: jnp.ndarray  # scalar
   center: jnp.ndarray  # scalar: positions are shifted by -center before exponentiation
+
+
+@struct.dataclass
+class QueryScale:
+  """q x max(1, offset + slope * ln(shift + floor((p + 1) / divisor))) at position p.
+
+  One formula for the position-dependent query temperatures: LogN (Qwen) is offset 0,
+  slope 1 / ln L, shift 0, divisor 1, i.e. log_L(p + 1) beyond L; Llama 4's
+  attn_temperature_tuning is offset 1, slope attn_scale, shift 1, divisor floor_scale.
+  Arrays, so switching between them does not recompile.
+  """
+
+  offset: jnp.ndarray  # float32 scalars
+  slope: jnp.ndarray
+  shift: jnp.ndarray
+  divisor: jnp.ndarray
 
 
 @struct.dataclass
@@ -105,11 +127,19 @@ class Hooks:
   alibi_slopes: jnp.ndarray | None = None  # [n_heads]
   xpos: XposScales | None = None
   self_extend: SelfExtend | None = None
+  query_scale: QueryScale | None = None  # position-dependent factor on q only (LogN, Llama 4)
   # Absolute table added to token embeddings: "none", "sinusoidal" or "learned".
   absolute: str = struct.field(pytree_node=False, default="none")
   sinusoid_inv_freq: jnp.ndarray | None = None  # [d_model // 2]
   sinusoid_layout: str = struct.field(pytree_node=False, default="interleaved")
   learned_length: int = struct.field(pytree_node=False, default=0)
+  # The sequence length these hooks were resolved for (0: unknown). Rotary tables and
+  # length-dependent values stop there, so the model refuses longer inputs.
+  seq_len: int = struct.field(pytree_node=False, default=0)
+  # Per-layer encodings: layer i uses layers[i % len(layers)] for everything attention
+  # reads (the position map and absolute table stay the top-level ones). None: every
+  # layer uses these hooks.
+  layers: tuple | None = None
 
 
 def identity_positions() -> PositionMap:
@@ -126,6 +156,19 @@ def required():
   return dataclasses.field(default=None, metadata={"required": True})
 
 
+ROTARY_LAYOUTS = ("half", "interleaved")
+
+
+def choice(default: str, choices: tuple[str, ...]):
+  """A string parameter with a fixed set of values (listed by ``python -m rope_lab.pe``)."""
+  return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
+def field_choices(cls, name: str) -> tuple[str, ...] | None:
+  """The allowed values of a choice field of ``cls`` (None for an open field)."""
+  return {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls)}.get(name)
+
+
 @dataclasses.dataclass(frozen=True)
 class Encoding:
   """Base of every method config. Subclasses set ``name``, ``paper`` and ``changes``."""
@@ -137,6 +180,11 @@ class Encoding:
   def __post_init__(self):
     self._coerce_types()
     self.validate()
+    for field in dataclasses.fields(self):  # methods name their own checks first; this catches the rest
+      allowed = field.metadata.get("choices")
+      if allowed is not None:
+        check(getattr(self, field.name) in allowed, self.name, field.name, f"one of {allowed}",
+              getattr(self, field.name))
 
   def _coerce_types(self):
     """Accepts ints for float fields and lists for tuple fields (config files, JSON); rejects the rest."""
@@ -179,14 +227,15 @@ class Encoding:
     """Factor on both q and k (as Hugging Face applies it to cos/sin); logits get its square."""
     return 1.0
 
-  def position_map(self) -> PositionMap:
+  def position_map(self, seq_len: int) -> PositionMap:
+    """How positions are remapped for inputs of ``seq_len`` tokens (identity by default)."""
     return identity_positions()
 
   def max_rotary_position(self, seq_len: int) -> int:
     """Largest mapped position the rotary tables must cover, plus one."""
     return seq_len
 
-  def near_positions(self) -> int:
+  def near_positions(self, seq_len: int) -> int:
     """LongRoPE's n_hat: leading positions that keep the unscaled frequencies."""
     return 0
 
@@ -200,7 +249,7 @@ class Encoding:
     rot_dim = self.rotary_dim(head_dim)
     if rot_dim:
       inv_freq = self.inv_freq(head_dim, seq_len)
-      near = self.near_positions()
+      near = self.near_positions(seq_len)
       near_inv = self.unscaled_inv_freq(head_dim) if near else None
       tables = rotary.rotary_tables(
           inv_freq,
@@ -212,9 +261,10 @@ class Encoding:
       )
     factor = self.attention_scaling(seq_len)
     return Hooks(
-        positions=self.position_map(),
+        positions=self.position_map(seq_len),
         logit_scale=jnp.float32(factor * factor),
         rotary=tables,
+        seq_len=seq_len,
         **self.extra_hooks(head_dim=head_dim, n_heads=n_heads, d_model=d_model, seq_len=seq_len),
     )
 
@@ -222,7 +272,7 @@ class Encoding:
     return "half"
 
   def extra_hooks(self, *, head_dim: int, n_heads: int, d_model: int, seq_len: int) -> dict:
-    """Non-rotary hooks (ALiBi slopes, xPos scales, absolute tables, SelfExtend)."""
+    """Non-rotary hooks (ALiBi slopes, xPos scales, absolute tables, SelfExtend, query scales)."""
     return {}
 
 

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from rope_lab.pe.base import ConfigError, check, register, required
-from rope_lab.pe.rope_family import RoPE, _check_original
+from rope_lab.pe.frequency_scalings import RoPE, _check_original
 from rope_lab.pe.rotary import default_inv_freq
 
 FACTOR_FILE_FORMAT = "rope_lab.longrope/1"
@@ -52,9 +52,10 @@ class LongRoPE(RoPE):
   short_factor: tuple | None = required()
   long_factor: tuple | None = required()
   original_max_position_embeddings: int | None = required()
-  factor: float | None = None  # extension ratio s for the attention factor; None: 1
+  factor: float | None = None  # extension ratio s for the attention factor; None: max / original
+  max_position_embeddings: int | None = None  # the extended length; s = it / L_orig when factor is None
   attention_factor: float | None = None  # overrides sqrt(1 + ln s / ln L_orig)
-  n_hat: int = 0  # leading positions kept un-interpolated
+  n_hat: int = 0  # leading positions kept un-interpolated (long regime only, as the reference)
   head_dim: int | None = None  # when set, factor lists are checked against it at once
   require_monotone: bool = True  # False only to load factors found without the constraint
 
@@ -67,11 +68,18 @@ class LongRoPE(RoPE):
           f"as long as short_factor ({len(self.short_factor)})", len(self.long_factor))
     if self.factor is not None:
       check(self.factor >= 1, self.name, "factor", ">= 1", self.factor)
+    if self.max_position_embeddings is not None:
+      check(self.max_position_embeddings >= 1, self.name, "max_position_embeddings", ">= 1",
+            self.max_position_embeddings)
     if self.attention_factor is not None:
       check(self.attention_factor > 0, self.name, "attention_factor", "> 0", self.attention_factor)
     check(self.n_hat >= 0, self.name, "n_hat", ">= 0", self.n_hat)
     if self.head_dim is not None:
       self.check_pairs(self.head_dim)
+    check(self.factor is not None or self.max_position_embeddings is not None
+          or self.attention_factor is not None, self.name, "factor",
+          "set (or max_position_embeddings, or attention_factor): the attention factor "
+          "sqrt(1 + ln s / ln L_orig) needs the extension ratio s", self.factor)
 
   def check_pairs(self, head_dim: int) -> None:
     pairs = self.rotary_dim(head_dim) // 2
@@ -91,13 +99,23 @@ class LongRoPE(RoPE):
     self.check_pairs(head_dim)
     return default_inv_freq(self.rotary_dim(head_dim), self.base) / self.factors_at(seq_len)
 
-  def near_positions(self) -> int:
-    return self.n_hat
+  def extension_ratio(self) -> float | None:
+    """s: ``factor``, else max_position_embeddings / L_orig (transformers' and the reference's default)."""
+    if self.factor is not None:
+      return self.factor
+    if self.max_position_embeddings is not None:
+      return self.max_position_embeddings / self.original_max_position_embeddings
+    return None
+
+  def near_positions(self, seq_len: int) -> int:
+    # The reference keeps the first n_hat positions unscaled only where the long factors
+    # apply; in the short regime every position uses the short set.
+    return self.n_hat if seq_len > self.original_max_position_embeddings else 0
 
   def attention_scaling(self, seq_len):
     if self.attention_factor is not None:
       return self.attention_factor
-    return longrope_attention_factor(self.factor or 1.0, self.original_max_position_embeddings)
+    return longrope_attention_factor(self.extension_ratio(), self.original_max_position_embeddings)
 
 
 def save_factors(path: str, encoding: LongRoPE, *, head_dim: int, extra: dict | None = None) -> None:
@@ -113,6 +131,7 @@ def save_factors(path: str, encoding: LongRoPE, *, head_dim: int, extra: dict | 
       "long_factor": list(encoding.long_factor),
       "original_max_position_embeddings": encoding.original_max_position_embeddings,
       "factor": encoding.factor,
+      "max_position_embeddings": encoding.max_position_embeddings,
       "attention_factor": encoding.attention_factor,
       "n_hat": encoding.n_hat,
   }

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rope_lab.errors import ConfigError
 from rope_lab.pe.base import RotaryTables
 
 TWO_PI = 2.0 * math.pi
@@ -85,45 +87,69 @@ def rotary_tables(
       fine_size=fine,
       rotary_dim=rotary_dim,
       layout=layout,
+      length=n_coarse * fine,
   )
 
 
-def cos_sin(tables: RotaryTables, positions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """float32 cos, sin [..., P] at integer ``positions`` [...] (angle addition)."""
-  positions = positions.astype(jnp.int32)
-  hi = positions // tables.fine_size
-  lo = positions % tables.fine_size
-  cos_hi, sin_hi = tables.cos_coarse[hi], tables.sin_coarse[hi]
-  cos_lo, sin_lo = tables.cos_fine[lo], tables.sin_fine[lo]
-  cos = cos_hi * cos_lo - sin_hi * sin_lo
-  sin = sin_hi * cos_lo + cos_hi * sin_lo
+def check_positions_fit(tables: RotaryTables, num_positions: int, *, seq_len: int = 0) -> None:
+  """Raises ConfigError when positions [0, num_positions) reach past the tables.
+
+  Used at trace time, where the sequence length is a static shape; a traced position
+  beyond the tables reads NaN rows (see ``cos_sin``), never a clamped one.
+  """
+  if num_positions > tables.length:
+    made_for = f"seq_len {seq_len}" if seq_len else f"{tables.length} positions"
+    raise ConfigError(
+        f"rotary tables: position {num_positions - 1} is beyond the hooks, which were made for "
+        f"{made_for} (tables cover positions < {tables.length}); resolve the encoding at "
+        f"seq_len >= {num_positions}")
+
+
+def cos_sin(tables: RotaryTables, positions_BxL: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """float32 cos, sin [B, L, P] at integer positions [B, L] (angle addition; any leading shape)."""
+  if not isinstance(positions_BxL, jax.core.Tracer) and np.size(positions_BxL):
+    check_positions_fit(tables, int(np.max(positions_BxL)) + 1)
+  positions_BxL = positions_BxL.astype(jnp.int32)
+  n_coarse = tables.cos_coarse.shape[-2]
+  hi_BxL = positions_BxL // tables.fine_size
+  hi_BxL = jnp.where(hi_BxL < 0, n_coarse, hi_BxL)  # negative positions are out of range too, not wrapped
+  lo_BxL = positions_BxL % tables.fine_size
+  # A traced position past the tables reads NaN (loud) where plain indexing would clamp
+  # to the last row and return a plausible but wrong angle.
+  gather = lambda table: jnp.take(table, hi_BxL, axis=-2, mode="fill", fill_value=jnp.nan)
+  cos_hi, sin_hi = gather(tables.cos_coarse), gather(tables.sin_coarse)
+  cos_lo, sin_lo = tables.cos_fine[lo_BxL], tables.sin_fine[lo_BxL]
+  cos_BxLxP = cos_hi * cos_lo - sin_hi * sin_lo
+  sin_BxLxP = sin_hi * cos_lo + cos_hi * sin_lo
   n_near = tables.cos_near.shape[-2]
   if n_near:
-    near = jnp.clip(positions, 0, n_near - 1)
-    is_near = (positions < tables.near_count)[..., None]
-    cos = jnp.where(is_near, tables.cos_near[near], cos)
-    sin = jnp.where(is_near, tables.sin_near[near], sin)
-  return cos, sin
+    near_BxL = jnp.clip(positions_BxL, 0, n_near - 1)
+    is_near_BxLx1 = (positions_BxL < tables.near_count)[..., None]
+    cos_BxLxP = jnp.where(is_near_BxLx1, tables.cos_near[near_BxL], cos_BxLxP)
+    sin_BxLxP = jnp.where(is_near_BxLx1, tables.sin_near[near_BxL], sin_BxLxP)
+  return cos_BxLxP, sin_BxLxP
 
 
 def apply_rotary(
-    x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray, *, rotary_dim: int, layout: str
+    x_BxLxHxD: jnp.ndarray, cos_BxLxP: jnp.ndarray, sin_BxLxP: jnp.ndarray, *, rotary_dim: int, layout: str
 ) -> jnp.ndarray:
-  """Rotates the first ``rotary_dim`` dims of x [..., L, H, D] by cos/sin [..., L, P].
+  """Rotates the first ``rotary_dim`` dims of x [B, L, H, D] by cos/sin [B, L, P].
 
   The rotation runs in float32 (angles never round to bfloat16) and the result is cast
   back to x's dtype. Dimensions past ``rotary_dim`` pass through (partial rotary).
   """
-  dtype = x.dtype
-  rot, rest = x[..., :rotary_dim].astype(jnp.float32), x[..., rotary_dim:]
-  cos = cos[..., None, :]  # broadcast over heads
-  sin = sin[..., None, :]
+  dtype = x_BxLxHxD.dtype
+  rot = x_BxLxHxD[..., :rotary_dim].astype(jnp.float32)
+  rest = x_BxLxHxD[..., rotary_dim:]
+  cos_BxLx1xP = cos_BxLxP[..., None, :]  # broadcast over heads
+  sin_BxLx1xP = sin_BxLxP[..., None, :]
   if layout == "half":
     x1, x2 = rot[..., : rotary_dim // 2], rot[..., rotary_dim // 2 :]
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    out = jnp.concatenate([x1 * cos_BxLx1xP - x2 * sin_BxLx1xP, x2 * cos_BxLx1xP + x1 * sin_BxLx1xP], axis=-1)
   else:
     x1, x2 = rot[..., 0::2], rot[..., 1::2]
-    out = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(rot.shape)
+    out = jnp.stack([x1 * cos_BxLx1xP - x2 * sin_BxLx1xP, x2 * cos_BxLx1xP + x1 * sin_BxLx1xP],
+                    axis=-1).reshape(rot.shape)
   return jnp.concatenate([out.astype(dtype), rest], axis=-1) if rest.shape[-1] else out.astype(dtype)
 
 

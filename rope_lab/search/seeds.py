@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rope_lab.pe.rope_family import ntk_base, yarn_inv_freq
+from rope_lab.pe.frequency_scalings import ntk_base, yarn_inv_freq
 from rope_lab.pe.rotary import default_inv_freq
 from rope_lab.search.config import SearchConfig
 from rope_lab.search.genome import Candidate, make_candidate

@@ -1,4 +1,4 @@
-"""RoPE and the methods that only change its frequencies or its attention scale.
+"""Frequency scalings: RoPE and the methods that only change its frequencies or its attention scale.
 
 Each method is a frozen config plus one or two pure functions of (rotary_dim, base, ...)
 returning float64 inverse frequencies. Hugging Face transformers' ``rope_type`` names are
@@ -12,10 +12,7 @@ import math
 
 import numpy as np
 
-import jax.numpy as jnp
-
-from rope_lab.pe.base import ConfigError, Encoding, PositionMap, SelfExtend, check, register
-from rope_lab.pe.base import identity_positions, required
+from rope_lab.pe.base import ROTARY_LAYOUTS, ConfigError, Encoding, check, choice, register, required
 from rope_lab.pe.rotary import default_inv_freq
 
 # ----------------------------------------------------------------------------- maths
@@ -109,6 +106,34 @@ def truncated_inv_freq(
   return np.where(theta < b / zero_ratio, 0.0, out)
 
 
+def proportional_inv_freq(head_dim: int, base: float, rope_proportion: float) -> np.ndarray:
+  """Proportional RoPE / p-RoPE: theta_i = base^(-2i/D) for the first floor(p D / 2) pairs, 0 after.
+
+  The exponent runs over the whole head dimension D (unlike partial rotary, whose exponent
+  runs over the rotated dims only), so the kept pairs are exactly RoPE's fastest ones and
+  the slowest, low-frequency tail is left unrotated (Barbero et al. 2024; Gemma's
+  rope_proportion; transformers' "proportional").
+  """
+  rope_angles = int(rope_proportion * head_dim // 2)
+  theta = 1.0 / np.power(float(base), np.arange(0, 2 * rope_angles, 2, dtype=np.float64) / head_dim)
+  return np.concatenate([theta, np.zeros(head_dim // 2 - rope_angles)])
+
+
+def resonance_inv_freq(inv_freq: np.ndarray) -> np.ndarray:
+  """Resonance RoPE: each wavelength 2 pi / theta rounded to the nearest integer number of tokens."""
+  return 2 * math.pi / np.round(2 * math.pi / inv_freq)
+
+
+def hope_inv_freq(rotary_dim: int, base: float, original: int) -> np.ndarray:
+  """HoPE: RoPE with the pairs whose wavelength exceeds the training length set to 0 (unrotated).
+
+  Those pairs never complete a period within L_orig; HoPE (Chen et al. 2024) blames them
+  for the long-term decay and the failure to extrapolate, and keeps only the others.
+  """
+  theta = default_inv_freq(rotary_dim, base)
+  return np.where(2 * math.pi / theta > original, 0.0, theta)
+
+
 # ----------------------------------------------------------------------------- configs
 
 
@@ -123,7 +148,7 @@ class RoPE(Encoding):
 
   base: float = 10000.0  # theta
   rotary_fraction: float = 1.0  # leading fraction of each head's dims that rotate
-  layout: str = "half"  # "half" (GPT-NeoX/Llama rotate-half) or "interleaved" (RoFormer/GPT-J)
+  layout: str = choice("half", ROTARY_LAYOUTS)  # "half" (GPT-NeoX/Llama rotate-half) or "interleaved" (RoFormer/GPT-J)
 
   def validate(self):
     check(self.base > 1.0, self.name, "base", "> 1", self.base)
@@ -395,52 +420,59 @@ class TruncatedBasis(RoPE):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class RandomizedPositions(RoPE):
-  """Randomized positions (Ruoss et al. 2023): in training, sorted random positions from [0, N).
+class ProportionalRoPE(RoPE):
+  """Proportional RoPE / p-RoPE (Barbero et al. 2024; Gemma 3): only the fastest fraction p of pairs rotate.
 
-  At evaluation the positions are the plain ones; N is ``max_position``.
+  theta_i = base^(-2i/D) / factor for i < floor(p D / 2), 0 for the low-frequency tail.
+  p = 1 is RoPE and p = 0 is NoPE (the p-RoPE ablation). transformers: rope_type
+  "proportional" with partial_rotary_factor = p.
   """
 
-  name = "randomized"
-  paper = "Ruoss et al. 2023, Randomized Positional Encodings"
-  changes = "position map (training only)"
+  name = "proportional"
+  paper = "Barbero et al. 2024, Round and Round We Go (p-RoPE); Gemma 3"
+  changes = "rotary frequencies (low-frequency tail unrotated)"
 
-  max_position: int | None = required()
+  rope_proportion: float = 1.0  # p: fraction of the head's pairs that rotate, fastest first
+  factor: float = 1.0  # positions / factor (linear interpolation), as transformers applies it
 
   def validate(self):
     super().validate()
-    check(self.max_position is not None and self.max_position >= 2, self.name, "max_position",
-          ">= 2 (the range positions are drawn from)", self.max_position)
+    check(0.0 <= self.rope_proportion <= 1.0, self.name, "rope_proportion", "in [0, 1]", self.rope_proportion)
+    check(self.rotary_fraction == 1.0, self.name, "rotary_fraction",
+          "1.0 (proportional RoPE spans the whole head; set rope_proportion instead)", self.rotary_fraction)
+    _check_factor(self.name, self.factor)
 
-  def position_map(self) -> PositionMap:
-    return identity_positions().replace(randomize_range=self.max_position)
-
-  def max_rotary_position(self, seq_len):
-    return max(seq_len, self.max_position)
+  def inv_freq(self, head_dim, seq_len):
+    return proportional_inv_freq(self.rotary_dim(head_dim), self.base, self.rope_proportion) / self.factor
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class SelfExtendRoPE(RoPE):
-  """SelfExtend (Jin et al. 2024): normal positions within W, floor(p/G) positions beyond.
+class ResonanceRoPE(RoPE):
+  """Resonance RoPE (Wang et al. 2024): theta_i = 2 pi / round(2 pi / theta_i), integer wavelengths."""
 
-  Grouped query position floor(i/G) + W - floor(W/G) keeps distances continuous at W.
-  """
+  name = "resonance"
+  paper = "Wang et al. 2024, Resonance RoPE"
+  changes = "rotary frequencies (rounded wavelengths)"
 
-  name = "self_extend"
-  paper = "Jin et al. 2024, LLM Maybe LongLM (SelfExtend)"
-  changes = "position map (merged normal + grouped attention)"
+  def inv_freq(self, head_dim, seq_len):
+    return resonance_inv_freq(self.unscaled_inv_freq(head_dim))
 
-  group_size: int = 8
-  window: int = 512
+
+@register
+@dataclasses.dataclass(frozen=True)
+class HoPE(RoPE):
+  """HoPE (Chen et al. 2024): RoPE without the pairs whose wavelength exceeds the training length."""
+
+  name = "hope"
+  paper = "Chen et al. 2024, HoPE: a positional encoding without long-term decay"
+  changes = "rotary frequencies (low-frequency pairs unrotated)"
+
   original_max_position_embeddings: int | None = required()
 
   def validate(self):
     super().validate()
     _check_original(self.name, self.original_max_position_embeddings)
-    check(self.group_size >= 1, self.name, "group_size", ">= 1", self.group_size)
-    check(1 <= self.window < self.original_max_position_embeddings, self.name, "window",
-          f"in [1, original_max_position_embeddings={self.original_max_position_embeddings})", self.window)
 
-  def extra_hooks(self, **unused):
-    return {"self_extend": SelfExtend(group=jnp.int32(self.group_size), window=jnp.int32(self.window))}
+  def inv_freq(self, head_dim, seq_len):
+    return hope_inv_freq(self.rotary_dim(head_dim), self.base, self.original_max_position_embeddings)

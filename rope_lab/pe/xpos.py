@@ -1,4 +1,4 @@
-"""Encodings that act on the attention logits: ALiBi's bias and xPos's q/k decay."""
+"""xPos (Sun et al. 2022): RoPE whose q and k carry an exponential decay in position."""
 
 from __future__ import annotations
 
@@ -8,44 +8,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from rope_lab.pe.base import Encoding, XposScales, check, register
-from rope_lab.pe.rope_family import RoPE
-
-
-def alibi_slopes(n_heads: int, max_bias: float = 8.0) -> np.ndarray:
-  """Press et al. 2022: geometric slopes 2^(-max_bias/n * h), h = 1..n.
-
-  For n not a power of two, take the slopes of the largest power of two n2 < n and
-  fill the rest with every other slope of 2 * n2 heads (the reference's rule).
-  """
-
-  def power_of_two_slopes(n: int) -> list[float]:
-    start = 2.0 ** (-max_bias / n)
-    return [start ** (h + 1) for h in range(n)]
-
-  if n_heads & (n_heads - 1) == 0:
-    return np.asarray(power_of_two_slopes(n_heads), np.float64)
-  n2 = 2 ** math.floor(math.log2(n_heads))
-  extra = power_of_two_slopes(2 * n2)[0::2][: n_heads - n2]
-  return np.asarray(power_of_two_slopes(n2) + extra, np.float64)
-
-
-@register
-@dataclasses.dataclass(frozen=True)
-class ALiBi(Encoding):
-  """ALiBi (Press et al. 2022): logits += -m_h * |i - j|, no rotary or absolute table."""
-
-  name = "alibi"
-  paper = "Press et al. 2022, ALiBi"
-  changes = "attention logit bias"
-
-  max_bias: float = 8.0  # slopes are 2^(-max_bias * h / n_heads)
-
-  def validate(self):
-    check(self.max_bias > 0, self.name, "max_bias", "> 0", self.max_bias)
-
-  def extra_hooks(self, *, n_heads, **unused):
-    return {"alibi_slopes": jnp.asarray(alibi_slopes(n_heads, self.max_bias), jnp.float32)}
+from rope_lab.pe.base import ROTARY_LAYOUTS, XposScales, check, choice, register
+from rope_lab.pe.frequency_scalings import RoPE
 
 
 def xpos_zeta(rotary_dim: int, gamma: float) -> np.ndarray:
@@ -78,7 +42,7 @@ class XPos(RoPE):
   paper = "Sun et al. 2022, A Length-Extrapolatable Transformer (xPos)"
   changes = "rotary frequencies, q/k scales"
 
-  layout: str = "interleaved"  # the reference pairs adjacent dimensions
+  layout: str = choice("interleaved", ROTARY_LAYOUTS)  # the reference pairs adjacent dimensions
   scale_base: float = 512.0
   gamma: float = 0.4
 
