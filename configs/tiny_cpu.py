@@ -32,12 +32,17 @@ Another encoding for the fine-tune, and one of its parameters overridden:
       --config.pe.beta_fast=16 --config.init_from=/tmp/rope_lab/tiny \\
       --workdir=/tmp/rope_lab/tiny_yarn8
 
-Sweeps (``get_sweep``; ``python -m experiments.sweep --config=configs/tiny_cpu.py:<arg>``):
+Sweeps (``get_sweep``, chosen by ``sweep=``; see the README's Sweeps section):
 
   sweep=seeds     three pretraining seeds (with ``smoke``: a CPU sweep of a few minutes)
-  sweep=finetune  fine-tune scale x learning rate, PI and YaRN (``finetune`` and
-                  ``--config.init_from`` as above)
+  sweep=finetune  PI and YaRN x fine-tune length (256, 512) x learning rate (1e-4, 1e-3)
   sweep=giraffe   the Giraffe grid: PI fine-tunes at 2x, 4x and 8x (256, 512, 1024 tokens)
+  (the two fine-tune sweeps need ``finetune`` in the argument, and ``--set=config.init_from=``)
+
+  python -m experiments.sweep --config=configs/tiny_cpu.py:smoke,sweep=seeds \
+      --workdir=/tmp/rope_lab/seeds
+  python -m experiments.sweep --config=configs/tiny_cpu.py:finetune,sweep=finetune \
+      --set=config.init_from=/tmp/rope_lab/tiny --workdir=/tmp/rope_lab/finetune_sweep
 """
 
 import ml_collections
@@ -128,8 +133,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def get_sweep(arg: str | None = None) -> list[dict]:
   """The sweep named by ``sweep=`` in the argument (see the module docstring)."""
-  which = common.parse_arg(arg, "configs/tiny_cpu.py", pe="", factor=0.0, seq=0, smoke=False,
-                           finetune=False, sweep="").sweep
+  arg = common.parse_arg(arg, "configs/tiny_cpu.py", pe="", factor=0.0, seq=0, smoke=False,
+                         finetune=False, sweep="")
+  which = arg.sweep
+  if which in ("finetune", "giraffe") and not arg.finetune:
+    raise ValueError(f"configs/tiny_cpu.py: sweep={which} sweeps fine-tunes; add finetune to "
+                     f"the argument (configs/tiny_cpu.py:finetune,sweep={which})")
+  if not which:
+    return [{}]  # no sweep chosen: the one run get_config(arg) describes
   if which == "seeds":
     return common.sweep("config.seed", [0, 1, 2])
   if which == "finetune":

@@ -222,3 +222,30 @@ def test_loading_a_config_file_imports_neither_flax_nor_grain():
                              capture_output=True, text=True, timeout=120)
   assert completed.returncode == 0, completed.stderr
   assert completed.stdout.strip() == "[]"
+
+
+def documented_commands(path: str, module: str) -> list[list[str]]:
+  """Every ``python -m <module> ...`` command in a Markdown file, continuation lines joined."""
+  import re  # pylint: disable=g-import-not-at-top
+  import shlex  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(th.REPO_ROOT, path)) as f:
+    text = re.sub(r"\\+\n", " ", f.read())  # "\" line ends, in Markdown or a docstring
+  commands = []
+  for line in text.splitlines():
+    start = line.find(f"python -m {module} ")
+    if start >= 0:
+      # Inside gcloud's --command="..." the quote closes the command.
+      commands.append(shlex.split(line[start:].split("#")[0].split('"')[0]))
+  return commands
+
+
+@pytest.mark.parametrize("path", ["README.md", "configs/tiny_cpu.py", "configs/gpu_125m.py",
+                                  "configs/tpu_pod.py"])
+def test_documented_training_commands_build_their_configs(path):
+  commands = documented_commands(path, "experiments.train")
+  assert commands
+  for command in commands:
+    flags_ = [a for a in command[3:] if a.startswith("--config")]
+    exp = config_lib.experiment_from_config_dict(parse_command_line(
+        *flags_[1:], config=flags_[0].split("=", 1)[1]))
+    assert exp.train.steps >= 1, command

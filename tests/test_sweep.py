@@ -296,3 +296,17 @@ def test_a_failing_run_is_reported_and_the_others_still_run(tmp_path):
   assert failed == ["data.dataset-kjv-missing"]
   assert [r["key"] for r in rows] == ["data.dataset-random"]
   assert any("FAILED" in line and "logs" in line for line in lines)
+
+
+@pytest.mark.parametrize("path", ["README.md", "configs/tiny_cpu.py", "configs/study.py",
+                                  "configs/tpu_pod.py"])
+def test_documented_sweep_commands_expand(path):
+  from tests.test_config import documented_commands  # pylint: disable=g-import-not-at-top
+  commands = documented_commands(path, "experiments.sweep")
+  assert commands
+  for command in commands:
+    values = dict(a[2:].split("=", 1) for a in command[3:] if a.startswith("--") and "=" in a)
+    settings = [a.split("=", 1)[1] for a in command[3:] if a.startswith("--set=")]
+    runs = runs_lib.expand(values["config"], values["workdir"],
+                           fixed=runs_lib.parse_settings(settings))
+    assert runs and all(r.workdir.startswith(values["workdir"]) for r in runs), command
