@@ -36,8 +36,10 @@ Sweeps (``get_sweep``, chosen by ``sweep=``; see the README's Sweeps section):
 
   sweep=seeds     three pretraining seeds (with ``smoke``: a CPU sweep of a few minutes)
   sweep=finetune  PI and YaRN x fine-tune length (256, 512) x learning rate (1e-4, 1e-3)
+  sweep=encodings encoding (PI, YaRN, NTK-by-parts, Giraffe power) x factor (2, 4) x seed
+                  (0, 1), fine-tuned at 512 tokens
   sweep=giraffe   the Giraffe grid: PI fine-tunes at 2x, 4x and 8x (256, 512, 1024 tokens)
-  (the two fine-tune sweeps need ``finetune`` in the argument, and ``--set=config.init_from=``)
+  (the fine-tune sweeps need ``finetune`` in the argument, and ``--set=config.init_from=``)
 
   python -m experiments.sweep --config=configs/tiny_cpu.py:smoke,sweep=seeds \
       --workdir=/tmp/rope_lab/seeds
@@ -136,7 +138,7 @@ def get_sweep(arg: str | None = None) -> list[dict]:
   arg = common.parse_arg(arg, "configs/tiny_cpu.py", pe="", factor=0.0, seq=0, smoke=False,
                          finetune=False, sweep="")
   which = arg.sweep
-  if which in ("finetune", "giraffe") and not arg.finetune:
+  if which in ("finetune", "encodings", "giraffe") and not arg.finetune:
     raise ValueError(f"configs/tiny_cpu.py: sweep={which} sweeps fine-tunes; add finetune to "
                      f"the argument (configs/tiny_cpu.py:finetune,sweep={which})")
   if not which:
@@ -147,6 +149,11 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     return common.product(common.sweep("pe", ["pi", "yarn"]),
                           common.sweep("seq", [256, 512]),
                           common.sweep("config.learning_rate", [1e-4, 1e-3]))
+  if which == "encodings":
+    return common.product(common.sweep("pe", ["pi", "yarn", "ntk_by_parts", "power"]),
+                          common.sweep("factor", [2.0, 4.0]),
+                          common.sweep("config.seed", [0, 1]))
   if which == "giraffe":
     return common.product(common.sweep("pe", ["pi"]), common.sweep("seq", [256, 512, 1024]))
-  raise ValueError(f"configs/tiny_cpu.py: sweep={which!r}; its sweeps: seeds, finetune, giraffe")
+  raise ValueError(f"configs/tiny_cpu.py: sweep={which!r}; its sweeps: seeds, finetune, "
+                   "encodings, giraffe")

@@ -81,6 +81,23 @@ def test_every_run_command_parses_back_to_the_point_it_came_from():
     assert exp.train.learning_rate == point["config.learning_rate"]
 
 
+@pytest.mark.parametrize("spec, count", [
+    ("configs/tiny_cpu.py", 1), ("configs/tiny_cpu.py:smoke,sweep=seeds", 3),
+    ("configs/tiny_cpu.py:finetune,sweep=finetune", 8),
+    ("configs/tiny_cpu.py:finetune,sweep=encodings", 16),
+    ("configs/tiny_cpu.py:finetune,sweep=giraffe", 3), ("configs/study.py:sweep=seeds", 3),
+    ("configs/tpu_pod.py:finetune_8k", 1),
+])
+def test_shipped_sweeps_expand_into_valid_runs(spec, count):
+  runs = runs_lib.expand(spec, "/sweeps/x")  # every point through the config boundary
+  assert len(runs) == count and len({r.name for r in runs}) == count
+
+
+def test_a_fine_tune_sweep_without_finetune_is_a_clear_error():
+  with pytest.raises(runs_lib.ConfigError, match="add finetune to the argument"):
+    runs_lib.expand("configs/tiny_cpu.py:sweep=encodings", "/sweeps/x")
+
+
 def test_zipped_and_tuple_valued_points():
   from configs import common  # pylint: disable=g-import-not-at-top
   points = common.zipped(common.sweep("a", [1, 2]), common.sweep("config.b", ["x", "y"]))
