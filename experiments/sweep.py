@@ -104,6 +104,8 @@ def main(argv):
   except RopeLabError as e:
     print(f"sweep error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs saved checkpoints and stopped
+    return 128 + 15
 
 
 if __name__ == "__main__":
