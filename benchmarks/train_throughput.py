@@ -68,8 +68,9 @@ ENCODINGS = {
 
 def rope_lab_experiment(*, encoding: str, attention: str, batch: int, seq_len: int,
                         model: dict | None = None):
+  from configs import tiny_cpu  # pylint: disable=g-import-not-at-top
   from rope_lab import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.default_config_dict()
+  config = tiny_cpu.get_config()  # every field, then the benchmark's shape
   config.model.update(vocab_size=256, d_model=256, n_layers=4, n_heads=4, mlp_dim=1024,
                       mlp="swiglu", norm="rms", attention=attention)
   if model:
@@ -227,16 +228,11 @@ def model_flops_per_token(exp) -> float:
 
 
 def gpu_report(args) -> None:
-  import importlib.util  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from configs import gpu_125m  # pylint: disable=g-import-not-at-top
   from rope_lab import config as config_lib  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "gpu_125m.py")
-  spec = importlib.util.spec_from_file_location("gpu_125m", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = gpu_125m.get_config()
   config.update(global_batch_size=args.batch or 16, seq_len=args.seq_len or 2048,
                 mesh_shape=(-1, 1, 1))
   config.model.attention = args.attention

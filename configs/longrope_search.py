@@ -6,7 +6,7 @@ Two commands (from the repository root): train the base model, then search.
   python -m experiments.longrope_search --config=configs/longrope_search.py \\
       --config.base_workdir=/tmp/rope_lab/tiny --workdir=/tmp/rope_lab/longrope_s8
 
-The same search command resumes after Ctrl-C or SIGTERM. Variants (after a colon):
+The same search command resumes after Ctrl-C or SIGTERM. Arguments (after a colon):
 
   quick        population 16, 6 generations, 8 parents: a few minutes on 2 CPU cores
   progressive  stage 1 at 512 tokens (s = 4), then 1024 seeded from it, then the short
@@ -19,15 +19,11 @@ Evaluate the result on the test split against PI, NTK, YaRN and Dynamic YaRN wit
 import ml_collections
 from ml_collections import config_dict
 
-from rope_lab.search.config import DEFAULT_N_HAT_CHOICES
+from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = set(arg.split(",")) if arg else set()
-  unknown = variants - {"quick", "progressive"}
-  if unknown:
-    raise ValueError(f"configs/longrope_search.py: unknown variant(s) {sorted(unknown)}; "
-                     "known: quick, progressive")
+  arg = common.parse_arg(arg, "configs/longrope_search.py", quick=False, progressive=False)
   config = ml_collections.ConfigDict()
   config.base_workdir = config_dict.placeholder(str)  # trained RoPE run (config.json + checkpoints)
   config.target_length = 1024  # tokens the factors are searched for; s = target_length / original
@@ -49,15 +45,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.piecewise = False  # search alpha < beta: factor 1 below alpha, s from beta on
   config.search_n_hat = False  # search n_hat (leading positions left unscaled) among n_hat_choices
   config.n_hat = 0  # n_hat of the seeds (of every candidate when not searched)
-  config.n_hat_choices = DEFAULT_N_HAT_CHOICES
+  config.n_hat_choices = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256)  # Ding et al.'s n_hat grid
   config.seeds = ("pi", "ntk", "yarn")  # named seeds of the first population
   config.seed = 0  # the search's random seed
   config.seed_factor_file = config_dict.placeholder(str)  # longrope_factors.json to seed the first stage
   config.rescale_mode = "log"  # how factors found at another s are mapped: log, ratio or clip
   config.candidates_per_call = config_dict.placeholder(int)  # compiled chunk; None: 1 on CPU, 32 per GPU
   config.chunk_size = 128  # attention block length at windows >= 512 tokens
-  if "quick" in variants:
+  if arg.quick:
     config.update(population=16, generations=6, mutations=8, crossovers=8, top_k=8)
-  if "progressive" in variants:
+  if arg.progressive:
     config.update(stage1_length=512, short_search=True)
   return config

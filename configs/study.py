@@ -5,7 +5,7 @@
 
 (2 CPU cores shared with other jobs; the budgets are 45 and 10 minutes.)
 
-Variants (``--config=configs/study.py:<variant>``; any field can then be overridden,
+Arguments (``--config=configs/study.py:<arg>``; any field can then be overridden,
 e.g. ``--config.seeds=0,1``):
 
   (none)  the full study: three seeds of the tiny RoPE model at 128 tokens (500 steps),
@@ -16,11 +16,19 @@ e.g. ``--config.seeds=0,1``):
           APE model and no extra grid fine-tunes; the same figures and report.
 
 The pretraining run is ``configs/tiny_cpu.py``'s model and data (``config.base``).
+
+Sweep (``get_sweep``): ``sweep=seeds`` splits the study into one study per seed, each its own
+run of ``experiments.study`` that a sweep launcher can place on its own machine:
+
+  python -m experiments.sweep --config=configs/study.py:quick,sweep=seeds \
+      --workdir=/tmp/rope_lab/study_seeds --launcher=print
 """
 
 import ml_collections
 
-from configs import tiny_cpu
+from configs import common, tiny_cpu
+
+ENTRY_POINT = "experiments.study"  # what a sweep of this config runs (default: experiments.train)
 
 
 def base_experiment(steps: int) -> ml_collections.ConfigDict:
@@ -32,10 +40,7 @@ def base_experiment(steps: int) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = set(arg.split(",")) if arg else set()
-  unknown = variants - {"quick"}
-  if unknown:
-    raise ValueError(f"configs/study.py: unknown variant(s) {sorted(unknown)}; known: quick")
+  arg = common.parse_arg(arg, "configs/study.py", quick=False, sweep="")
   config = ml_collections.ConfigDict()
   config.base = base_experiment(steps=500)
   config.seeds = (0, 1, 2)
@@ -72,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attention_scales = (1, 4, 16)
   config.attention_docs = 2
   config.analytic_scale = 32
-  if "quick" in variants:
+  if arg.quick:
     config.base = base_experiment(steps=250)
     config.seeds = (0,)
     config.eval_docs = 1
@@ -87,3 +92,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.lines_samples = 2
     config.attention_docs = 1
   return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+  """``sweep=seeds``: the study's seeds as separate runs (the grids inside a run stay its own)."""
+  arg = common.parse_arg(arg, "configs/study.py", quick=False, sweep="")
+  if arg.sweep != "seeds":
+    raise ValueError(f"configs/study.py: sweep={arg.sweep!r}; its sweeps: seeds")
+  seeds = get_config("quick" if arg.quick else None).seeds
+  return common.sweep("config.seeds", [(seed,) for seed in seeds])

@@ -3,7 +3,8 @@
 Parameters and optimizer state are fully sharded over every chip (mesh (1, -1, 1) =
 data x fsdp x tensor) and the batch is split over all of them: 256 rows of 2048 tokens
 (4 accumulated micro-batches of 64, as in the GPU config).
-Every host runs the same command; JAX finds its peers on a TPU VM by itself.
+Every host runs the same command; experiments/train.py calls jax.distributed.initialize()
+on a multi-host TPU slice, and JAX finds its peers there by itself.
 
 Launch on a v4-32 / v5e-32 slice (4 or 8 hosts), with the repository on every host:
 
@@ -11,23 +12,21 @@ Launch on a v4-32 / v5e-32 slice (4 or 8 hosts), with the repository on every ho
       cd rope_lab && python -m experiments.train --config=configs/tpu_pod.py \\
       --workdir=gs://$BUCKET/rope_lab/tpu_pod"
 
-Variants are those of configs/gpu_125m.py (e.g. ``:finetune_8k``).
+or, the same through the sweep launcher (prints the command; ``--execute`` runs it):
+
+  python -m experiments.sweep --config=configs/tpu_pod.py --launcher=gcloud_tpu \\
+      --tpu_name=$TPU_NAME --zone=$ZONE --workdir=gs://$BUCKET/rope_lab/tpu_pod
+
+Arguments are those of configs/gpu_125m.py (e.g. ``:finetune_8k,pe=pi``).
 """
 
-import importlib.util
-import os
+import ml_collections
+
+from configs import gpu_125m
 
 
-def _gpu_config_module():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_125m.py")
-  spec = importlib.util.spec_from_file_location("configs_gpu_125m", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def get_config(arg: str | None = None):
-  config = _gpu_config_module().get_config(arg)
-  config.mesh_shape = (1, -1, 1)
-  config.global_batch_size = 256
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = gpu_125m.get_config(arg)
+  config.mesh_shape = (1, -1, 1)  # data x fsdp x tensor: fully sharded over every chip
+  config.global_batch_size = 256  # rows per step over the whole slice
   return config

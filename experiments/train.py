@@ -1,6 +1,6 @@
 """Train one experiment from a config file.
 
-  python -m experiments.train --config=configs/tiny_cpu.py[:variant] \
+  python -m experiments.train --config=configs/tiny_cpu.py[:key=value,...] \
       [--config.<field>=<value> ...] --workdir=<dir>
 
 The run resumes from the newest checkpoint in --workdir. Multi-process runs: on a TPU
@@ -18,7 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/<name>.py[:variant]).", lock_config=True)
+    "config", None, "Config file (configs/<name>.py[:key=value,...]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 for a multi-process run (not on TPU).")

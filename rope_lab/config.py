@@ -5,8 +5,9 @@ A config file builds an ``ml_collections.ConfigDict`` with four parts:
 * top-level fields: the :class:`TrainConfig` fields (steps, batch, lr schedule, mesh, ...);
 * ``config.model``: the ``rope_lab.model.ModelConfig`` fields;
 * ``config.data``: the ``rope_lab.data.DataConfig`` fields;
-* ``config.pe``: the positional encoding, built with :func:`pe_config_dict`: ``name``
-  picks the method and ``config.pe.<method>`` holds each method's parameters.
+* ``config.pe``: the positional encoding: ``name`` picks the method and the other
+  entries are that method's parameters, nothing else (configs/common.py's ``pe_config``
+  builds it for config files, :func:`pe_config_dict` for code).
 
 :func:`experiment_from_config_dict` checks every field against the dataclass it belongs
 to (unknown names and wrong types are errors that name the field) and builds the frozen
@@ -267,96 +268,52 @@ def _base_type(hint) -> type:
   return origin if origin is not None else hint
 
 
-def _config_value(value: Any, hint: Any) -> Any:
-  """A dataclass default as a ConfigDict entry: None becomes a typed placeholder."""
-  if value is None:
-    return config_dict.placeholder(_base_type(hint))
-  return value
-
-
-def section_config_dict(instance) -> ml_collections.ConfigDict:
-  """Every field of a dataclass instance as a ConfigDict entry (None as typed placeholders)."""
-  hints = typing.get_type_hints(type(instance))
-  return ml_collections.ConfigDict({
-      f.name: _config_value(getattr(instance, f.name), hints[f.name])
-      for f in dataclasses.fields(instance) if f.init})
-
-
-def default_config_dict() -> ml_collections.ConfigDict:
-  """A ConfigDict holding every field with its dataclass default.
-
-  Config files start from this and change what they need; since every field exists,
-  any of them can be overridden on the command line under ``lock_config``.
-  """
-  config = section_config_dict(TrainConfig())
-  config.model = section_config_dict(ModelConfig())
-  # ModelConfig fills n_kv_heads/head_dim from n_heads/d_model; keep them unset here so
-  # they follow the values a config file chooses.
-  config.model.n_kv_heads = config_dict.placeholder(int)
-  config.model.head_dim = config_dict.placeholder(int)
-  config.data = section_config_dict(DataConfig())
-  config.pe = pe_config_dict("rope")
-  return config
-
-
-# ----------------------------------------------------------------------------- encodings
-
-
-def _method_config_dict(cls: type[pe.Encoding], params: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """One method's parameters: the given values, typed None placeholders for the rest."""
+def pe_config_dict(name: str, **params) -> ml_collections.ConfigDict:
+  """``config.pe`` for code that builds configs itself: ``name`` plus every parameter of
+  that method with its default (typed None placeholders where there is none), as
+  configs/common.py's ``pe_config`` builds it for config files."""
+  if name not in pe.REGISTRY:
+    raise ConfigError(f"config.pe.name must be one of {sorted(pe.REGISTRY)}, got {name!r}")
+  cls = pe.REGISTRY[name]
   hints = typing.get_type_hints(cls)
   fields = [f.name for f in dataclasses.fields(cls)]
   unknown = sorted(set(params) - set(fields))
   if unknown:
-    raise ConfigError(f"config.pe.{cls.name}: unknown parameter(s) {unknown}; "
+    raise ConfigError(f"config.pe: encoding {name!r} has no parameter(s) {unknown}; "
                       f"its parameters: {', '.join(fields) or 'none'}")
-  return ml_collections.ConfigDict({
-      name: params[name] if name in params else config_dict.placeholder(_base_type(hints[name]))
-      for name in fields})
-
-
-def pe_config_dict(name: str, **params) -> ml_collections.ConfigDict:
-  """``config.pe``: ``name`` picks the method, ``config.pe.<method>`` holds its parameters.
-
-  Every registered method has its own sub-dict of typed placeholders (None means the
-  method's default), so under ``lock_config`` the command line can switch method and set
-  the new method's parameters without clearing the old ones::
-
-    --config.pe.name=yarn --config.pe.yarn.factor=8
-    --config.pe.yarn.original_max_position_embeddings=2048
-
-  Only the chosen method's sub-dict is read. ``params`` go to the chosen method.
-  """
-  if name not in pe.REGISTRY:
-    raise ConfigError(f"config.pe.name must be one of {sorted(pe.REGISTRY)}, got {name!r}")
-  entries: dict[str, Any] = {"name": name}
-  for method, cls in sorted(pe.REGISTRY.items()):
-    entries[method] = _method_config_dict(cls, params if method == name else {})
-  return ml_collections.ConfigDict(entries)
+  section = ml_collections.ConfigDict({"name": name})
+  for field in dataclasses.fields(cls):
+    default = params.get(field.name, field.default)
+    section[field.name] = (config_dict.placeholder(_base_type(hints[field.name]))
+                           if default is None else default)
+  return section
 
 
 def encoding_from_mapping(values: Mapping[str, Any]) -> pe.Encoding:
-  """``config.pe`` as a dict -> the frozen Encoding of ``name`` (unset parameters: defaults)."""
+  """``config.pe`` as a dict (``name`` and that method's parameters) -> the frozen Encoding.
+
+  Unset (None) parameters take the method's defaults; an unknown parameter, one of the
+  wrong type or an out-of-range value is a ConfigError naming ``config.pe.<param>``.
+  """
+  if not isinstance(values, Mapping):
+    raise ConfigError(f"config.pe must be a ConfigDict with a name and that encoding's "
+                      f"parameters, got {values!r}")
   name = values.get("name")
   if name not in pe.REGISTRY:
     raise ConfigError(f"config.pe.name must be one of {sorted(pe.REGISTRY)}, got {name!r}")
-  section = values.get(name)
-  if not isinstance(section, Mapping):
-    raise ConfigError(f"config.pe has no sub-dict {name!r} of parameters for method {name!r}; "
-                      f"build config.pe with rope_lab.config.pe_config_dict")
   cls = pe.REGISTRY[name]
-  accepted = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(section) - accepted)
+  params = {k: v for k, v in values.items() if k != "name"}
+  accepted = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(params) - set(accepted))
   if unknown:
-    raise ConfigError(f"config.pe.{name}: unknown parameter(s) {', '.join(unknown)}; "
-                      f"its parameters: {', '.join(sorted(accepted)) or 'none'}")
+    raise ConfigError(f"config.pe: encoding {name!r} has no parameter(s) {', '.join(unknown)}; "
+                      f"its parameters: {', '.join(accepted) or 'none'}")
   hints = typing.get_type_hints(cls)
-  given = {k: coerce(v, hints[k], f"config.pe.{name}.{k}") for k, v in section.items()
-           if v is not None}
+  given = {k: coerce(v, hints[k], f"config.pe.{k}") for k, v in params.items() if v is not None}
   try:
     return pe.make(name, **given)
   except ValueError as e:
-    raise ConfigError(f"config.pe.{name}: {e}") from e
+    raise ConfigError(f"config.pe ({name}): {e}") from e
 
 
 def experiment_to_dict(exp: ExperimentConfig) -> dict[str, Any]:
