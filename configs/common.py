@@ -92,24 +92,32 @@ _YARN_RAMP = {**_ROTARY, "original_max_position_embeddings": int, "beta_fast": 3
               "beta_slow": 1.0, "truncate": True}
 _YARN_TEMPERATURE = {"attention_factor": float, "mscale": float, "mscale_all_dim": float}
 _APE_EXTENSION = {"extension": "none", "original_max_position_embeddings": int,
-                  "extension_factor": 1.0}
+                  "extension_factor": 1.0, "extension_mode": "per_input"}
+_TEMPERATURE_TUNING = {"attn_temperature_tuning": False, "floor_scale": 8192.0, "attn_scale": 0.1}
 PE_PARAMETERS: dict[str, dict[str, Any]] = {
     "alibi": {"max_bias": 8.0},
     "dynamic_ntk": {**_ROTARY, "factor": float, "original_max_position_embeddings": int},
     "dynamic_yarn": {**_YARN_RAMP, **_YARN_TEMPERATURE},
+    "hope": {**_ROTARY, "original_max_position_embeddings": int},
     "learned": {**_APE_EXTENSION, "max_length": 512},
     "llama3": {**_ROTARY, "base": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
     "longrope": {**_ROTARY, "short_factor": tuple, "long_factor": tuple,
                  "original_max_position_embeddings": int, "factor": float,
-                 "attention_factor": float, "n_hat": 0, "head_dim": int,
+                 "max_position_embeddings": int, "attention_factor": float, "n_hat": 0, "head_dim": int,
                  "require_monotone": True},
-    "nope": {},
+    "logn": {**_ROTARY, "original_max_position_embeddings": int, "dynamic_ntk": "qwen"},
+    "nope": dict(_TEMPERATURE_TUNING),
     "ntk": {**_ROTARY, "alpha": float},
     "ntk_by_parts": {**_YARN_RAMP, "factor": float},
+    "per_layer": {"layer_pattern": str, "local_base": 10000.0, "global_base": 1000000.0,
+                  "global_factor": 1.0, "rotary_fraction": 1.0, "layout": "half",
+                  **_TEMPERATURE_TUNING},
     "pi": {**_ROTARY, "factor": float},
     "power": {**_ROTARY, "factor": 1.0, "power": 0.5},
-    "randomized": {**_ROTARY, "max_position": int},
+    "proportional": {**_ROTARY, "rope_proportion": 1.0, "factor": 1.0},
+    "randomized": {**_ROTARY, "max_position": int, "evaluation": "sampled", "evaluation_seed": 0},
+    "resonance": dict(_ROTARY),
     "rope": dict(_ROTARY),
     "self_extend": {**_ROTARY, "group_size": 8, "window": 512,
                     "original_max_position_embeddings": int},

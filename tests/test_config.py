@@ -176,11 +176,13 @@ REQUIRED = {  # the parameters without a default, for the table test above
     "dynamic_ntk": dict(factor=2.0, original_max_position_embeddings=16),
     "dynamic_yarn": dict(original_max_position_embeddings=16),
     "longrope": dict(short_factor=(1.0,) * 8, long_factor=(2.0,) * 8,
-                     original_max_position_embeddings=16),
+                     original_max_position_embeddings=16, factor=2.0),
     "ntk": dict(alpha=2.0), "ntk_by_parts": dict(factor=2.0, original_max_position_embeddings=16),
     "pi": dict(factor=2.0), "randomized": dict(max_position=64),
     "self_extend": dict(original_max_position_embeddings=1024), "truncated": dict(cutoff_wavelength=16.0),
     "yarn": dict(factor=2.0, original_max_position_embeddings=16),
+    "hope": dict(original_max_position_embeddings=16), "logn": dict(original_max_position_embeddings=16),
+    "per_layer": dict(layer_pattern="LLG"),
 }
 
 
