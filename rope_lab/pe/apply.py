@@ -38,7 +38,7 @@ def map_positions(
 
 def sinusoid_table(inv_freq: jnp.ndarray, positions: jnp.ndarray, layout: str) -> jnp.ndarray:
   """float positions [...] -> [..., D]: interleaved (sin, cos, ...) or concat [sin | cos]."""
-  angles = positions[..., None] * inv_freq
+  angles = jnp.tensordot(positions, inv_freq, axes=0)  # outer product [..., D/2], no rank promotion
   sin, cos = jnp.sin(angles), jnp.cos(angles)
   if layout == "concat":
     return jnp.concatenate([sin, cos], axis=-1)
@@ -66,7 +66,7 @@ def absolute_embedding(hooks: Hooks, positions: jnp.ndarray, learned_table=None)
 def xpos_scales(xpos: XposScales, positions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """(q scale, k scale) [..., L, P] = zeta^(+-(p - center) / scale_base), in float32."""
   exponent = (positions.astype(jnp.float32) - xpos.center)[..., None] / xpos.scale_base
-  q_scale = jnp.power(xpos.zeta, exponent)
+  q_scale = jnp.power(xpos.zeta.reshape((1,) * (exponent.ndim - 1) + (-1,)), exponent)
   return q_scale, 1.0 / q_scale
 
 
