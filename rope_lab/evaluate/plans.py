@@ -76,12 +76,14 @@ class EncodingPlan:
 
 
 def plan_from_json(text: str) -> EncodingPlan:
-  """``'{"name": "pi", "factor": 4}'`` or with a ``"label"`` field; the label defaults to a summary."""
+  """``'{"name": "pi", "factor": 4}'``, optionally with ``"label"`` (default: a summary) and ``"id"``
+  (default: the label as a slug) fields."""
   spec = json.loads(text)
   if not isinstance(spec, dict):
     raise ValueError(f"an encoding spec must be a JSON object, got {text!r}")
+  plan_id = spec.pop("id", None) or ""
   label = spec.pop("label", None) or describe(spec)
-  return EncodingPlan.of(label, spec)
+  return EncodingPlan.of(label, spec, plan_id)
 
 
 def describe(spec: dict[str, Any]) -> str:
