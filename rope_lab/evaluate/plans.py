@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from rope_lab import pe
+from rope_lab.errors import ConfigError
 
 MATCHED = "matched"
 MATCHED_POSITIONS = "matched_positions"
@@ -52,7 +53,7 @@ class EncodingPlan:
   @classmethod
   def of(cls, label: str, spec: dict[str, Any], plan_id: str = "") -> "EncodingPlan":
     if "name" not in spec:
-      raise ValueError(f"encoding plan {label!r}: spec needs a 'name', got {spec}")
+      raise ConfigError(f"encoding plan {label!r}: spec needs a 'name', got {spec}")
     plan = cls(label=label, spec=tuple(sorted(spec.items())), id=plan_id)
     plan.encoding(1, 1)  # validates the parameters now rather than mid-study
     return plan
@@ -80,7 +81,7 @@ def plan_from_json(text: str) -> EncodingPlan:
   (default: the label as a slug) fields."""
   spec = json.loads(text)
   if not isinstance(spec, dict):
-    raise ValueError(f"an encoding spec must be a JSON object, got {text!r}")
+    raise ConfigError(f"an encoding spec must be a JSON object, got {text!r}")
   plan_id = spec.pop("id", None) or ""
   label = spec.pop("label", None) or describe(spec)
   return EncodingPlan.of(label, spec, plan_id)
