@@ -193,7 +193,8 @@ class Dense(nn.Module):
     y = jnp.dot(x_2d, w_2d, preferred_element_type=self.out_dtype).reshape(lead + tuple(self.features))
     if self.use_bias:
       bias_init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.n_in:])
-      y = y + self.param("bias", bias_init, tuple(self.features), jnp.float32).astype(y.dtype)
+      y = y + self.param("bias", bias_init, tuple(self.features), jnp.float32).astype(y.dtype).reshape(
+          (1,) * len(lead) + tuple(self.features))
     return y
 
 
@@ -214,9 +215,10 @@ class Norm(nn.Module):
     if self.kind == "layer":
       x32 = x32 - x32.mean(axis=-1, keepdims=True)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    y = y * self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (dim,))
+    row = (1,) * (x.ndim - 1) + (dim,)  # the parameters' explicit rank (no implicit rank promotion)
+    y = y * self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (dim,)).reshape(row)
     if self.kind == "layer":
-      y = y + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (dim,))
+      y = y + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (dim,)).reshape(row)
     return y.astype(self.dtype)
 
 

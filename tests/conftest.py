@@ -3,6 +3,10 @@
 import jax
 import pytest
 
+# An implicit broadcast between arrays of different rank is an error in every test: a
+# [B, L] array meeting a [L] one by accident would otherwise give a silently wrong number.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
 
 @pytest.fixture(scope="module")
 def fast_compiles():

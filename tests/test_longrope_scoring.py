@@ -287,6 +287,16 @@ def test_the_config_file_sets_the_evolution_hyperparameters_of_every_stage():
     search.run_from_mapping({"population": "many"})
 
 
+def test_the_command_line_names_a_missing_base_run_and_exits_2(tmp_path):
+  completed = subprocess.run(
+      [th.PYTHON, "-m", "experiments.longrope_search", "--config=configs/longrope_search.py:quick",
+       f"--config.base_workdir={tmp_path / 'missing'}", f"--workdir={tmp_path / 'search'}"],
+      cwd=th.REPO_ROOT, env=th.subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert completed.returncode == 2, completed.stderr[-2000:]
+  assert "config.base_workdir=" in completed.stderr and "holds no trained model" in completed.stderr
+  assert not (tmp_path / "search").exists()  # nothing written before the inputs check out
+
+
 # ----------------------------------------------------------------------------- 8 devices
 
 

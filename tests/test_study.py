@@ -140,3 +140,29 @@ def test_the_fine_tuning_rate_is_chosen_on_validation_once(tmp_path, monkeypatch
   # The final fine-tune of the first seed is the chosen candidate's run: not trained twice.
   runner.finetune_lr = 3e-3
   assert "ft_pi2_lr0.003_s0" in [s.name for s in study.finetune_specs(runner)]
+
+
+def test_plan_ids_are_distinct_and_the_labels_of_older_rows_map_onto_them():
+  from rope_lab.evaluate import plans
+  every = plans.rope_family_plans(128, base=1e4, scale=4.0) + plans.ape_plans(128, max_length=128)
+  assert len({p.id for p in every}) == len(every)
+  assert {p.id for p in every} >= {"rope", "pi_matched", "yarn_s4", "dynamic_yarn", "ape_pcw"}
+  for plan in every:
+    assert plans.plan_id_of_label(plan.label) == plan.id
+  assert plans.plan_id_of_label("YaRN s=2.5") == plans.scaled_id("yarn", 2.5) == "yarn_s2.5"
+  given = plans.plan_from_json('{"name": "pi", "factor": 2, "id": "pi_two", "label": "PI x2"}')
+  assert (given.id, given.label, given.name) == ("pi_two", "PI x2", "pi")
+  assert plans.plan_from_json('{"name": "pi", "factor": 2, "label": "PI s=L/L0"}').id == "pi_s_l_l0"
+
+
+def test_the_committed_rows_reproduce_the_committed_claims_table():
+  """docs/results.jsonl holds labels only (written before plan ids); joined by the ids their labels
+  map to, its rows give the committed report's claims, number for number."""
+  cfg = study.study_config_from_config_dict(th.load_config_file("configs/study.py"))
+  rows = study.with_plan_ids(results_lib.read_rows(os.path.join(th.REPO_ROOT, "docs", "results.jsonl")))
+  from rope_lab.study import report_text  # pylint: disable=g-import-not-at-top
+  table = report_text.claims_table(rows, cfg)
+  with open(os.path.join(th.REPO_ROOT, "docs", "report.md")) as f:
+    committed = f.read()
+  assert len(study.evaluate_claims(rows, cfg)) == 8
+  assert table in committed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from rope_lab import pe, similarity
+from rope_lab.errors import ConfigError
 
 PROBES = ("ones", "gaussian", "trained")
 
@@ -27,11 +28,11 @@ def probe_pairs(kind: str, head_dim: int, *, seed: int = 0, q_mean: np.ndarray |
     return [(v, v)]
   if kind == "trained":
     if q_mean is None or k_mean is None:
-      raise ValueError("probe 'trained' needs q_mean and k_mean (from evaluate.mean_qk)")
+      raise ConfigError("probe 'trained' needs q_mean and k_mean (from evaluate.mean_qk)")
     n_heads, n_kv = q_mean.shape[1], k_mean.shape[1]
     return [(q_mean[layer, h], k_mean[layer, h // (n_heads // n_kv)])
             for layer in range(q_mean.shape[0]) for h in range(n_heads)]
-  raise ValueError(f"unknown probe {kind!r}; valid: {PROBES}")
+  raise ConfigError(f"unknown probe {kind!r}; valid: {PROBES}")
 
 
 def probe_score_grid(encoding: pe.Encoding, pairs, positions: np.ndarray, *, seq_len: int) -> np.ndarray:

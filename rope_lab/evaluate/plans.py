@@ -53,7 +53,7 @@ class EncodingPlan:
   @classmethod
   def of(cls, label: str, spec: dict[str, Any], plan_id: str = "") -> "EncodingPlan":
     if "name" not in spec:
-      raise ValueError(f"encoding plan {label!r}: spec needs a 'name', got {spec}")
+      raise ConfigError(f"encoding plan {label!r}: spec needs a 'name', got {spec}")
     plan = cls(label=label, spec=tuple(sorted(spec.items())), id=plan_id)
     plan.encoding(1, 1)  # validates the parameters now rather than mid-study
     return plan
@@ -77,7 +77,8 @@ class EncodingPlan:
 
 
 def plan_from_json(text: str) -> EncodingPlan:
-  """``'{"name": "pi", "factor": 4}'`` or with a ``"label"`` field; the label defaults to a summary."""
+  """``'{"name": "pi", "factor": 4}'``, optionally with ``"label"`` (default: a summary) and ``"id"``
+  (default: the label as a slug) fields."""
   try:
     spec = json.loads(text)
   except json.JSONDecodeError as e:
@@ -85,8 +86,9 @@ def plan_from_json(text: str) -> EncodingPlan:
                       f"'{{\"name\": \"pi\", \"factor\": 4}}'") from None
   if not isinstance(spec, dict):
     raise ConfigError(f"an encoding spec must be a JSON object, got {text!r}")
+  plan_id = spec.pop("id", None) or ""
   label = spec.pop("label", None) or describe(spec)
-  return EncodingPlan.of(label, spec)
+  return EncodingPlan.of(label, spec, plan_id)
 
 
 def describe(spec: dict[str, Any]) -> str:

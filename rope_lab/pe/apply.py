@@ -81,7 +81,7 @@ def map_positions(
 
 def sinusoid_table(inv_freq_P: jnp.ndarray, positions_BxL: jnp.ndarray, layout: str) -> jnp.ndarray:
   """float positions [B, L] -> [B, L, 2P]: interleaved (sin, cos, ...) or concat [sin | cos]."""
-  angles_BxLxP = positions_BxL[..., None] * inv_freq_P
+  angles_BxLxP = jnp.tensordot(positions_BxL, inv_freq_P, axes=0)  # outer product, no rank promotion
   sin, cos = jnp.sin(angles_BxLxP), jnp.cos(angles_BxLxP)
   if layout == "concat":
     return jnp.concatenate([sin, cos], axis=-1)
@@ -109,7 +109,8 @@ def absolute_embedding(hooks: Hooks, positions_BxL: jnp.ndarray, learned_table=N
 def xpos_scales(xpos: XposScales, positions_BxL: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """(q scale, k scale) [B, L, P] = zeta^(+-(p - center) / scale_base), in float32."""
   exponent_BxLx1 = (positions_BxL.astype(jnp.float32) - xpos.center)[..., None] / xpos.scale_base
-  q_scale_BxLxP = jnp.power(xpos.zeta, exponent_BxLx1)
+  zeta_1x1xP = xpos.zeta.reshape((1,) * (exponent_BxLx1.ndim - 1) + (-1,))
+  q_scale_BxLxP = jnp.power(zeta_1x1xP, exponent_BxLx1)
   return q_scale_BxLxP, 1.0 / q_scale_BxLxP
 
 

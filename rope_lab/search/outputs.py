@@ -51,7 +51,7 @@ def write_outputs(workdir: str, stages: dict, results: dict, space: scoring.Rota
   encoding = scoring.longrope_encoding(space, long.factors, original_length=search.original_length,
                                        target_factor=search.target_factor, n_hat=long.n_hat,
                                        short_factor=short_factors)
-  spec = {**pe.to_dict(encoding), "label": "LongRoPE (searched)"}
+  spec = {**pe.to_dict(encoding), "id": "longrope_searched", "label": "LongRoPE (searched)"}
   with open(os.path.join(workdir, FACTOR_SPEC_FILE), "w") as f:
     json.dump(spec, f, indent=1)
   figures = os.path.join(workdir, "figures")

@@ -48,6 +48,13 @@ def plans_in_order(rows) -> list[tuple[str, str]]:
   return list(seen.items())
 
 
+def claims_table(rows, cfg) -> str:
+  """Every claim with its source, rule, measured numbers and verdict."""
+  return markdown_table(["claim", "source", "rule (per seed)", "measured", "verdict"],
+                        [[c.claim, c.source, c.rule, c.measured, f"**{c.verdict}**"]
+                         for c in evaluate_claims(rows, cfg)])
+
+
 def retrieval_table(rows, kind: str = "passkey") -> str:
   """Accuracy (answer-token accuracy) by length for every (run, encoding), mean over depths and seeds."""
   cells = results_lib.select(rows, kind=kind)
@@ -112,9 +119,7 @@ def write_report(rows, figures, cfg, path: str) -> str:
     metrics = choice[-1]["metrics"]
     parts += ["", f"Chosen on `{choice[-1]['split']}` (never on `{cfg.eval_split}`): fine-tuning learning rate "
               f"{metrics['chosen']:g} ({', '.join(f'{k}: {v:.3f} nats' for k, v in metrics.items() if k != 'chosen')})."]
-  parts += ["", "## Claims", "", markdown_table(
-      ["claim", "source", "rule (per seed)", "measured", "verdict"],
-      [[c.claim, c.source, c.rule, c.measured, f"**{c.verdict}**"] for c in evaluate_claims(rows, cfg)])]
+  parts += ["", "## Claims", "", claims_table(rows, cfg)]
   parts += ["", "## Figures", ""]
   for figure in figures:
     parts += [f"![{figure.name}]({rel(figure)})", "", figure.caption, ""]
