@@ -81,3 +81,26 @@ def test_errors_exit_2_with_one_line_and_no_traceback(tmp_path, args, message):
   assert message.format(cwd=tmp_path) in completed.stderr
   assert "Traceback" not in completed.stderr
   assert not (tmp_path / "runs" / "none").exists()  # nothing created for a wrong path
+
+
+def test_sigterm_stops_a_study_with_143_and_records_no_unfinished_run(tmp_path):
+  import signal
+  import time
+  config = os.path.join(th.REPO_ROOT, "tests", "tiny_study_config.py")
+  process = subprocess.Popen(
+      [th.PYTHON, "-m", "experiments.study", f"--config={config}", "--workdir=runs/study",
+       "--config.base.steps=100000", "--config.base.log_every=10"],
+      cwd=tmp_path, env=th.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "runs" / "study" / "runs" / "base_s0" / "metrics.jsonl"
+  deadline = time.time() + 240
+  while not (metrics.exists() and metrics.stat().st_size > 0) and time.time() < deadline:
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=240)
+  assert process.returncode == 143, stderr[-3000:]
+  assert "terminated (SIGTERM); run the same command again to resume" in stderr
+  assert "Traceback" not in stderr
+  saved = th.checkpoint_steps(str(metrics.parent))
+  assert saved and saved[-1] < 100000  # saved where it stopped
+  results = tmp_path / "runs" / "study" / "results.jsonl"
+  assert not results.exists() or '"kind":"train"' not in results.read_text()
