@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 
 from absl import app, flags, logging
+from absl.logging import converter
 
 from rope_lab.errors import ConfigError, RopeLabError
 
@@ -54,7 +55,7 @@ def quiet_libraries() -> None:
   """Terminal: WARNING and above unless --verbosity was given; TFDS bars off."""
   handler = logging.get_absl_handler()
   if _verbosity_requested():
-    handler.setLevel(logging.ABSL_TO_STANDARD[flags.FLAGS.verbosity])
+    handler.setLevel(converter.absl_to_standard(flags.FLAGS.verbosity))
   else:
     handler.setLevel(py_logging.WARNING)
   # The root level decides what reaches log.txt; the terminal filters at its handler.

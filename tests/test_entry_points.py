@@ -29,6 +29,10 @@ def test_train_finetune_and_evaluate_with_relative_paths_and_a_quiet_terminal(tm
   assert f"completed at step 6: {workdir}" in trained.stdout
   log = (workdir / "log.txt").read_text()
   assert "orbax" in log.lower() and "--workdir=runs/tiny" in log
+  # --verbosity brings the libraries' messages back to the terminal.
+  verbose = run(["experiments.train", f"--config={TINY}", "--workdir=runs/verbose",
+                 "--config.steps=1", "--verbosity=0"], tmp_path)
+  assert verbose.returncode == 0 and "orbax" in verbose.stderr.lower()
 
   finetuned = run(["experiments.train", f"--config={TINY}", "--workdir=runs/ft",
                    "--config.init_from=runs/tiny", "--config.steps=2", "--config.seq_len=32"], tmp_path)
