@@ -29,14 +29,12 @@ def test_train_finetune_and_evaluate_with_relative_paths_and_a_quiet_terminal(tm
   assert f"completed at step 6: {workdir}" in trained.stdout
   log = (workdir / "log.txt").read_text()
   assert "orbax" in log.lower() and "--workdir=runs/tiny" in log
-  # --verbosity brings the libraries' messages back to the terminal.
-  verbose = run(["experiments.train", f"--config={TINY}", "--workdir=runs/verbose",
-                 "--config.steps=1", "--verbosity=0"], tmp_path)
-  assert verbose.returncode == 0 and "orbax" in verbose.stderr.lower()
 
-  finetuned = run(["experiments.train", f"--config={TINY}", "--workdir=runs/ft",
+  # --verbosity brings the libraries' messages back to the terminal.
+  finetuned = run(["experiments.train", f"--config={TINY}", "--workdir=runs/ft", "--verbosity=0",
                    "--config.init_from=runs/tiny", "--config.steps=2", "--config.seq_len=32"], tmp_path)
   assert finetuned.returncode == 0, finetuned.stderr[-3000:]
+  assert "orbax" in finetuned.stderr.lower()
   assert "parameters from" in finetuned.stderr and th.checkpoint_steps(str(tmp_path / "runs" / "ft")) == [2]
   with open(tmp_path / "runs" / "ft" / "config.json") as f:
     assert json.load(f)["train"]["init_from"] == str(workdir)  # recorded absolute
@@ -86,25 +84,3 @@ def test_errors_exit_2_with_one_line_and_no_traceback(tmp_path, args, message):
   assert "Traceback" not in completed.stderr
   assert not (tmp_path / "runs" / "none").exists()  # nothing created for a wrong path
 
-
-def test_sigterm_stops_a_study_with_143_and_records_no_unfinished_run(tmp_path):
-  import signal
-  import time
-  config = os.path.join(th.REPO_ROOT, "tests", "tiny_study_config.py")
-  process = subprocess.Popen(
-      [th.PYTHON, "-m", "experiments.study", f"--config={config}", "--workdir=runs/study",
-       "--config.base.steps=100000", "--config.base.log_every=10"],
-      cwd=tmp_path, env=th.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  metrics = tmp_path / "runs" / "study" / "runs" / "base_s0" / "metrics.jsonl"
-  deadline = time.time() + 240
-  while not (metrics.exists() and metrics.stat().st_size > 0) and time.time() < deadline:
-    time.sleep(0.5)
-  process.send_signal(signal.SIGTERM)
-  stdout, stderr = process.communicate(timeout=240)
-  assert process.returncode == 143, stderr[-3000:]
-  assert "terminated (SIGTERM); run the same command again to resume" in stderr
-  assert "Traceback" not in stderr
-  saved = th.checkpoint_steps(str(metrics.parent))
-  assert saved and saved[-1] < 100000  # saved where it stopped
-  results = tmp_path / "runs" / "study" / "results.jsonl"
-  assert not results.exists() or '"kind":"train"' not in results.read_text()
