@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 
 from absl import app, flags, logging
+from absl.logging import converter
 
 from rope_lab.errors import ConfigError, RopeLabError
 
@@ -51,10 +52,10 @@ def _verbosity_requested() -> bool:
 
 
 def quiet_libraries() -> None:
-  """Terminal: WARNING and above unless --verbosity was given; TFDS bars off."""
+  """Terminal: WARNING and above unless --verbosity was given."""
   handler = logging.get_absl_handler()
   if _verbosity_requested():
-    handler.setLevel(logging.ABSL_TO_STANDARD[flags.FLAGS.verbosity])
+    handler.setLevel(converter.absl_to_standard(flags.FLAGS.verbosity))
   else:
     handler.setLevel(py_logging.WARNING)
   # The root level decides what reaches log.txt; the terminal filters at its handler.
@@ -63,11 +64,8 @@ def quiet_libraries() -> None:
   logging.set_verbosity(logging.INFO if not _verbosity_requested()
                         else max(flags.FLAGS.verbosity, logging.INFO))
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    tfds.disable_progress_bar()
-  except ImportError:
-    pass
+  # TFDS's progress bars are turned off where rope_lab prepares a dataset
+  # (rope_lab.data.sources), so entry points that never touch TFDS skip its import.
 
 
 def log_to_file(workdir: str) -> str:
@@ -109,7 +107,8 @@ def guarded(main: Callable[[list[str]], int | None], *, resume_hint: str = "") -
   """``main`` with the one exit convention (see the module docstring)."""
   def wrapped(argv):
     quiet_libraries()
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_DFL, None):
       signal.signal(signal.SIGTERM, _raise_terminated)
     hint = f"; {resume_hint}" if resume_hint else ""
     try:
@@ -122,6 +121,9 @@ def guarded(main: Callable[[list[str]], int | None], *, resume_hint: str = "") -
       _exit_on(e, EXIT_INTERRUPTED, f"interrupted{hint}")
     except Terminated as e:
       _exit_on(e, EXIT_TERMINATED, f"terminated (SIGTERM){hint}")
+    finally:
+      if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
   return wrapped
 
 

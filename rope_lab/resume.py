@@ -49,12 +49,16 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(stored: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-  """{dotted field: (stored value, new value)} for every field that differs."""
+  """{dotted field: (stored value, new value)} for every field both configs have that differs.
+
+  A field only one of them has is a field the code gained or lost since the run started
+  (it held its default then) or a parameter of another encoding, whose change shows in
+  ``pe.name``; neither is compared.
+  """
   old_flat, new_flat = _flatten(stored), _flatten(json.loads(json.dumps(new)))
-  missing = object()
-  return {name: (old_flat.get(name), new_flat.get(name))
-          for name in sorted(set(old_flat) | set(new_flat))
-          if old_flat.get(name, missing) != new_flat.get(name, missing)}
+  return {name: (old_flat[name], new_flat[name])
+          for name in sorted(set(old_flat) & set(new_flat))
+          if old_flat[name] != new_flat[name]}
 
 
 def read_stored_config(workdir: str) -> dict | None:

@@ -97,8 +97,10 @@ def _any_process(flag: bool) -> bool:
 
 
 def _write_run_files(workdir: epath.Path, exp: ExperimentConfig, uses_project_data: bool):
-  """config.json (resolved values) and, for the project's tokenizers, their spec."""
+  """config.json (resolved values) and, for the project's tokenizers, their spec; a fresh
+  start also drops the resume history of checkpoints that are no longer there."""
   (workdir / "config.json").write_text(json.dumps(experiment_to_dict(exp), indent=2))
+  (workdir / resume.HISTORY_FILE).unlink(missing_ok=True)
   if uses_project_data:
     save_tokenizer_spec(str(workdir), get_tokenizer(exp.data))
 

@@ -30,9 +30,11 @@ def test_train_finetune_and_evaluate_with_relative_paths_and_a_quiet_terminal(tm
   log = (workdir / "log.txt").read_text()
   assert "orbax" in log.lower() and "--workdir=runs/tiny" in log
 
-  finetuned = run(["experiments.train", f"--config={TINY}", "--workdir=runs/ft",
+  # --verbosity brings the libraries' messages back to the terminal.
+  finetuned = run(["experiments.train", f"--config={TINY}", "--workdir=runs/ft", "--verbosity=0",
                    "--config.init_from=runs/tiny", "--config.steps=2", "--config.seq_len=32"], tmp_path)
   assert finetuned.returncode == 0, finetuned.stderr[-3000:]
+  assert "orbax" in finetuned.stderr.lower()
   assert "parameters from" in finetuned.stderr and th.checkpoint_steps(str(tmp_path / "runs" / "ft")) == [2]
   with open(tmp_path / "runs" / "ft" / "config.json") as f:
     assert json.load(f)["train"]["init_from"] == str(workdir)  # recorded absolute
@@ -81,3 +83,4 @@ def test_errors_exit_2_with_one_line_and_no_traceback(tmp_path, args, message):
   assert message.format(cwd=tmp_path) in completed.stderr
   assert "Traceback" not in completed.stderr
   assert not (tmp_path / "runs" / "none").exists()  # nothing created for a wrong path
+

@@ -132,6 +132,7 @@ def prepare_embedded(name: str, data_dir: str) -> str:
   if is_embedded_prepared(name, data_dir):
     return final_dir
   builder_cls = EMBEDDED_BUILDERS[name]
+  tfds.disable_progress_bar()  # a few seconds of work; the callers report what was prepared
   tmp_root = tempfile.mkdtemp(dir=data_dir, prefix=f".incomplete-{name}-")
   try:
     builder = builder_cls(data_dir=tmp_root, file_format="array_record")

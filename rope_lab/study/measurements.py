@@ -75,6 +75,9 @@ class Study:
                                   seed=spec.seed)
     start = time.perf_counter()
     result = train_lib.run(spec.exp, workdir, data_source=source)
+    if result.status == "preempted":  # saved at SIGTERM; the study stops, a rerun resumes it
+      from rope_lab.cli import Terminated  # pylint: disable=g-import-not-at-top
+      raise Terminated()
     self.record("train", key, chash, spec, {
         "train_loss": result.train_loss, "eval_loss": result.eval_loss, "steps": result.step,
         "seconds": round(time.perf_counter() - start, 1)}, encoding=pe.to_dict(spec.exp.encoding))
