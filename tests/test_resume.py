@@ -42,7 +42,7 @@ def test_a_change_that_cannot_resume_is_refused_listing_the_fields_and_nothing_c
   assert "--config.init_from=" in message
   # An encoding with parameters of its own (a learned position table) cannot resume either.
   with pytest.raises(WorkdirError, match=r"pe.name: 'rope' -> 'learned'"):
-    train.run(th.tiny_experiment(steps=6, pe__name="learned"), trained)
+    train.run(th.tiny_experiment(steps=6, pe="learned"), trained)
   assert files_of(trained) == before
   runs.load_run(trained)  # the stored config still describes the checkpoints
 
