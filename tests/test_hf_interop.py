@@ -152,3 +152,21 @@ def test_runner_fine_tunes_from_a_hugging_face_directory(tmp_path):
   np.testing.assert_allclose(embed, model.model.embed_tokens.weight.detach().numpy(), atol=1e-7)
   with pytest.raises(hf.HFCheckpointError, match="no config.json"):
     train.with_checkpoint_architecture(tiny_experiment(init_from="hf:" + str(tmp_path / "nowhere")))
+
+
+def test_unused_tensors_are_an_error_unless_not_strict(tmp_path):
+  """An extra layer or an lm_head next to tied embeddings was silently dropped before."""
+  from safetensors.numpy import load_file, save_file
+
+  _, path = save_tiny(tmp_path, "llama", ROPE_TYPES["default"], tied=True)
+  weights = load_file(os.path.join(path, "model.safetensors"))
+  assert "lm_head.weight" not in weights
+  extra = dict(weights)
+  extra["lm_head.weight"] = np.ones((96, 64), np.float32)
+  extra["model.layers.2.mlp.up_proj.weight"] = np.ones((128, 64), np.float32)
+  save_file(extra, os.path.join(path, "model.safetensors"))
+  with pytest.raises(hf.HFCheckpointError, match="2 tensor.*not used.*lm_head.weight.*model.layers.2"):
+    hf.load(path)
+  with pytest.warns(UserWarning, match="not used by the model"):
+    loaded = hf.load(path, strict=False)
+  assert "lm_head" not in loaded.params

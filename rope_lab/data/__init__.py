@@ -24,12 +24,12 @@ from rope_lab.data.prepare import prepare
 from rope_lab.data.store import TokenStore, get_tokenizer, load_token_store
 from rope_lab.data.synthetic import (RetrievalExample, answer_log_likelihood, greedy_exact_match,
                                      lines_example, passkey_example, task_grid)
-from rope_lab.data.tokenizers import (ByteTokenizer, SentencePieceTokenizer, bits_per_byte,
+from rope_lab.data.tokenizers import (ByteTokenizer, HFTokenizer, SentencePieceTokenizer, bits_per_byte,
                                       load_tokenizer_spec, save_tokenizer_spec)
 
 __all__ = [
     "BATCH_KEYS", "ByteTokenizer", "DATA_DIR_ENV", "DataConfig", "DataConfigError",
-    "DatasetNotPreparedError", "DocumentError", "LongDocument", "RetrievalExample",
+    "DatasetNotPreparedError", "DocumentError", "HFTokenizer", "LongDocument", "RetrievalExample",
     "SentencePieceTokenizer", "TokenStore", "TrainIterator", "UnknownDatasetError", "Window",
     "answer_log_likelihood", "bits_per_byte", "default_data_dir", "get_tokenizer",
     "greedy_exact_match", "lines_example", "load_token_store", "load_tokenizer_spec",

@@ -18,6 +18,7 @@ from rope_lab.errors import check
 DATA_DIR_ENV = "ROPE_LAB_DATA_DIR"
 
 TOKENIZER_KINDS = ("byte", "bpe", "unigram")
+TOKENIZER_PREFIXES = ("hf:", "gguf:")  # a Hugging Face tokenizer.json directory, a GGUF file's tokenizer
 ORDERINGS = ("random", "in_context")
 PACKINGS = ("pack", "concat")
 
@@ -77,9 +78,10 @@ class DataConfig:
     except UnknownDatasetError as e:
       raise UnknownDatasetError(f"DataConfig.dataset: {e}") from None
     check(isinstance(self.tokenizer, str)
-          and (self.tokenizer in TOKENIZER_KINDS or self.tokenizer.endswith(".model")),
-          "DataConfig.tokenizer", f"one of {TOKENIZER_KINDS} or a path ending in .model", self.tokenizer,
-          DataConfigError)
+          and (self.tokenizer in TOKENIZER_KINDS or self.tokenizer.endswith(".model")
+               or self.tokenizer.startswith(TOKENIZER_PREFIXES)),
+          "DataConfig.tokenizer", f"one of {TOKENIZER_KINDS}, a path ending in .model, 'hf:<dir with "
+          "tokenizer.json>' or 'gguf:<file.gguf>'", self.tokenizer, DataConfigError)
     check(self.vocab_size is None
           or (isinstance(self.vocab_size, int) and not isinstance(self.vocab_size, bool)
               and self.vocab_size > 0),

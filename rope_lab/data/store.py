@@ -25,8 +25,8 @@ from rope_lab.data import integrity, sources
 from rope_lab.data.config import DataConfig, resolve_data_dir
 from rope_lab.data.errors import DataConfigError, DatasetNotPreparedError, DocumentError
 from rope_lab.errors import DataError
-from rope_lab.data.tokenizers import (ByteTokenizer, SentencePieceTokenizer, Tokenizer,
-                                      train_sentencepiece)
+from rope_lab.data.tokenizers import (GGUF_PREFIX, HF_PREFIX, ByteTokenizer, HFTokenizer,
+                                      SentencePieceTokenizer, Tokenizer, train_sentencepiece)
 
 CACHE_DIRNAME = "rope_lab_cache"
 RANDOM_MAX_DOC_TOKENS = 2048
@@ -89,8 +89,11 @@ def get_tokenizer(cfg: DataConfig) -> Tokenizer:
           f"DataConfig.vocab_size={cfg.vocab_size} cannot be reached by the byte tokenizer, "
           f"which always has {ByteTokenizer.vocab_size} ids; leave vocab_size unset")
     return ByteTokenizer()
-  if cfg.tokenizer.endswith(".model"):
-    tokenizer = SentencePieceTokenizer(os.path.expanduser(cfg.tokenizer))
+  if cfg.tokenizer.endswith(".model") or cfg.tokenizer.startswith((HF_PREFIX, GGUF_PREFIX)):
+    if cfg.tokenizer.endswith(".model"):
+      tokenizer = SentencePieceTokenizer(os.path.expanduser(cfg.tokenizer))
+    else:
+      tokenizer = HFTokenizer(cfg.tokenizer)
     if cfg.vocab_size is not None and cfg.vocab_size != tokenizer.vocab_size:
       raise DataConfigError(
           f"DataConfig.vocab_size={cfg.vocab_size} differs from the {tokenizer.vocab_size} ids "

@@ -1,4 +1,4 @@
-"""Tokenizers: byte level (the default) and SentencePiece, plus the run-directory spec.
+"""Tokenizers: byte level (the default), SentencePiece and Hugging Face, plus the run-directory spec.
 
 Every tokenizer has ``vocab_size``, ``pad_id``, ``eod_id``, ``encode``,
 ``decode`` and ``count_bytes`` (how many UTF-8 bytes a token sequence stands
@@ -116,7 +116,115 @@ class SentencePieceTokenizer:
             "model_path": self.model_path, "model_sha256": self.model_sha256}
 
 
-Tokenizer = ByteTokenizer | SentencePieceTokenizer
+HF_PREFIX = "hf:"  # DataConfig.tokenizer="hf:<dir holding tokenizer.json>"
+GGUF_PREFIX = "gguf:"  # DataConfig.tokenizer="gguf:<file.gguf>": the BPE tokenizer in its metadata
+
+
+def _byte_level_decoder() -> dict[str, int]:
+  """GPT-2's printable stand-in character -> the byte it stands for (byte-level BPE vocabularies)."""
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+               *range(ord("\u00ae"), ord("\u00ff") + 1)]
+  stand_ins, extra = {}, 0
+  for byte in range(256):
+    if byte in printable:
+      stand_ins[chr(byte)] = byte
+    else:
+      stand_ins[chr(256 + extra)] = byte
+      extra += 1
+  return stand_ins
+
+
+def _uses_byte_level(spec: dict) -> bool:
+  decoder = spec.get("decoder") or {}
+  parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
+  return any(p.get("type") == "ByteLevel" for p in parts if p)
+
+
+class HFTokenizer:
+  """A Hugging Face ``tokenizers`` tokenizer: a ``tokenizer.json`` directory or a GGUF file's BPE.
+
+  ``source`` is ``hf:<dir>`` or ``gguf:<file>``. ``eod_id`` is the end-of-text token
+  (the GGUF's eos, or the first of ``<|endoftext|>``, ``</s>``, ``<eos>``); ``pad_id``
+  the padding token if there is one, else ``eod_id``. ``count_bytes`` counts the UTF-8
+  bytes each token stands for, from the token's own bytes (a byte-level token may hold
+  part of a multi-byte character, which decoding alone would turn into a 3-byte
+  replacement character) and 0 for special tokens.
+  """
+
+  kind = "hf"
+
+  def __init__(self, source: str):
+    from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+    self.source = source
+    eod = pad = None
+    if source.startswith(GGUF_PREFIX):
+      from rope_lab.interop import gguf  # pylint: disable=g-import-not-at-top
+      path = os.path.abspath(os.path.expanduser(source[len(GGUF_PREFIX):]))
+      if not os.path.isfile(path):
+        raise DatasetNotPreparedError(f"DataConfig.tokenizer: GGUF file {path!r} does not exist")
+      self._tokenizer = gguf.tokenizer(path)
+      eod, pad = gguf.special_token_id(path, "eos"), gguf.special_token_id(path, "padding")
+      self.source = GGUF_PREFIX + path
+    elif source.startswith(HF_PREFIX):
+      directory = os.path.abspath(os.path.expanduser(source[len(HF_PREFIX):]))
+      path = os.path.join(directory, "tokenizer.json")
+      if not os.path.isfile(path):
+        raise DatasetNotPreparedError(f"DataConfig.tokenizer: no tokenizer.json in {directory!r}")
+      try:
+        self._tokenizer = Tokenizer.from_file(path)
+      except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+        raise DataConfigError(f"DataConfig.tokenizer: {path!r} is not a tokenizers file: {e}") from e
+      self.source = HF_PREFIX + directory
+    else:
+      raise DataConfigError(f"DataConfig.tokenizer must start with {HF_PREFIX!r} or {GGUF_PREFIX!r}, got {source!r}")
+    serialized = self._tokenizer.to_str()
+    self.model_sha256 = hashlib.sha256(serialized.encode("utf-8")).hexdigest()
+    self.cache_key = f"hf-{self.model_sha256[:16]}"
+    self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+    if eod is None:
+      eod = next((i for i in map(self._tokenizer.token_to_id, ("<|endoftext|>", "</s>", "<eos>")) if i is not None),
+                 None)
+    if eod is None:
+      raise DataConfigError(f"DataConfig.tokenizer={source!r} has no end-of-text token "
+                            "(<|endoftext|>, </s> or <eos>) to separate documents")
+    self.eod_id = int(eod)
+    self.pad_id = int(pad) if pad is not None else self.eod_id
+    self._byte_lengths = self._token_byte_lengths(json.loads(serialized))
+
+  def _token_byte_lengths(self, spec: dict) -> np.ndarray:
+    lengths = np.zeros(self.vocab_size, dtype=np.int64)
+    special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    byte_level = _byte_level_decoder() if _uses_byte_level(spec) else None
+    for token, i in self._tokenizer.get_vocab(with_added_tokens=True).items():
+      if i in special or i >= self.vocab_size:
+        continue
+      if byte_level is not None and all(c in byte_level for c in token):
+        lengths[i] = len(token)  # one stand-in character per byte
+      elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+        lengths[i] = 1  # SentencePiece byte fallback
+      else:
+        lengths[i] = len(token.replace("\u2581", " ").encode("utf-8"))
+    return lengths
+
+  def encode(self, text: str) -> list[int]:
+    return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+  def encode_array(self, text: str) -> np.ndarray:
+    dtype = np.uint16 if self.vocab_size <= 2**16 else np.int32
+    return np.asarray(self.encode(text), dtype=dtype)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def count_bytes(self, ids: Sequence[int] | np.ndarray) -> int:
+    return int(self._byte_lengths[np.asarray(ids, dtype=np.int64)].sum())
+
+  def spec(self) -> dict:
+    return {"kind": "hf", "vocab_size": self.vocab_size, "source": self.source,
+            "model_sha256": self.model_sha256}
+
+
+Tokenizer = ByteTokenizer | SentencePieceTokenizer | HFTokenizer
 
 
 def bits_per_byte(total_nll_nats: float, total_bytes: int) -> float:
@@ -223,6 +331,10 @@ def load_tokenizer_spec(workdir: str) -> Tokenizer:
   kind = spec.get("kind")
   if kind == "byte":
     tokenizer = ByteTokenizer()
+  elif kind == "hf":
+    tokenizer = HFTokenizer(spec["source"])
+    if tokenizer.model_sha256 != spec["model_sha256"]:
+      raise ValueError(f"tokenizer {spec['source']!r} differs from the one recorded in {path!r}")
   elif kind == "sentencepiece":
     model_path = os.path.join(workdir, spec.get("model_file", SPEC_MODEL_FILENAME))
     if not os.path.isfile(model_path):

@@ -14,7 +14,8 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from rope_lab import pe
-from rope_lab.errors import CheckpointError
+from rope_lab.errors import CheckpointError, ConfigError
 from rope_lab.interop.hf_rope import HFConfigError, encoding_from_hf, encoding_to_hf
 from rope_lab.model import ModelConfig, Transformer
 
@@ -140,43 +141,85 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
   tree[path[-1]] = value
 
 
-def load_params(model_dir: str, cfg: ModelConfig, hooks: pe.Hooks, shardings=None) -> dict:
-  """Reads every weight, checks names and shapes, and returns the float32 parameter tree.
+# Tensors a checkpoint may carry that the skeleton recomputes: old Llama checkpoints store
+# the rotary inverse frequencies as a buffer.
+DERIVED_TENSOR_SUFFIXES = (".rotary_emb.inv_freq",)
 
+
+def unused_tensor_report(source: str, unused: list[str], strict: bool,
+                         error: type[CheckpointError] = CheckpointError) -> None:
+  """Raises CheckpointError (``strict``) or warns naming tensors the model did not read."""
+  if not unused:
+    return
+  unused = sorted(unused)
+  message = (f"{source}: {len(unused)} tensor(s) not used by the model: {', '.join(unused[:8])}"
+             + (f" and {len(unused) - 8} more" if len(unused) > 8 else "")
+             + " (a config with fewer layers than the checkpoint, or an lm_head next to tied "
+             "embeddings?); pass strict=False to load anyway")
+  if strict:
+    raise error(message)
+  warnings.warn(message, stacklevel=3)
+
+
+def assemble_params(source: str, names: Iterable[str], read: Callable[[str], np.ndarray], cfg: ModelConfig,
+                    hooks: pe.Hooks, mapping, *, shardings=None, strict: bool = True,
+                    error: type[CheckpointError] = CheckpointError) -> dict:
+  """The float32 parameter tree from a checkpoint's tensors, with names and shapes checked.
+
+  ``names``: every tensor name the checkpoint holds; ``read(name)`` returns one as numpy;
+  ``mapping``: rope_lab path -> (checkpoint name, transform), as ``weight_map``.
   ``shardings``: a tree of jax Shardings shaped like the parameters (the training run's);
   each tensor is put straight onto its sharding after it is read and transformed.
+  Tensors the mapping does not read are an error (a warning with ``strict=False``).
   """
-  expected = jax.eval_shape(lambda: nn_unbox_init(cfg, hooks))
-  files = _tensor_files(model_dir)
-  mapping = weight_map(cfg)
-  missing = [hf for hf, _ in mapping.values() if hf not in files]
+  names = set(names)
+  missing = [name for name, _ in mapping.values() if name not in names]
   if missing:
-    raise HFCheckpointError(f"{model_dir}: missing weight(s) {', '.join(missing[:5])}"
-                            + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    raise error(f"{source}: missing weight(s) {', '.join(missing[:5])}"
+                          + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+  used = {name for name, _ in mapping.values()}
+  unused_tensor_report(source, [n for n in names - used if not n.endswith(DERIVED_TENSOR_SUFFIXES)], strict,
+                       error)
+  expected = jax.eval_shape(lambda: nn_unbox_init(cfg, hooks))
   flat_expected = {path: leaf for path, leaf in _flatten(expected)}
   flat_shardings = dict(_flatten(shardings)) if shardings is not None else {}
   params: dict = {}
-  handles: dict[str, Any] = {}
+  for path, (name, transform) in mapping.items():
+    raw = read(name)
+    want = flat_expected[path].shape
+    try:
+      value = np.ascontiguousarray(transform(raw.astype(np.float32)))
+    except ValueError:  # a reshape that cannot fit: the same report as a plain mismatch
+      value = raw
+    if value.shape != want:
+      raise error(f"{source}: weight {name}: shape {tuple(raw.shape)} does not fit the config "
+                            f"(expected {want} after conversion to {'/'.join(path)})")
+    sharding = flat_shardings.get(path)
+    array = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
+    _set(params, path, array)
+  return params
+
+
+def load_params(model_dir: str, cfg: ModelConfig, hooks: pe.Hooks, shardings=None, *,
+                strict: bool = True) -> dict:
+  """Reads every weight of a Hugging Face directory and returns the float32 parameter tree.
+
+  See ``assemble_params`` for ``shardings`` and ``strict``.
+  """
+  files = _tensor_files(model_dir)
   with contextlib.ExitStack() as stack:
-    for path, (hf_name, transform) in mapping.items():
-      file = files[hf_name]
+    handles: dict[str, Any] = {}
+
+    def read(name: str) -> np.ndarray:
+      file = files[name]
       if file not in handles:
         if not os.path.isfile(file):
-          raise HFCheckpointError(f"weight file {file} (listed for {hf_name}) does not exist")
+          raise HFCheckpointError(f"weight file {file} (listed for {name}) does not exist")
         handles[file] = stack.enter_context(safe_open(file, framework="numpy"))
-      raw = handles[file].get_tensor(hf_name)
-      want = flat_expected[path].shape
-      try:
-        value = np.ascontiguousarray(transform(raw.astype(np.float32)))
-      except ValueError:  # a reshape that cannot fit: the same report as a plain mismatch
-        value = raw
-      if value.shape != want:
-        raise HFCheckpointError(f"weight {hf_name}: shape {tuple(raw.shape)} does not fit the config "
-                                f"(expected {want} after conversion to {'/'.join(path)})")
-      sharding = flat_shardings.get(path)
-      array = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
-      _set(params, path, array)
-  return params
+      return handles[file].get_tensor(name)
+
+    return assemble_params(model_dir, files, read, cfg, hooks, weight_map(cfg), shardings=shardings,
+                           strict=strict, error=HFCheckpointError)
 
 
 def nn_unbox_init(cfg: ModelConfig, hooks: pe.Hooks):
@@ -205,6 +248,16 @@ class HFModel:
   params: dict
   encoding: pe.Encoding
   hf_config: dict[str, Any]
+  # Pairing of rotary dimensions the q/k weights were laid out for: "half" for Hugging
+  # Face weights; "interleaved" for GGUF weights kept in llama.cpp's row order.
+  rotary_layout: str = "half"
+
+  def __post_init__(self):
+    layout = self.encoding.layout_name()
+    if self.encoding.rotary_dim(self.config.head_dim) and layout != self.rotary_layout:
+      raise ConfigError(f"encoding {self.encoding.name!r} pairs rotary dimensions with layout {layout!r}, but "
+                        f"these weights were loaded for layout {self.rotary_layout!r}; make the encoding with "
+                        f"layout={self.rotary_layout!r}")
 
   def with_encoding(self, encoding: pe.Encoding) -> "HFModel":
     """Same weights under another encoding (e.g. YaRN s=4 on a model saved with plain RoPE)."""
@@ -236,13 +289,18 @@ def _forward(cfg: ModelConfig) -> Callable:
   return _FORWARDS[cfg]
 
 
-def load(model_dir: str, *, encoding: pe.Encoding | None = None, shardings=None, **config_overrides) -> HFModel:
-  """Loads a local Hugging Face directory; ``encoding`` replaces the saved rope settings."""
+def load(model_dir: str, *, encoding: pe.Encoding | None = None, shardings=None, strict: bool = True,
+         **config_overrides) -> HFModel:
+  """Loads a local Hugging Face directory; ``encoding`` replaces the saved rope settings.
+
+  ``strict=False`` turns tensors the model does not read (extra layers, an lm_head next to
+  tied embeddings) from a CheckpointError into a warning.
+  """
   hf_config = read_config(model_dir)
   cfg = model_config_from_hf(hf_config, **config_overrides)
   encoding = encoding or encoding_from_hf(hf_config)
   hooks = encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=1)
-  params = load_params(model_dir, cfg, hooks, shardings)
+  params = load_params(model_dir, cfg, hooks, shardings, strict=strict)
   return HFModel(cfg, params, encoding, hf_config)
 
 

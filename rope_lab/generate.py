@@ -1,0 +1,283 @@
+"""Autoregressive generation with a key-value cache that keeps length-dependent encodings honest.
+
+``generate(model, prompts, max_new_tokens)`` decodes a batch of token-id prompts greedily
+(``temperature=0``) or by sampling, stopping each row at its first stop token. ``model``
+is anything with ``config`` (ModelConfig), ``params`` and ``encoding``: the object
+``rope_lab.interop.hf.load`` / ``gguf.load`` return, or a trained model wrapped in
+:class:`Model`.
+
+At every step the sequence so far has some length L, and the encoding is resolved at L,
+as a forward pass over the whole sequence would resolve it (Dynamic NTK and Dynamic YaRN
+change their frequencies with L; LongRoPE switches from short to long factors once L
+passes its original length). The cache stores keys *before* rotation, so each step can
+rotate them with the hooks in force. ``cache`` chooses what happens when the hooks at L
+act differently on the cached positions than the hooks the cache was built with:
+
+* ``"exact"`` (default): the cache is rebuilt from the whole sequence under the new hooks,
+  so every step equals recomputing the whole sequence (the tokens of full recomputation,
+  up to float rounding); static encodings never rebuild, LongRoPE rebuilds once at its
+  switch, Dynamic NTK / YaRN rebuild at every step beyond their original length.
+* ``"rerotate"``: cached keys are re-rotated with the new hooks but not recomputed. Exact
+  for the first layer; deeper layers keep hidden states computed under older hooks. Cheap.
+* ``"frozen"``: keys stay rotated as they were when computed (what caches that store
+  rotated keys do; transformers issue #25104), so their effect can be measured.
+
+Prompts of different lengths are decoded in groups of equal length (no padding, so each
+row's encoding is resolved at its own length, as it would be alone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rope_lab import attention, pe
+from rope_lab.errors import ConfigError, check
+from rope_lab.model import MLP, Dense, ModelConfig, Norm, token_meta
+from rope_lab.pe import apply as pe_apply
+from rope_lab.pe.rotary import cos_sin
+
+CACHE_MODES = ("exact", "rerotate", "frozen")
+
+
+@dataclasses.dataclass
+class Model:
+  """A model for ``generate``: its config, parameters and encoding."""
+
+  config: ModelConfig
+  params: dict
+  encoding: pe.Encoding
+
+
+# The cache: a dict of per-layer arrays [n_layers, B, S, K, Dh]: "k" un-rotated keys, "v"
+# values; "k_rot" (and "k_far" for SelfExtend) keys rotated when written, read only in
+# "frozen" mode.
+Cache = dict
+
+
+def resolve_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity: int) -> pe.Hooks:
+  """The encoding's hooks at ``length``, coarse rotary rows zero-padded to cover ``capacity``.
+
+  Padding keeps one table shape for a whole generation (one compilation); the padded rows
+  are never read, because every position stays below ``length``.
+  """
+  hooks = encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=length)
+  tables = hooks.rotary
+  if tables is None:
+    return hooks
+  rows = -(-max(capacity, encoding.max_rotary_position(capacity)) // tables.fine_size)
+  pad = rows - tables.cos_coarse.shape[-2]
+  if pad <= 0:
+    return hooks
+  widths = [(0, 0)] * (tables.cos_coarse.ndim - 2) + [(0, pad), (0, 0)]
+  tables = tables.replace(cos_coarse=jnp.pad(tables.cos_coarse, widths), sin_coarse=jnp.pad(tables.sin_coarse, widths))
+  return hooks.replace(rotary=tables)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _angles_agree(a: pe.RotaryTables, b: pe.RotaryTables, n, capacity: int):
+  positions = jnp.arange(capacity, dtype=jnp.int32)
+  inside = (positions < n)[:, None]
+  (cos_a, sin_a), (cos_b, sin_b) = cos_sin(a, positions), cos_sin(b, positions)
+  return jnp.all(jnp.where(inside, (cos_a == cos_b) & (sin_a == sin_b), True))
+
+
+def same_on_prefix(a: pe.Hooks, b: pe.Hooks, n: int) -> bool:
+  """True when hooks ``a`` and ``b`` act identically on tokens [0, n): same rotation angles
+  at every position those tokens may be rotated at (``n`` should already include positions
+  a position map or SelfExtend's grouped queries reach), same scales, maps and biases."""
+  if (a.rotary is None) != (b.rotary is None):
+    return False
+  if a.rotary is not None:
+    shape = lambda t: jax.tree_util.tree_map(jnp.shape, t)
+    if shape(a.rotary) != shape(b.rotary) or a.rotary.layout != b.rotary.layout:
+      return False
+    covered = a.rotary.cos_coarse.shape[-2] * a.rotary.fine_size
+    if not bool(_angles_agree(a.rotary, b.rotary, jnp.int32(min(n, covered)), covered)):
+      return False
+  rest = lambda h: jax.tree_util.tree_flatten(h.replace(rotary=None))
+  (leaves_a, tree_a), (leaves_b, tree_b) = rest(a), rest(b)
+  return tree_a == tree_b and all(
+      np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, leaves_b))
+
+
+# ----------------------------------------------------------------------------- one cached forward
+
+
+def _layer_attention(cfg: ModelConfig, p: dict, x_BxTxD, cache: Cache, layer: int, start, hooks: pe.Hooks,
+                     meta_new: attention.TokenMeta, meta_all: attention.TokenMeta, frozen: bool):
+  """Attention of T new tokens over the cache (positions < start) and themselves; updates the cache."""
+  h, k, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+  proj = lambda name, heads: Dense((heads, dh), ("embed", None, "head_dim"), use_bias=cfg.qkv_bias,
+                                   dtype=cfg.dtype).apply({"params": p[name]}, x_BxTxD)
+  q, key, value = proj("q", h), proj("k", k), proj("v", k)
+  b, t = q.shape[:2]
+  write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), start, axis=1)
+  cache["k"] = cache["k"].at[layer].set(write(cache["k"][layer], key))
+  cache["v"] = cache["v"].at[layer].set(write(cache["v"][layer], value))
+  group = lambda x: x.reshape(b, t, k, h // k, dh)
+  q_pos, all_pos = meta_new.positions, meta_all.positions
+  q_rot, k_rot = pe_apply.rotate_qk(hooks, q, cache["k"][layer], q_pos, all_pos)
+  q_far = k_far = None
+  if hooks.self_extend is not None:
+    q_se, _ = pe_apply.self_extend_positions(hooks.self_extend, q_pos)
+    _, k_se = pe_apply.self_extend_positions(hooks.self_extend, all_pos)
+    q_far, k_far = pe_apply.rotate_qk(hooks, q, cache["k"][layer], q_se, k_se)
+    q_far = group(q_far)
+  if frozen:  # keys rotated once, when written, with the hooks of that step
+    new = lambda rotated: jax.lax.dynamic_slice_in_dim(rotated, start, t, axis=1)
+    cache["k_rot"] = cache["k_rot"].at[layer].set(write(cache["k_rot"][layer], new(k_rot)))
+    k_rot = cache["k_rot"][layer]
+    if k_far is not None:
+      cache["k_far"] = cache["k_far"].at[layer].set(write(cache["k_far"][layer], new(k_far)))
+      k_far = cache["k_far"][layer]
+  rot = attention.Rotated(group(q_rot), k_rot, q_far, k_far)
+  logits, _ = attention.block_logits(rot, meta_new, meta_all, hooks, cfg.logit_soft_cap)
+  probs = jax.nn.softmax(logits, axis=-1).astype(cache["v"].dtype)  # [B, K, G, T, S]
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, cache["v"][layer], preferred_element_type=jnp.float32)
+  out = out.reshape(b, t, h, dh).astype(cfg.dtype)
+  return Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=cfg.dtype).apply(
+      {"params": p["o"]}, out)
+
+
+def cached_forward(cfg: ModelConfig, params: dict, tokens_BxT, cache: Cache, start, hooks: pe.Hooks,
+                   frozen: bool = False, last=None):
+  """(float32 logits [B, V] of new token ``last`` (default the final one), updated cache).
+
+  The T new tokens sit at positions start .. start + T - 1 and attend to the cache below
+  ``start`` and to each other; their un-rotated keys and values are written into it.
+  """
+  b, t = tokens_BxT.shape
+  capacity = cache["k"].shape[2]
+  all_pos = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), (b, capacity))
+  # Token index drives causality: cache slots at or beyond start + T are in every new token's future.
+  meta_all, float_pos = token_meta(hooks, all_pos, None, segment_masking=False, rng=None)
+  take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, t, axis=1)
+  meta_new = attention.TokenMeta(*(take(x) for x in meta_all))
+  embedding = params["embed"]["embedding"]
+  x = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype).apply({"params": params["embed"]}, tokens_BxT)
+  absolute = pe_apply.absolute_embedding(hooks, take(float_pos), params.get("pos_embed"))
+  if absolute is not None:
+    x = x + absolute.astype(cfg.dtype)
+  norm = lambda scope, y: Norm(cfg.norm, cfg.norm_eps, cfg.dtype).apply({"params": scope}, y)
+  for i in range(cfg.n_layers):
+    p = params[f"layers_{i}"]
+    x = x + _layer_attention(cfg, p["attn"], norm(p["attn_norm"], x), cache, i, start, hooks, meta_new, meta_all,
+                             frozen)
+    x = x + MLP(cfg).apply({"params": p["mlp"]}, norm(p["mlp_norm"], x))
+  last = norm(params["final_norm"], x[:, -1] if last is None else jnp.take(x, last, axis=1))
+  if cfg.tied_embeddings:
+    logits = jnp.dot(last, embedding.astype(cfg.dtype).T, preferred_element_type=jnp.float32)
+  else:
+    logits = jnp.dot(last, params["lm_head"]["kernel"].astype(cfg.dtype), preferred_element_type=jnp.float32)
+  return logits, cache
+
+
+def empty_cache(cfg: ModelConfig, batch: int, capacity: int, hooks: pe.Hooks) -> Cache:
+  shape = (cfg.n_layers, batch, capacity, cfg.n_kv_heads, cfg.head_dim)
+  cache = Cache(k=jnp.zeros(shape, cfg.dtype), v=jnp.zeros(shape, cfg.dtype), k_rot=jnp.zeros(shape, cfg.dtype))
+  if hooks.self_extend is not None:
+    cache["k_far"] = jnp.zeros(shape, cfg.dtype)
+  return cache
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(cfg: ModelConfig, frozen: bool):
+  def step(params, tokens, cache, start, hooks, last):
+    return cached_forward(cfg, params, tokens, dict(cache), start, hooks, frozen, last)
+  return jax.jit(step, donate_argnums=(2,))
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _next_token(logits_BxV, temperature: float, rng):
+  if temperature == 0:
+    return jnp.argmax(logits_BxV, axis=-1), rng
+  rng, key = jax.random.split(rng)
+  return jax.random.categorical(key, logits_BxV / temperature, axis=-1), rng
+
+
+def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, temperature: float, rng,
+                    stop: set[int], cache_mode: str) -> np.ndarray:
+  cfg, params, encoding = model.config, model.params, model.encoding
+  b, prompt_len = prompts_BxP.shape
+  capacity = prompt_len + max_new_tokens
+  step = _compiled(cfg, cache_mode == "frozen")
+  sequence = np.zeros((b, capacity), np.int64)
+  sequence[:, :prompt_len] = prompts_BxP
+  length = prompt_len
+
+  def prefill(length, hooks):
+    # The whole buffer in one shape (one compilation): slots from ``length`` on hold zeros,
+    # in every real token's future, and are overwritten before any query can see them.
+    return step(params, jnp.asarray(sequence, jnp.int32), empty_cache(cfg, b, capacity, hooks), jnp.int32(0),
+                hooks, jnp.int32(length - 1))
+
+  cache_hooks = resolve_hooks(cfg, encoding, length, capacity)
+  logits, cache = prefill(length, cache_hooks)
+  done = np.zeros(b, bool)
+  for _ in range(max_new_tokens):
+    token, rng = _next_token(logits, temperature, rng)
+    token = np.asarray(token)
+    sequence[:, length] = token
+    done |= np.isin(token, list(stop))
+    length += 1
+    if done.all() or length == capacity:
+      break
+    hooks = resolve_hooks(cfg, encoding, length, capacity)
+    cached = length - 1  # tokens whose keys and values the cache holds
+    reach = max(cached, encoding.max_rotary_position(cached))
+    if cache_mode == "exact" and not same_on_prefix(hooks, cache_hooks, reach):
+      logits, cache = prefill(length, hooks)  # the hooks moved on cached tokens: recompute them all
+    else:
+      logits, cache = step(params, jnp.asarray(sequence[:, cached:length], jnp.int32), cache, jnp.int32(cached),
+                           hooks, jnp.int32(0))
+    cache_hooks = hooks
+  return sequence[:, prompt_len:length]
+
+
+def generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 0.0,
+             rng: jax.Array | None = None, stop_tokens: Sequence[int] = (), cache: str = "exact") -> list[list[int]]:
+  """New tokens for each prompt (ending at and including its first stop token, if any).
+
+  ``temperature`` 0 is greedy decoding; above 0, sampling from softmax(logits / T) with
+  ``rng`` (required then). ``cache``: one of ``CACHE_MODES`` (module docstring).
+  """
+  check(cache in CACHE_MODES, "generate: cache", f"one of {CACHE_MODES}", cache)
+  check(isinstance(max_new_tokens, int) and max_new_tokens >= 1, "generate: max_new_tokens", "an int >= 1",
+        max_new_tokens)
+  check(isinstance(temperature, (int, float)) and temperature >= 0 and math.isfinite(temperature),
+        "generate: temperature", "a finite number >= 0", temperature)
+  if temperature > 0 and rng is None:
+    raise ConfigError("generate: temperature > 0 samples and needs an rng (jax.random.key(seed))")
+  check(len(prompts) >= 1 and all(len(p) >= 1 for p in prompts), "generate: prompts",
+        "a non-empty list of non-empty token lists", [len(p) for p in prompts])
+  vocab = model.config.vocab_size
+  for i, prompt in enumerate(prompts):
+    ids = np.asarray(prompt)
+    check(ids.ndim == 1 and ids.min() >= 0 and ids.max() < vocab, f"generate: prompts[{i}]",
+          f"token ids in [0, {vocab})", f"ids from {ids.min()} to {ids.max()}")
+  rng = jax.random.key(0) if rng is None else rng
+  stop = {int(s) for s in stop_tokens}
+  out: list[list[int]] = [[] for _ in prompts]
+  by_length: dict[int, list[int]] = {}
+  for i, prompt in enumerate(prompts):
+    by_length.setdefault(len(prompt), []).append(i)
+  for length in sorted(by_length):
+    rows = by_length[length]
+    rng, group_rng = jax.random.split(rng)
+    new = _generate_group(model, np.asarray([list(prompts[i]) for i in rows], np.int64), max_new_tokens,
+                          float(temperature), group_rng, stop, cache)
+    for row, i in enumerate(rows):
+      tokens = [int(t) for t in new[row]]
+      cut = next((j + 1 for j, t in enumerate(tokens) if t in stop), len(tokens))
+      out[i] = tokens[:cut]
+  return out
