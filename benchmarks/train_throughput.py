@@ -226,17 +226,22 @@ def model_flops_per_token(exp) -> float:
   return 6 * dense + attention
 
 
-def gpu_report(args) -> None:
+def gpu_125m_config_dict():
+  """configs/gpu_125m.py's ConfigDict (configs/ is not a package on every path)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from rope_lab import config as config_lib  # pylint: disable=g-import-not-at-top
-  device = jax.devices()[0]
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "gpu_125m.py")
   spec = importlib.util.spec_from_file_location("gpu_125m", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  return module.get_config()
+
+
+def gpu_report(args) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  from rope_lab import config as config_lib  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0]
+  config = gpu_125m_config_dict()
   config.update(global_batch_size=args.batch or 16, seq_len=args.seq_len or 2048,
                 mesh_shape=(-1, 1, 1))
   config.model.attention = args.attention
