@@ -3,7 +3,8 @@
 Started by tests/test_context_parallel.py in its own process, because the device count
 must be fixed (XLA_FLAGS) before JAX starts. For each encoding it prints one JSON line:
 the largest absolute differences of the loss and of every gradient leaf, and the loss;
-then one line with the error a row length the chunks do not divide raises.
+then one line with the error a row length the chunks do not divide raises, and one
+with the fused Pallas kernels' differences from the reference when run per shard.
 The rows are packed (two documents in one row, positions restarting), so the segment
 mask and the positions cross the sequence split.
 """
@@ -22,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rope_lab import context_parallel, pe, sharding
-from rope_lab.model import ModelConfig, Transformer
+from rope_lab import attention, context_parallel, pe, sharding
+from rope_lab.model import ModelConfig, Transformer, token_meta
 
 B, L = 2, 32  # 8 chunks of 4 tokens: a front and a back chunk on each sequence device
 ENCODINGS = {
@@ -81,6 +82,25 @@ def main() -> None:
   except ValueError as e:
     message = str(e)
   sys.stdout.write(json.dumps({"error": message}) + "\n")
+  sys.stdout.write(json.dumps(fused_kernels_on_a_mesh()) + "\n")
+
+
+def fused_kernels_on_a_mesh() -> dict:
+  """Largest |difference| from the reference of each Pallas kernel (interpreted) run per
+  shard over a (data 2, fsdp 2, tensor 2) mesh, the kv heads split over tensor."""
+  hooks = pe.make("rope").hooks(head_dim=8, n_heads=4, d_model=32, seq_len=L)
+  rs = np.random.RandomState(3)
+  q, k, v = (jnp.asarray(rs.standard_normal((4, L, heads, 8)), jnp.float32) for heads in (4, 2, 2))
+  segments = jnp.ones((4, L), jnp.int32).at[:, 20:].set(2)
+  meta = token_meta(hooks, jnp.broadcast_to(jnp.arange(L), (4, L)), segments, segment_masking=True, rng=None)[0]
+  want = attention.attend(q, k, v, meta, hooks, implementation="reference")
+  diffs = {}
+  for kernel in ("pallas_gpu", "splash"):
+    run = jax.jit(lambda q, k, v, meta, hooks, kernel=kernel: attention.attend(
+        q, k, v, meta, hooks, implementation="fused", fused_kernel=kernel))
+    with sharding.logical_context(sharding.make_mesh((2, 2, 2, 1)), sharding.DEFAULT_RULES):
+      diffs[kernel] = float(jnp.abs(run(q, k, v, meta, hooks) - want).max())
+  return {"fused_on_mesh": diffs}
 
 
 if __name__ == "__main__":

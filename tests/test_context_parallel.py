@@ -23,20 +23,23 @@ def test_front_and_back_chunks_give_every_device_equal_causal_work():
   assert context_parallel.causal_work((0, 3), 16) == context_parallel.causal_work((1, 2), 16) == 1040
 
 
-def test_data2_sequence4_mesh_matches_one_device_for_rope_yarn_xpos_alibi():
+def test_data2_sequence4_mesh_matches_one_device_for_rope_yarn_xpos_alibi_and_kernels_run_per_shard():
   # Default XLA optimisation: at -O0 (the other subprocess tests' fast flags) XLA:CPU
   # returns NaN gradients for chunked ALiBi attention on one device.
   env = th.subprocess_env(XLA_FLAGS="")
   result = subprocess.run([th.PYTHON, "-m", "tests.context_parallel_worker"], cwd=th.REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  *rows, error = [json.loads(line) for line in result.stdout.strip().splitlines()]
+  *rows, error, fused = [json.loads(line) for line in result.stdout.strip().splitlines()]
   assert [r["encoding"] for r in rows] == ["rope", "yarn", "xpos", "alibi"]
   for r in rows:
     assert r["loss_diff"] <= 1e-5 * r["loss"], r
     assert r["grad_diff"] <= 1e-5 * max(r["grad_scale"], 1e-3), r
     assert r["grad_scale"] > 0, r
   assert "needs row lengths divisible by 8" in error["error"] and "length 30" in error["error"]
+  # The Pallas kernels also run per shard (shard_map over batch and tensor axes).
+  assert set(fused["fused_on_mesh"]) == {"pallas_gpu", "splash"}
+  assert max(fused["fused_on_mesh"].values()) < 1e-5, fused
 
 
 def test_two_processes_splitting_rows_over_a_sequence_axis_match_one_process(tmp_path):
