@@ -73,7 +73,8 @@ def correctness(kernels, dry: bool) -> list[str]:
       for name, params in ENCODINGS.items():
         hooks = pe.make(name, **params).hooks(head_dim=head_dim, n_heads=n_heads, d_model=n_heads * head_dim,
                                                seq_len=length)
-        if attention_fused._unsupported(kernel, attention_fused.features_of(hooks, packed=True, soft_cap=None)):  # pylint: disable=protected-access
+        features = attention_fused.features_of(hooks, packed=True, soft_cap=None, dtype=dtype)
+        if attention_fused._unsupported(kernel, features):  # pylint: disable=protected-access
           continue
         meta = token_meta(hooks, positions, segments, segment_masking=True, rng=None)[0]
 

@@ -310,7 +310,7 @@ def attend(
   if implementation == "fused":
     choice = attention_fused.choose_kernel(
         fused_kernel, jax.default_backend(),
-        attention_fused.features_of(hooks, packed=packed, soft_cap=soft_cap))
+        attention_fused.features_of(hooks, packed=packed, soft_cap=soft_cap, dtype=q_BxLxHxD.dtype))
     attention_fused.record(choice)
     if choice.kernel != attention_fused.FALLBACK:
       q = rot.q.reshape(q_BxLxHxD.shape)

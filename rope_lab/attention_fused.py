@@ -22,8 +22,8 @@ so causality hides them, and padded query rows are dropped. Under a mesh they ru
 What no kernel expresses falls back to ``chunked`` with a one-line notice: SelfExtend
 (two rotations merged per pair), absolute-table encodings (their parallel context windows
 are a traced hook, so the window mask cannot be ruled out when the program is built),
-ALiBi on TPU (splash takes no bias), the soft cap on GPU, and any platform without a
-kernel (CPU). Forcing a kernel (``ModelConfig.fused_kernel``) that cannot express the
+ALiBi on TPU (splash takes no bias), the soft cap on GPU, ALiBi in float32 on GPU (cuDNN
+takes only 16-bit inputs) and any platform without a kernel (CPU). Forcing a kernel (``ModelConfig.fused_kernel``) that cannot express the
 hooks is an error naming the reason; forcing a Pallas kernel on another platform runs it
 in interpret mode (slow; meant for tests). Every choice is logged once and kept in
 :data:`CHOICES`, so a benchmark can say which kernel ran.
@@ -58,6 +58,7 @@ class Features(NamedTuple):
   self_extend: bool
   windows_possible: bool  # absolute-table encodings may carry parallel context windows
   soft_cap: bool
+  half_precision: bool = True  # q/k/v in bfloat16 or float16 (cuDNN takes nothing else)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +71,11 @@ class KernelChoice:
 CHOICES: list[KernelChoice] = []  # appended each time a call is traced
 
 
-def features_of(hooks: Hooks, *, packed: bool, soft_cap: float | None) -> Features:
+def features_of(hooks: Hooks, *, packed: bool, soft_cap: float | None, dtype=jnp.bfloat16) -> Features:
   return Features(packed=packed, alibi=hooks.alibi_slopes is not None,
                   self_extend=hooks.self_extend is not None,
-                  windows_possible=hooks.absolute != "none", soft_cap=soft_cap is not None)
+                  windows_possible=hooks.absolute != "none", soft_cap=soft_cap is not None,
+                  half_precision=jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)))
 
 
 def _unsupported(kernel: str, f: Features) -> str | None:
@@ -84,6 +86,8 @@ def _unsupported(kernel: str, f: Features) -> str | None:
     return "absolute-table encodings may mask parallel context windows (a traced hook)"
   if kernel == "cudnn" and f.soft_cap:
     return "cuDNN attention has no logit soft cap"
+  if kernel == "cudnn" and not f.half_precision:
+    return "cuDNN attention takes bfloat16 or float16 only"
   if kernel == "pallas_gpu" and (f.alibi or f.soft_cap):
     return "the Pallas GPU kernel takes no bias and no soft cap"
   if kernel == "splash" and f.alibi:
@@ -104,8 +108,9 @@ def choose_kernel(requested: str, platform: str, f: Features) -> KernelChoice:
       raise ConfigError(f"ModelConfig.fused_kernel='cudnn' needs a GPU; this platform is {platform!r}")
     return KernelChoice(requested, f"forced on {platform}: Pallas interpret mode", interpret=True)
   if platform == "gpu":
-    # cuDNN unless packed rows need segment ids and no bias forces the mask into cuDNN.
-    preferred = "pallas_gpu" if f.packed and not f.alibi else "cudnn"
+    # cuDNN unless packed rows need segment ids (and no bias forces the mask into cuDNN)
+    # or float32 inputs rule cuDNN out.
+    preferred = "pallas_gpu" if (f.packed or not f.half_precision) and not f.alibi else "cudnn"
   elif platform == "tpu":
     preferred = "splash"
   else:

@@ -113,7 +113,8 @@ def test_cudnn_call_arguments_reproduce_the_reference(name, params, heads, packe
 
 
 def _features(**on):
-  values = dict(packed=False, alibi=False, self_extend=False, windows_possible=False, soft_cap=False)
+  values = dict(packed=False, alibi=False, self_extend=False, windows_possible=False, soft_cap=False,
+                half_precision=True)
   return attention_fused.Features(**{**values, **on})
 
 
@@ -123,6 +124,8 @@ def _features(**on):
     ("gpu", {"alibi": True}, "cudnn"),
     ("gpu", {"alibi": True, "packed": True}, "cudnn"),  # the segment mask goes to cuDNN
     ("gpu", {"soft_cap": True}, "chunked"),
+    ("gpu", {"half_precision": False}, "pallas_gpu"),  # cuDNN takes 16-bit inputs only
+    ("gpu", {"half_precision": False, "alibi": True}, "chunked"),
     ("gpu", {"self_extend": True}, "chunked"),
     ("gpu", {"windows_possible": True, "packed": True}, "chunked"),
     ("tpu", {"packed": True}, "splash"),
@@ -146,6 +149,8 @@ def test_forced_kernels_run_interpreted_off_platform_and_refuse_what_they_cannot
     attention_fused.choose_kernel("cudnn", "cpu", _features())
   with pytest.raises(ConfigError, match="splash.*ALiBi"):
     attention_fused.choose_kernel("splash", "tpu", _features(alibi=True))
+  with pytest.raises(ConfigError, match="bfloat16 or float16"):
+    attention_fused.choose_kernel("cudnn", "gpu", _features(half_precision=False))
   with pytest.raises(ConfigError, match="SelfExtend"):
     attention_fused.choose_kernel("cudnn", "gpu", _features(self_extend=True))
   with pytest.raises(ConfigError, match="ModelConfig.fused_kernel"):
