@@ -20,6 +20,8 @@ the keys instead; all-gathering is simpler and exact, and is what is implemented
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -104,14 +106,8 @@ def attend(rot: attention.Rotated, v_BxLxKxD, meta: attention.TokenMeta, hooks: 
     in_order = jnp.concatenate([fronts, backs[::-1]], axis=0)  # chunk t at index t
     own = jax.lax.dynamic_slice_in_dim(in_order, 2 * s, 2, axis=0)  # [2, B, C, H', Dh]
     return jnp.concatenate([own[0], own[1]], axis=1).reshape(
-        b // _ways(batch, shape), length // n, -1, n_group, head_dim)
+        b // math.prod(shape[a] for a in batch), length // n, -1, n_group, head_dim)
 
   out = jax.shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=grouped, check_vma=False)(args)
   return out.reshape(b, length, n_kv * n_group, head_dim)
 
-
-def _ways(axes: tuple[str, ...], shape: dict) -> int:
-  ways = 1
-  for a in axes:
-    ways *= shape[a]
-  return ways

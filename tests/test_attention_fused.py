@@ -86,11 +86,14 @@ def test_splash_applies_the_soft_cap_like_the_reference():
   q, k, v = qkv(2, 4, 2)
   q = q * 4.0  # logits large enough for the cap to matter
   meta = meta_for(hooks)
-  rot = attention.rotate(hooks, q, k, meta.positions)
-  got = attention_fused.attend(_interpreted("splash"), rot.q.reshape(q.shape), rot.k, v, meta.segments,
-                               meta.positions, hooks, packed=True, soft_cap=2.0)
-  want = attention.attend(q, k, v, meta, hooks, implementation="reference", soft_cap=2.0)
-  uncapped = attention.attend(q, k, v, meta, hooks, implementation="reference")
+  @jax.jit
+  def capped(q, k, v, meta, hooks):
+    rot = attention.rotate(hooks, q, k, meta.positions)
+    return attention_fused.attend(_interpreted("splash"), rot.q.reshape(q.shape), rot.k, v, meta.segments,
+                                  meta.positions, hooks, packed=True, soft_cap=2.0)
+  got = capped(q, k, v, meta, hooks)
+  want = reference_and_grads(q, k, v, q, meta, hooks, soft_cap=2.0)[0]
+  uncapped = reference_and_grads(q, k, v, q, meta, hooks)[0]
   np.testing.assert_allclose(got, want, atol=ATOL)
   assert not np.allclose(want, uncapped, atol=1e-2)
 
@@ -105,10 +108,13 @@ def test_cudnn_call_arguments_reproduce_the_reference(name, params, heads, packe
   hooks = hooks_for(name, params, n_heads)
   q, k, v = qkv(1, n_heads, n_kv)
   meta = meta_for(hooks, packed=packed)
-  rot = attention.rotate(hooks, q, k, meta.positions)
-  got = attention_fused.cudnn(rot.q.reshape(q.shape), rot.k, v, meta.segments, meta.positions, hooks,
-                              packed=packed, implementation="xla")
-  want = attention.attend(q, k, v, meta, hooks, implementation="reference")
+  @jax.jit
+  def through_the_cudnn_call(q, k, v, meta, hooks):
+    rot = attention.rotate(hooks, q, k, meta.positions)
+    return attention_fused.cudnn(rot.q.reshape(q.shape), rot.k, v, meta.segments, meta.positions, hooks,
+                                 packed=packed, implementation="xla")
+  got = through_the_cudnn_call(q, k, v, meta, hooks)
+  want = reference_and_grads(q, k, v, q, meta, hooks)[0]
   np.testing.assert_allclose(got, want, atol=ATOL)
 
 
@@ -162,13 +168,13 @@ def test_model_with_fused_attention_records_its_kernel_and_matches_reference():
       head_dim=8, n_heads=4, d_model=32, seq_len=L)
   tokens = jnp.asarray(np.random.RandomState(0).randint(0, 64, (B, L)), jnp.int32)
   segments = jnp.asarray(np.stack([[1] * 10 + [2] * (L - 10), [1] * L]), jnp.int32)
-  shape = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64)
+  shape = dict(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, mlp_dim=64)
   reference = Transformer(ModelConfig(**shape, attention="reference"))
   params = reference.init(jax.random.key(0), tokens, hooks=hooks)
-  want = reference.apply(params, tokens, hooks=hooks, segment_ids=segments)
+  want = jax.jit(functools.partial(reference.apply, segment_ids=segments))(params, tokens, hooks=hooks)
   for kernel, expected in (("auto", "chunked"), ("pallas_gpu", "pallas_gpu")):  # CPU: fallback / interpreted
     attention_fused.CHOICES.clear()
     fused = Transformer(ModelConfig(**shape, attention="fused", fused_kernel=kernel))
-    got = fused.apply(params, tokens, hooks=hooks, segment_ids=segments)
+    got = jax.jit(functools.partial(fused.apply, segment_ids=segments))(params, tokens, hooks=hooks)
     np.testing.assert_allclose(got, want, atol=1e-4, err_msg=kernel)
     assert {c.kernel for c in attention_fused.CHOICES} == {expected}
