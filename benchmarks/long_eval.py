@@ -2,6 +2,7 @@
 
   python -m benchmarks.long_eval                          # 8K and 32K tokens
   python -m benchmarks.long_eval --lengths=131072 --systems=rope_lab --rounds=1 --repeats=0
+  python -m benchmarks.long_eval --shape=smollm2 --lengths=8192 --systems=rope_lab,transformers
 
 Both systems run the study's tiny model shape (4 layers, width 128, 4 heads, SwiGLU 512,
 byte vocabulary) with the *same* random weights: rope_lab initialises them and
@@ -13,7 +14,13 @@ byte vocabulary) with the *same* random weights: rope_lab initialises them and
 * ``rope_lab:N``: the same program with the parameters placed on a tensor-parallel mesh
   of N host devices (``--xla_force_host_platform_device_count``) by the model's own
   logical-axis rules, so the attention of each group of heads runs on its own thread;
+* ``rope_lab:seqN``: the row split along its length over N host devices (the mesh's
+  sequence axis, ``rope_lab.context_parallel``): activations are not replicated, only the
+  parameters; attention gathers the row's keys and values;
 * ``transformers``: ``LlamaForCausalLM`` in PyTorch (all CPU threads).
+
+``--shape=smollm2`` runs SmolLM2-135M's shape (30 layers, width 576, 9 query / 3 kv heads
+of 64, vocabulary 49152, tied embeddings) with random weights instead of the tiny model.
 
 Each measurement runs in its own subprocess, which scores one window of L tokens (summed
 next-token NLL, float32) 1 + ``--repeats`` times: the first call includes compilation
@@ -38,7 +45,12 @@ import sys
 import tempfile
 import time
 
-MODEL = dict(vocab_size=258, d_model=128, n_layers=4, n_heads=4, mlp_dim=512)
+SHAPES = {
+    "tiny": dict(vocab_size=258, d_model=128, n_layers=4, n_heads=4, mlp_dim=512),
+    # SmolLM2-135M's shape (random weights: only the timing and memory are compared).
+    "smollm2": dict(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64,
+                    mlp_dim=1536, tied_embeddings=True),
+}
 CHUNK = 256
 
 
@@ -47,21 +59,22 @@ def _tokens(length: int, seed: int = 0):
   return np.random.default_rng(seed).integers(0, 256, size=(1, length + 1)).astype(np.int32)
 
 
-def make_checkpoint(directory: str, max_length: int) -> None:
+def make_checkpoint(directory: str, max_length: int, shape: str = "tiny") -> None:
   """Random rope_lab weights, saved as a transformers Llama checkpoint in ``directory``."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from rope_lab import pe  # pylint: disable=g-import-not-at-top
   from rope_lab.interop import hf  # pylint: disable=g-import-not-at-top
   from rope_lab.model import ModelConfig, init_params  # pylint: disable=g-import-not-at-top
-  cfg = ModelConfig(**MODEL, attention="dot_product")
+  cfg = ModelConfig(**SHAPES[shape], attention="dot_product")
   encoding = pe.make("rope")
   hooks = encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=16)
   params = jax.tree.map(np.asarray, init_params(cfg, hooks, jax.random.key(0)))
   hf.save_pretrained(directory, cfg, params, encoding, max_position_embeddings=max_length)
 
 
-def worker_rope_lab(checkpoint: str, length: int, chunk: int, repeats: int, host_devices: int) -> dict:
+def worker_rope_lab(checkpoint: str, length: int, chunk: int, repeats: int, host_devices: int,
+                    split: str = "tensor", shape: str = "tiny") -> dict:
   # Must precede the first jax import: the CPU backend reads it once. With n > 1 host
   # devices the attention heads (and MLP columns) are split over a tensor-parallel mesh
   # by the model's own logical-axis rules, so XLA runs the chunked attention of each half
@@ -75,11 +88,14 @@ def worker_rope_lab(checkpoint: str, length: int, chunk: int, repeats: int, host
   from rope_lab.evaluate import eval_model_config, window_nll  # pylint: disable=g-import-not-at-top
   from rope_lab.interop import hf  # pylint: disable=g-import-not-at-top
   from rope_lab.model import ModelConfig, param_logical_axes  # pylint: disable=g-import-not-at-top
-  cfg = ModelConfig(**MODEL)
+  cfg = ModelConfig(**SHAPES[shape])
   encoding = pe.make("rope")
   hooks = encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=length)
   params = hf.load_params(checkpoint, cfg, hooks)
-  mesh = sharding.make_mesh((1, 1, host_devices))
+  # tensor: heads (and MLP columns) split, the residual stream replicated on each device;
+  # sequence: the row split along its length (context parallelism), nothing replicated
+  # but the parameters, attention balanced over front and back chunks.
+  mesh = sharding.make_mesh((1, 1, host_devices, 1) if split == "tensor" else (1, 1, 1, host_devices))
   rules = sharding.DEFAULT_RULES
   params = jax.device_put(params, nn.logical_to_mesh_sharding(param_logical_axes(cfg, hooks), mesh, rules))
   tokens = _tokens(length)[0]
@@ -93,11 +109,12 @@ def worker_rope_lab(checkpoint: str, length: int, chunk: int, repeats: int, host
       times.append(time.perf_counter() - start)
   return {"nll": nll.total, "first_s": times[0], "steady_s": min(times[1:] or times),
           "detail": f"jax {jax.__version__}, {cfg.attention} attention, chunk {cfg.chunk_size}, "
-                    f"{host_devices} host device(s)"}
+                    f"{host_devices} host device(s)" + (f" over {split}" if host_devices > 1 else "")}
 
 
-def worker_transformers(checkpoint: str, length: int, chunk: int, repeats: int, host_devices: int) -> dict:
-  del chunk, host_devices  # rope_lab only
+def worker_transformers(checkpoint: str, length: int, chunk: int, repeats: int, host_devices: int,
+                        split: str = "tensor", shape: str = "tiny") -> dict:
+  del chunk, host_devices, split, shape  # rope_lab only (the checkpoint fixes the shape)
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   model = transformers.LlamaForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa",
@@ -119,21 +136,26 @@ def worker_transformers(checkpoint: str, length: int, chunk: int, repeats: int, 
 WORKERS = {"rope_lab": worker_rope_lab, "transformers": worker_transformers}
 
 
-def parse_system(name: str) -> tuple[str, int]:
-  """'rope_lab' -> ('rope_lab', 1); 'rope_lab:2' -> ('rope_lab', 2): heads over 2 host devices."""
+def parse_system(name: str) -> tuple[str, int, str]:
+  """'rope_lab' -> ('rope_lab', 1, 'tensor'); 'rope_lab:2' -> heads over 2 host devices;
+  'rope_lab:seq2' -> ('rope_lab', 2, 'sequence'): the row split over 2 host devices."""
   worker, _, devices = name.partition(":")
+  split = "sequence" if devices.startswith("seq") else "tensor"
+  devices = devices[3:] if split == "sequence" else devices
   if worker not in WORKERS or (devices and (not devices.isdigit() or int(devices) < 1)) \
       or (devices and worker != "rope_lab"):
-    raise ValueError(f"unknown system {name!r}; use rope_lab, rope_lab:<host devices> or transformers")
-  return worker, int(devices or 1)
+    raise ValueError(f"unknown system {name!r}; use rope_lab, rope_lab:<host devices>, "
+                     f"rope_lab:seq<host devices> or transformers")
+  return worker, int(devices or 1), split
 
 
-def measure(system: str, checkpoint: str, length: int, timeout: int, chunk: int, repeats: int) -> dict:
+def measure(system: str, checkpoint: str, length: int, timeout: int, chunk: int, repeats: int,
+            shape: str = "tiny") -> dict:
   """Runs one worker in a fresh subprocess; adds its peak RSS (MiB)."""
-  worker, host_devices = parse_system(system)
+  worker, host_devices, split = parse_system(system)
   command = [sys.executable, "-m", "benchmarks.long_eval", f"--worker={worker}",
              f"--checkpoint={checkpoint}", f"--lengths={length}", f"--chunk={chunk}", f"--repeats={repeats}",
-             f"--host_devices={host_devices}"]
+             f"--host_devices={host_devices}", f"--split={split}", f"--shape={shape}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
   try:
@@ -165,12 +187,16 @@ def _vm_hwm_kib() -> int:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--lengths", default="8192,32768", help="comma-separated window lengths")
-  parser.add_argument("--systems", default="rope_lab,rope_lab:2,transformers",
+  parser.add_argument("--systems", default="rope_lab,rope_lab:2,rope_lab:seq2,transformers",
                       help="rope_lab (one CPU device, as the study evaluates), rope_lab:N (attention heads "
-                           "split over N host devices), transformers")
+                           "split over N host devices), rope_lab:seqN (rows split along their length over N "
+                           "host devices), transformers")
   parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
   parser.add_argument("--chunk", type=int, default=CHUNK, help="rope_lab's attention block length")
   parser.add_argument("--host_devices", type=int, default=1, help=argparse.SUPPRESS)
+  parser.add_argument("--split", default="tensor", help=argparse.SUPPRESS)
+  parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
+                      help="model shape: the study's tiny model or SmolLM2-135M's (random weights)")
   parser.add_argument("--repeats", type=int, default=2,
                       help="steady-state calls per process, best kept (0: report the first call)")
   parser.add_argument("--rounds", type=int, default=2,
@@ -180,7 +206,8 @@ def main() -> None:
   args = parser.parse_args()
   lengths = [int(n) for n in args.lengths.split(",")]
   if args.worker:
-    result = WORKERS[args.worker](args.checkpoint, lengths[0], args.chunk, args.repeats, args.host_devices)
+    result = WORKERS[args.worker](args.checkpoint, lengths[0], args.chunk, args.repeats, args.host_devices,
+                                  args.split, args.shape)
     result["vm_hwm_kib"] = _vm_hwm_kib()
     print(json.dumps(result))
     return
@@ -191,15 +218,15 @@ def main() -> None:
     except ValueError as e:
       parser.error(str(e))
   with tempfile.TemporaryDirectory() as checkpoint:
-    make_checkpoint(checkpoint, max(lengths))
-    print(f"model: {MODEL}, one window per length, same weights in both systems; {os.cpu_count()} CPUs")
+    make_checkpoint(checkpoint, max(lengths), args.shape)
+    print(f"model: {SHAPES[args.shape]}, one window per length, same weights in both systems; {os.cpu_count()} CPUs")
     print(f"{'system':<13} {'tokens':>7} {'first call s':>13} {'steady s':>9} {'tokens/s':>9} "
           f"{'peak MiB':>9} {'NLL/token':>10}")
     for length in lengths:
       best: dict[str, dict] = {}
       for _ in range(args.rounds):  # alternate systems so both see the same background load
         for system in systems:
-          r = measure(system, checkpoint, length, args.timeout, args.chunk, args.repeats)
+          r = measure(system, checkpoint, length, args.timeout, args.chunk, args.repeats, args.shape)
           if "error" in r:
             best[system] = r
             continue

@@ -31,6 +31,9 @@ Implementations (``IMPLEMENTATIONS``), all honouring every hook:
   SelfExtend merge are computed per [C, C] block from the token metadata, so memory grows
   linearly with L. Each query block is rematerialised in the backward pass
   (``jax.checkpoint``), so gradients also stay linear in memory.
+* ``fused``: the platform's fused kernel (cuDNN or Pallas on GPU, splash on TPU), chosen
+  per call by ``rope_lab.attention_fused``, which falls back to ``chunked`` for what no
+  kernel expresses.
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rope_lab import attention_fused
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.base import Hooks
 
-IMPLEMENTATIONS = ("reference", "dot_product", "chunked")
+IMPLEMENTATIONS = ("reference", "dot_product", "chunked", "fused")
 
 # Masked logits: finite (so 0 * masked stays 0 and max() over a masked block is defined)
 # yet far below any real logit, so exp(masked - max) underflows to exactly 0.
@@ -209,21 +213,47 @@ def chunked(
   L need not be a multiple of ``chunk_size``: padded keys get a token index in every
   query's future, so causality hides them; padded query rows are dropped.
   """
-  b, length, n_kv, n_group, head_dim = rot.q.shape
-  chunk = min(chunk_size, length)
-  n_blocks = -(-length // chunk)
-  blocks = lambda x, fill=0: None if x is None else _to_blocks(x, n_blocks, chunk, fill)
-  q_blocks = (blocks(rot.q), blocks(rot.q_far))
-  kv_blocks = (blocks(rot.k), blocks(rot.k_far), blocks(v_BxLxKxD))
-  meta_blocks = TokenMeta(
-      blocks(meta.index, _PAD_INDEX), blocks(meta.positions), blocks(meta.segments), blocks(meta.windows)
-  )
+  return chunked_cross(rot, meta, rot, v_BxLxKxD, meta, hooks, chunk_size=chunk_size, soft_cap=soft_cap)
+
+
+def chunked_cross(
+    q_rot: Rotated,
+    q_meta: TokenMeta,
+    k_rot: Rotated,
+    v_BxSxKxD,
+    k_meta: TokenMeta,
+    hooks: Hooks,
+    *,
+    chunk_size: int,
+    soft_cap: float | None = None,
+) -> jnp.ndarray:
+  """``chunked`` for queries (q/q_far of ``q_rot``, [B, Lq, ...]) against other keys and
+  values (k/k_far of ``k_rot`` and v, [B, S, ...]): out [B, Lq, H, Dh].
+
+  The masks read only the token metadata, so the query rows may be any subset of the
+  keys' row in any order (a context-parallel shard). A key block is skipped when its
+  smallest token index is after the largest one of the query block: wholly in the future.
+  """
+  b, n_q, n_kv, n_group, head_dim = q_rot.q.shape
+  n_k = k_rot.k.shape[1]
+  chunk = min(chunk_size, max(n_q, n_k))
+  nq_blocks, nk_blocks = -(-n_q // chunk), -(-n_k // chunk)
+  q_blocks_of = lambda x, fill=0: None if x is None else _to_blocks(x, nq_blocks, chunk, fill)
+  k_blocks_of = lambda x, fill=0: None if x is None else _to_blocks(x, nk_blocks, chunk, fill)
+  meta_blocks = lambda m, blocks: TokenMeta(blocks(m.index, _PAD_INDEX), blocks(m.positions),
+                                            blocks(m.segments), blocks(m.windows))
+  q_blocks = (q_blocks_of(q_rot.q), q_blocks_of(q_rot.q_far))
+  kv_blocks = (k_blocks_of(k_rot.k), k_blocks_of(k_rot.k_far), k_blocks_of(v_BxSxKxD))
+  q_meta_blocks, k_meta_blocks = meta_blocks(q_meta, q_blocks_of), meta_blocks(k_meta, k_blocks_of)
+  # Padded query rows carry _PAD_INDEX too; their key range must not widen the block's.
+  q_last = lambda idx: jnp.where(idx == _PAD_INDEX, -1, idx).max()
 
   def query_block(args):
-    i, q, q_far, q_meta = args
+    q, q_far, q_meta = args
+    last_query = q_last(q_meta.index)
 
     def key_block(carry, xs):
-      j, k, k_far, v, k_meta = xs
+      k, k_far, v, k_meta = xs
 
       def update(carry):
         m, l, acc = carry
@@ -234,19 +264,19 @@ def chunked(
         l = l * correction + p.sum(axis=-1)
         return m_new, l, acc * correction[..., None] + _weighted_sum(p, v)
 
-      # Key blocks after the query block are wholly in the future: skip their work.
-      return jax.lax.cond(j <= i, update, lambda c: c, carry), None
+      # Key blocks wholly in the future of every query of the block: skip their work.
+      return jax.lax.cond(k_meta.index.min() <= last_query, update, lambda c: c, carry), None
 
     stats = (b, n_kv, n_group, chunk)
     init = (jnp.full(stats, NEG_INF), jnp.zeros(stats), jnp.zeros(stats + (head_dim,)))
-    xs = (jnp.arange(n_blocks), *kv_blocks, meta_blocks)
-    (_, l, acc), _ = jax.lax.scan(key_block, init, xs)
-    out = acc / l[..., None]  # every row sees at least itself, so l > 0
-    return jnp.moveaxis(out, 3, 1).astype(v_BxLxKxD.dtype)  # [B, C, K, G, Dh]
+    (_, l, acc), _ = jax.lax.scan(key_block, init, (*kv_blocks, k_meta_blocks))
+    # Every real row sees at least itself; padded rows (l = 0) are dropped below.
+    out = acc / jnp.where(l > 0, l, 1.0)[..., None]
+    return jnp.moveaxis(out, 3, 1).astype(v_BxSxKxD.dtype)  # [B, C, K, G, Dh]
 
-  out = jax.lax.map(jax.checkpoint(query_block), (jnp.arange(n_blocks), *q_blocks, meta_blocks))
-  out = jnp.moveaxis(out, 0, 1).reshape(b, n_blocks * chunk, n_kv * n_group, head_dim)
-  return out[:, :length]
+  out = jax.lax.map(jax.checkpoint(query_block), (*q_blocks, q_meta_blocks))
+  out = jnp.moveaxis(out, 0, 1).reshape(b, nq_blocks * chunk, n_kv * n_group, head_dim)
+  return out[:, :n_q]
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -262,16 +292,36 @@ def attend(
     implementation: str = "reference",
     chunk_size: int = 512,
     soft_cap: float | None = None,
+    fused_kernel: str = "auto",
+    packed: bool = True,
 ) -> jnp.ndarray:
-  """Causal attention of un-rotated q, k, v: out [B, L, H, Dh] in v's dtype."""
+  """Causal attention of un-rotated q, k, v: out [B, L, H, Dh] in v's dtype.
+
+  ``fused_kernel`` and ``packed`` (whether the segment ids may hold several segments)
+  matter only to ``implementation='fused'``. When the active mesh splits rows over a
+  ``sequence`` axis, attention runs context-parallel (``rope_lab.context_parallel``).
+  """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
   rot = rotate(hooks, q_BxLxHxD, k_BxLxKxD, meta.positions)
+  from rope_lab import context_parallel  # imports this module
+  if context_parallel.sequence_parallelism() > 1:
+    return context_parallel.attend(rot, v_BxLxKxD, meta, hooks, chunk_size=chunk_size, soft_cap=soft_cap)
+  if implementation == "fused":
+    choice = attention_fused.choose_kernel(
+        fused_kernel, jax.default_backend(),
+        attention_fused.features_of(hooks, packed=packed, soft_cap=soft_cap, dtype=q_BxLxHxD.dtype))
+    attention_fused.record(choice)
+    if choice.kernel != attention_fused.FALLBACK:
+      q = rot.q.reshape(q_BxLxHxD.shape)
+      return attention_fused.attend(choice, q, rot.k, v_BxLxKxD, meta.segments, meta.positions, hooks,
+                                    packed=packed, soft_cap=soft_cap).astype(v_BxLxKxD.dtype)
+    implementation = attention_fused.FALLBACK
   if implementation == "reference":
     return reference(rot, v_BxLxKxD, meta, hooks, soft_cap=soft_cap)[0]
   if implementation == "dot_product":
     return dot_product(rot, v_BxLxKxD, meta, hooks, soft_cap=soft_cap)
-  if implementation == "chunked":
-    return chunked(rot, v_BxLxKxD, meta, hooks, chunk_size=chunk_size, soft_cap=soft_cap)
-  raise ValueError(f"unknown attention implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
+  return chunked(rot, v_BxLxKxD, meta, hooks, chunk_size=chunk_size, soft_cap=soft_cap)
 
 
 def attend_with_probs(

@@ -71,8 +71,9 @@ class TrainConfig:
       Hugging Face Llama/Mistral/Qwen2 directory (``hf:<dir>``, whose config.json then
       fixes config.model's architecture fields); the optimizer, step and data position
       start fresh. None trains from scratch.
-    mesh_shape: device counts along ``MESH_AXES`` = (data, fsdp, tensor); one entry may
-      be -1 (all remaining devices).
+    mesh_shape: device counts along ``MESH_AXES`` = (data, fsdp, tensor, sequence), or
+      three sizes (data, fsdp, tensor) without a sequence split; one entry may be -1 (all
+      remaining devices).
     logical_rules: (logical axis name, mesh axis or axes or None) pairs, first match wins.
     tensorboard: also write TensorBoard event files next to metrics.jsonl.
   """
@@ -99,7 +100,7 @@ class TrainConfig:
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
   init_from: str | None = None
-  mesh_shape: tuple[int, int, int] = (-1, 1, 1)
+  mesh_shape: tuple[int, ...] = (-1, 1, 1)
   logical_rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = DEFAULT_RULES
   tensorboard: bool = True
 
@@ -122,10 +123,11 @@ class TrainConfig:
           f"a divisor of global_batch_size={self.global_batch_size}", self.grad_accum_steps)
     check(self.eval_every == 0 or self.eval_batches >= 1, "config.eval_batches",
           ">= 1 when eval_every > 0", self.eval_batches)
-    check(len(self.mesh_shape) == len(MESH_AXES)
+    check(len(self.mesh_shape) in (len(MESH_AXES) - 1, len(MESH_AXES))
           and all(n == -1 or n >= 1 for n in self.mesh_shape)
           and list(self.mesh_shape).count(-1) <= 1,
-          "config.mesh_shape", f"{len(MESH_AXES)} sizes for {MESH_AXES}, each >= 1 or one -1",
+          "config.mesh_shape", f"{len(MESH_AXES) - 1} sizes for {MESH_AXES[:-1]} or {len(MESH_AXES)} for "
+          f"{MESH_AXES}, each >= 1 or one -1",
           self.mesh_shape)
     known_axes = set(MESH_AXES)
     for logical, mesh_axes in self.logical_rules:

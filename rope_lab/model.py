@@ -52,7 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rope_lab import attention
+from rope_lab import attention, attention_fused
 from rope_lab.errors import ConfigError, check
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.base import Hooks
@@ -92,6 +92,7 @@ class ModelConfig:
   qkv_bias: bool = False  # biases on q, k, v (Qwen2); never on o
   logit_soft_cap: float | None = None  # c tanh(s / c) on attention logits; None: off
   attention: str = "dot_product"  # one of attention.IMPLEMENTATIONS
+  fused_kernel: str = "auto"  # attention='fused': "auto" or a kernel of attention_fused.KERNELS (forced)
   chunk_size: int = 512  # query/key block length of the 'chunked' implementation
   compute_dtype: str = "float32"  # "float32" or "bfloat16"; parameters stay float32
   segment_masking: bool = True  # no attention across packed segments
@@ -119,6 +120,8 @@ class ModelConfig:
           ModelConfigError)
     check(self.attention in attention.IMPLEMENTATIONS, "ModelConfig.attention", f"one of {attention.IMPLEMENTATIONS}",
           self.attention, ModelConfigError)
+    check(self.fused_kernel in attention_fused.CHOICES_ALLOWED, "ModelConfig.fused_kernel",
+          f"one of {attention_fused.CHOICES_ALLOWED}", self.fused_kernel, ModelConfigError)
     check(self.compute_dtype in DTYPES, "ModelConfig.compute_dtype", f"one of {tuple(DTYPES)}", self.compute_dtype,
           ModelConfigError)
     check(_is_real(self.init_std) and self.init_std > 0, "ModelConfig.init_std", "a number > 0", self.init_std,
@@ -226,7 +229,8 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, meta: attention.TokenMeta, hooks: Hooks, return_probs: bool = False):
+  def __call__(self, x_BxLxD, meta: attention.TokenMeta, hooks: Hooks, return_probs: bool = False,
+               packed: bool = True):
     cfg = self.cfg
     h, k, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     proj = lambda name, heads, axes: Dense(
@@ -241,7 +245,8 @@ class Attention(nn.Module):
       out, probs = attention.attend_with_probs(q, key, value, meta, hooks, soft_cap=cfg.logit_soft_cap)
     else:
       out = attention.attend(q, key, value, meta, hooks, implementation=cfg.attention,
-                             chunk_size=cfg.chunk_size, soft_cap=cfg.logit_soft_cap)
+                             chunk_size=cfg.chunk_size, soft_cap=cfg.logit_soft_cap,
+                             fused_kernel=cfg.fused_kernel, packed=packed)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
     o = Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=cfg.dtype,
               init_std=cfg.init_std, name="o")
@@ -271,10 +276,10 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, meta, hooks, return_probs: bool = False):
+  def __call__(self, x_BxLxD, meta, hooks, return_probs: bool = False, packed: bool = True):
     cfg = self.cfg
     norm = lambda name: Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name=name)
-    y, probs = Attention(cfg, name="attn")(norm("attn_norm")(x_BxLxD), meta, hooks, return_probs)
+    y, probs = Attention(cfg, name="attn")(norm("attn_norm")(x_BxLxD), meta, hooks, return_probs, packed)
     x_BxLxD = x_BxLxD + y
     x_BxLxD = x_BxLxD + MLP(cfg, name="mlp")(norm("mlp_norm")(x_BxLxD))
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed")), probs
@@ -319,7 +324,10 @@ class Transformer(nn.Module):
 
     all_probs = []
     for i in range(cfg.n_layers):
-      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, pe_apply.hooks_for_layer(hooks, i), return_attention)
+      # Static: whether segment ids may mask (the fused kernels pick segment-aware kernels).
+      packed = segment_ids is not None and cfg.segment_masking
+      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, pe_apply.hooks_for_layer(hooks, i), return_attention,
+                                                packed)
       all_probs.append(probs)
     x = Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name="final_norm")(x)
 

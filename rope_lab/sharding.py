@@ -1,10 +1,13 @@
 """The device mesh, the logical-axis rule table, and how batches and parameters are placed.
 
-One mesh with axes (data, fsdp, tensor). Parameters and activations carry logical axis
+One mesh with axes (data, fsdp, tensor, sequence). Parameters and activations carry logical axis
 names (set in the model with ``nn.with_logical_partitioning`` /
 ``nn.with_logical_constraint``); a short rule table maps them to mesh axes. The batch is
 split over data and fsdp together, so fsdp is data parallelism whose parameters and
-optimizer state are also sharded. The same code runs on one CPU, simulated CPU devices,
+optimizer state are also sharded. The sequence axis splits activations along the row
+(context parallelism): the model's 'length' axis maps to it, and attention over a split
+row runs in ``rope_lab.context_parallel``; the input batch itself stays whole along the
+row, so data loading does not change. The same code runs on one CPU, simulated CPU devices,
 a GPU and a multi-host TPU slice: only the mesh shape changes.
 """
 
@@ -19,13 +22,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# A mesh shape of three sizes means (data, fsdp, tensor) with no sequence split.
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 BATCH_AXES = ("data", "fsdp")
 
 # First matching rule wins, and a mesh axis is used at most once per array, so in an
 # activation [batch, length, embed] 'embed' falls through to unsharded once 'batch' has
 # taken fsdp, while the [vocab, embed] table shards embed over fsdp. Names without a
-# rule ('length', 'head_dim', 'norm') stay unsharded.
+# rule ('head_dim', 'norm') stay unsharded; 'length' is split only by a sequence axis.
 DEFAULT_RULES = (
     ("batch", BATCH_AXES),
     ("vocab", "tensor"),
@@ -33,12 +37,20 @@ DEFAULT_RULES = (
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("embed", "fsdp"),
+    ("length", "sequence"),
 )
 
 
 def resolve_mesh_shape(shape: Sequence[int], n_devices: int) -> tuple[int, ...]:
-  """Fills one -1 entry so the product equals ``n_devices``; errors name the numbers."""
+  """Fills one -1 entry so the product equals ``n_devices``; errors name the numbers.
+
+  Three sizes are (data, fsdp, tensor), with sequence 1.
+  """
   shape = tuple(int(n) for n in shape)
+  if len(shape) == len(MESH_AXES) - 1:
+    shape = shape + (1,)
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f"mesh_shape {shape}: 3 sizes (data, fsdp, tensor) or 4 {MESH_AXES}")
   known = math.prod(n for n in shape if n != -1)
   if -1 in shape:
     if n_devices % known:

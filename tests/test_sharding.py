@@ -14,8 +14,11 @@ from tests import train_helpers as th
 
 
 def test_mesh_shape_fills_one_free_axis_and_rejects_mismatches():
-  assert sharding.resolve_mesh_shape((-1, 1, 1), 8) == (8, 1, 1)
-  assert sharding.resolve_mesh_shape((2, -1, 2), 8) == (2, 2, 2)
+  assert sharding.resolve_mesh_shape((-1, 1, 1), 8) == (8, 1, 1, 1)  # three sizes: no sequence split
+  assert sharding.resolve_mesh_shape((2, -1, 2), 8) == (2, 2, 2, 1)
+  assert sharding.resolve_mesh_shape((2, 1, 1, -1), 8) == (2, 1, 1, 4)
+  with pytest.raises(ValueError, match="3 sizes"):
+    sharding.resolve_mesh_shape((8, 1), 8)
   with pytest.raises(ValueError, match="needs 4 devices"):
     sharding.resolve_mesh_shape((2, 2, 1), 8)
   with pytest.raises(ValueError, match="not divisible by 3"):
@@ -27,14 +30,15 @@ def test_rules_map_parameters_and_activations_without_reusing_a_mesh_axis():
   to_mesh = lambda names: nn.logical_to_mesh(PartitionSpec(*names), rules)
   assert to_mesh(("embed", "mlp")) == PartitionSpec("fsdp", "tensor")
   assert to_mesh(("vocab", "embed")) == PartitionSpec("tensor", "fsdp")
-  # In activations 'batch' takes data and fsdp, so 'embed' falls back to unsharded.
-  assert to_mesh(("batch", "length", "embed")) == PartitionSpec(("data", "fsdp"), None, None)
+  # In activations 'batch' takes data and fsdp, so 'embed' falls back to unsharded;
+  # 'length' is split over the sequence axis (a no-op when it has size 1).
+  assert to_mesh(("batch", "length", "embed")) == PartitionSpec(("data", "fsdp"), "sequence", None)
   assert to_mesh(("batch", "length", "heads", "head_dim")) == PartitionSpec(
-      ("data", "fsdp"), None, "tensor", None)
+      ("data", "fsdp"), "sequence", "tensor", None)
 
 
 def test_a_dimension_the_mesh_axes_do_not_divide_stays_unsharded():
-  mesh = jax.make_mesh((1, 1, 1), sharding.MESH_AXES)
+  mesh = jax.make_mesh((1, 1, 1, 1), sharding.MESH_AXES)
   fitted = sharding._fit(PartitionSpec("fsdp", "tensor"), (6, 3), mesh)
   assert fitted == PartitionSpec("fsdp", "tensor")  # 1-way axes divide everything
   fake = type("FakeMesh", (), {"shape": {"data": 1, "fsdp": 2, "tensor": 4}})()

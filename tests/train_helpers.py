@@ -6,6 +6,8 @@ import importlib.util
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 import warnings
 
@@ -137,3 +139,25 @@ def subprocess_env(**extra) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def train_in_two_processes(workdir: str, *flags: str, timeout: float = 240) -> None:
+  """``experiments.train`` on tests/tiny_config.py as two processes (gloo); asserts both exit 0."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  processes = [
+      subprocess.Popen(
+          [PYTHON, "-m", "experiments.train", "--config=tests/tiny_config.py", f"--workdir={workdir}",
+           *flags, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+           f"--process_id={index}"],
+          cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for index in range(2)]
+  try:
+    outputs = [p.communicate(timeout=timeout) for p in processes]
+  finally:
+    for p in processes:  # a process whose peer died would otherwise wait for it
+      if p.poll() is None:
+        p.kill()
+  for p, (_, stderr) in zip(processes, outputs):
+    assert p.returncode == 0, stderr[-3000:]
