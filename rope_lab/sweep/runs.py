@@ -40,6 +40,7 @@ DEFAULT_ENTRY_POINT = "experiments.train"
 VALIDATORS = {
     "experiments.train": "rope_lab.config:experiment_from_config_dict",
     "experiments.study": "rope_lab.study:study_config_from_config_dict",
+    "experiments.evaluate": "rope_lab.evaluate.checkpoint_eval:evaluation_from_config_dict",
 }
 CONFIG_PREFIX = "config."
 NAME_KEY = "name"  # a point's own name for its run (neither an argument nor a field)
