@@ -2,6 +2,7 @@
 finds them trained only evaluates."""
 
 import os
+import shutil
 
 import pytest
 
@@ -63,12 +64,15 @@ def test_a_bad_study_run_argument_is_a_clear_error(tmp_path):
 
 
 def test_a_study_whose_runs_a_sweep_trained_only_evaluates(tmp_path):
-  workdir = str(tmp_path / "study")
-  runs_dir = os.path.join(workdir, "runs")
-  swept = swept_runs("tests/tiny_study_config.py", "", runs_dir)
+  # The sweep trains elsewhere (a bucket, say); its runs are then copied under the study.
+  bucket_runs = str(tmp_path / "bucket" / "runs")
+  swept = swept_runs("tests/tiny_study_config.py", "", bucket_runs)
   assert list(swept) == ["base_s0", "ft_pi2_lr0.01_s0", "ft_yarn2_lr0.01_s0"]
+  assert swept["ft_pi2_lr0.01_s0"].train.init_from == os.path.join(bucket_runs, "base_s0")
   for name, exp in swept.items():  # the sweep's runs, in process (the launcher runs these commands)
-    assert train.run(exp, os.path.join(runs_dir, name)).status == "completed"
+    assert train.run(exp, os.path.join(bucket_runs, name)).status == "completed"
+  workdir = str(tmp_path / "study")
+  shutil.copytree(bucket_runs, os.path.join(workdir, "runs"))
   cfg = study.study_config_from_config_dict(tiny_study_config.get_config())
   messages = []
   study.run_study(cfg, workdir, log=messages.append)

@@ -28,6 +28,15 @@ from rope_lab.study.runs import RunSpec, base_run, finetune_run, trained_plan
 RESULTS_FILE = "results.jsonl"
 
 
+def _relocatable(values: dict) -> dict:
+  """An experiment dict whose ``init_from`` keeps only the run's name: a sweep that trained
+  the study's runs in a bucket and the copy under ``<workdir>/runs`` name the same base."""
+  init_from = values.get("train", {}).get("init_from")
+  if not init_from:
+    return values
+  return {**values, "train": {**values["train"], "init_from": init_from.rstrip("/").rsplit("/", 1)[-1]}}
+
+
 def trained_elsewhere(spec: RunSpec, workdir: str) -> dict | None:
   """The final metrics of ``spec`` if ``workdir`` holds it finished with exactly its
   experiment, trained outside the study (``sweep=base|finetune`` of configs/study.py);
@@ -40,8 +49,8 @@ def trained_elsewhere(spec: RunSpec, workdir: str) -> dict | None:
   if committed_latest_step(workdir) != spec.exp.train.steps:
     return None
   with open(config_path, encoding="utf-8") as f:
-    stored = json.load(f)
-  if stored != json.loads(json.dumps(config_lib.experiment_to_dict(spec.exp))):
+    stored = _relocatable(json.load(f))
+  if stored != _relocatable(json.loads(json.dumps(config_lib.experiment_to_dict(spec.exp)))):
     return None
   metrics = run_metrics(workdir)
   return {"train_loss": metrics.get("train_loss"), "eval_loss": metrics.get("eval_loss"),
