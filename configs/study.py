@@ -17,18 +17,40 @@ e.g. ``--config.seeds=0,1``):
 
 The pretraining run is ``configs/tiny_cpu.py``'s model and data (``config.base``).
 
-Sweep (``get_sweep``): ``sweep=seeds`` splits the study into one study per seed, each its own
-run of ``experiments.study`` that a sweep launcher can place on its own machine:
+Sweeps (``get_sweep``): the study's training runs, declared here, so that any sweep launcher
+can train them (each an ``experiments.train`` run in ``<study workdir>/runs/<name>``) and the
+study then only evaluates and reports. The fine-tunes start from the base models, so the two
+sweeps run in this order:
+
+  sweep=base      the base models (one per seed) and the learned-APE / xPos models
+  sweep=finetune  PI / YaRN x seeds x the candidate learning rates at finetune_scale, and the
+                  Giraffe grid's PI fine-tunes (every candidate rate is trained: the study
+                  picks one on validation and uses those runs)
+
+  python -m experiments.sweep --config=configs/study.py:quick,sweep=base \
+      --workdir=/tmp/rope_lab/study_quick/runs --launcher=local
+  python -m experiments.sweep --config=configs/study.py:quick,sweep=finetune \
+      --workdir=/tmp/rope_lab/study_quick/runs --launcher=local
+  python -m experiments.study --workdir=/tmp/rope_lab/study_quick --quick  # finds them trained
+
+The passkey probe model (``passkey_mix`` > 0) trains on a mixed data source that only the
+study builds, so it is not part of these sweeps. ``sweep=seeds`` instead splits the whole
+study into one study per seed, each its own run of ``experiments.study``:
 
   python -m experiments.sweep --config=configs/study.py:quick,sweep=seeds \
       --workdir=/tmp/rope_lab/study_seeds --launcher=print
 """
 
+import copy
+
 import ml_collections
 
 from configs import common, tiny_cpu
 
-ENTRY_POINT = "experiments.study"  # what a sweep of this config runs (default: experiments.train)
+# A training run of the study, chosen by the argument (see training_run): ``run`` is its kind.
+RUN_ARGS = dict(run="", seed=0, method="", scale=0, lr=0.0)
+RUN_KINDS = ("base", "ape", "xpos", "finetune")
+TRAINING_SWEEPS = ("base", "finetune")
 
 
 def base_experiment(steps: int) -> ml_collections.ConfigDict:
@@ -40,7 +62,17 @@ def base_experiment(steps: int) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, "configs/study.py", quick=False, sweep="")
+  """The study's config; with ``run=<kind>`` (and seed, method, scale, lr) one of its
+  training runs' experiment config instead (what ``sweep=base|finetune`` runs)."""
+  arg = common.parse_arg(arg, "configs/study.py", quick=False, sweep="", **RUN_ARGS)
+  config = study_config(arg.quick)
+  if arg.run:
+    return training_run(config, arg.run, seed=arg.seed, method=arg.method, scale=arg.scale,
+                        lr=arg.lr, where="configs/study.py")
+  return config
+
+
+def study_config(quick: bool) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.base = base_experiment(steps=500)
   config.seeds = (0, 1, 2)
@@ -77,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attention_scales = (1, 4, 16)
   config.attention_docs = 2
   config.analytic_scale = 32
-  if arg.quick:
+  if quick:
     config.base = base_experiment(steps=250)
     config.seeds = (0,)
     config.eval_docs = 1
@@ -94,10 +126,92 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
+def get_entry_point(arg: str | None = None) -> str:
+  """The study's training runs are experiments.train runs; a sweep of studies runs the study."""
+  arg = common.parse_arg(arg, "configs/study.py", quick=False, sweep="", **RUN_ARGS)
+  return "experiments.train" if arg.run or arg.sweep in TRAINING_SWEEPS else "experiments.study"
+
+
 def get_sweep(arg: str | None = None) -> list[dict]:
-  """``sweep=seeds``: the study's seeds as separate runs (the grids inside a run stay its own)."""
-  arg = common.parse_arg(arg, "configs/study.py", quick=False, sweep="")
+  """``sweep=base`` / ``sweep=finetune``: the study's training runs; ``sweep=seeds``: the
+  study's seeds as separate studies (the grids inside each stay its own)."""
+  arg = common.parse_arg(arg, "configs/study.py", quick=False, sweep="", **RUN_ARGS)
+  config = study_config(arg.quick)
+  if arg.sweep in TRAINING_SWEEPS:
+    return training_sweep(config, arg.sweep)
   if arg.sweep != "seeds":
-    raise ValueError(f"configs/study.py: sweep={arg.sweep!r}; its sweeps: seeds")
-  seeds = get_config("quick" if arg.quick else None).seeds
-  return common.sweep("config.seeds", [(seed,) for seed in seeds])
+    raise ValueError(f"configs/study.py: sweep={arg.sweep!r}; its sweeps: base, finetune, seeds")
+  return common.sweep("config.seeds", [(seed,) for seed in config.seeds])
+
+
+# ----------------------------------------------------------------------------- training runs
+# The study's runs as sweep points, for any study config (tests/tiny_study_config.py uses
+# these too). rope_lab/study/runs.py builds the same experiments from the typed StudyConfig;
+# tests/test_study_sweep.py checks that both give the same names and the same experiments,
+# which is what lets the study find a run trained by a sweep and skip it.
+
+
+def run_name(kind: str, seed: int, method: str = "", scale: int = 0, lr: float = 0.0,
+             grid: bool = False) -> str:
+  """``base_s0``, ``ape_s0``, ``ft_pi4_lr0.001_s0``, ``grid_pi8_lr0.001_s0``."""
+  if kind != "finetune":
+    return f"{kind}_s{seed}"
+  return f"{'grid' if grid else 'ft'}_{method}{scale}_lr{lr:g}_s{seed}"
+
+
+def _run_point(name: str, kind: str, seed: int, **finetune) -> dict:
+  point = {"name": name, "run": kind, "seed": seed, **finetune}
+  if kind == "finetune":  # starts from its seed's base model, a sibling in the sweep directory
+    point["config.init_from"] = "{sweep_dir}/" + run_name("base", seed)
+  return point
+
+
+def training_sweep(config: ml_collections.ConfigDict, which: str) -> list[dict]:
+  """The points of ``sweep=base`` or ``sweep=finetune`` for the study ``config``."""
+  if which not in TRAINING_SWEEPS:
+    raise ValueError(f"sweep={which!r}: the study's training sweeps are {', '.join(TRAINING_SWEEPS)}")
+  seeds = list(config.seeds)
+  if which == "base":
+    extras = [kind for kind, on in (("ape", config.ape), ("xpos", config.xpos)) if on]
+    return ([_run_point(run_name("base", s), "base", s) for s in seeds]
+            + [_run_point(run_name(kind, seeds[0]), kind, seeds[0]) for kind in extras])
+  lrs = list(config.finetune_learning_rates)
+  main = common.product(common.sweep("seed", seeds), common.sweep("method", config.finetune_methods),
+                        common.sweep("lr", lrs))
+  grid_scales = [s for s in config.grid_train_scales
+                 if s != config.finetune_scale or "pi" not in config.finetune_methods]
+  grid = common.product(common.sweep("seed", seeds[:config.grid_seeds]),
+                        common.sweep("scale", grid_scales), common.sweep("lr", lrs)) if grid_scales else []
+  points = [_run_point(run_name("finetune", p["seed"], p["method"], config.finetune_scale, p["lr"]),
+                       "finetune", p["seed"], method=p["method"], scale=config.finetune_scale, lr=p["lr"])
+            for p in main]
+  points += [_run_point(run_name("finetune", p["seed"], "pi", p["scale"], p["lr"], grid=True),
+                        "finetune", p["seed"], method="pi", scale=p["scale"], lr=p["lr"])
+             for p in grid]
+  return points
+
+
+def training_run(config: ml_collections.ConfigDict, kind: str, *, seed: int, method: str = "",
+                 scale: int = 0, lr: float = 0.0, where: str = "study config") -> ml_collections.ConfigDict:
+  """The experiment config of one of the study's runs (as rope_lab/study/runs.py builds it)."""
+  if kind not in RUN_KINDS:
+    raise ValueError(f"{where}: argument 'run' must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
+  run = copy.deepcopy(config.base)
+  train_length = run.seq_len
+  base = run.pe.get("base", None) or 10000.0  # as StudyConfig.base_frequency
+  run.seed = seed
+  if kind == "ape":
+    run.pe = common.pe_config("learned", max_length=train_length)
+  elif kind == "xpos":
+    run.pe = common.pe_config("xpos", base=float(base))
+  elif kind == "finetune":
+    if method not in ("pi", "yarn") or scale < 1 or lr <= 0:
+      raise ValueError(f"{where}: run=finetune needs method=pi|yarn, scale >= 1 and lr > 0, got "
+                       f"method={method!r}, scale={scale}, lr={lr}")
+    extra = {} if method == "pi" else {"original_max_position_embeddings": train_length}
+    run.pe = common.pe_config(method, base=float(base), factor=float(scale), **extra)
+    run.update(seq_len=train_length * scale, global_batch_size=max(1, run.global_batch_size // scale),
+               steps=config.finetune_steps, learning_rate=lr, lr_schedule="constant",
+               warmup_steps=config.finetune_warmup_steps, weight_decay=0.0, eval_every=0,
+               checkpoint_every=0)
+  return run

@@ -7,6 +7,13 @@
 
 Writes DIR/results.jsonl, DIR/figures/*.png and DIR/report.md. Running it again in the
 same directory resumes: finished training runs and measurements are not repeated.
+
+The training runs can instead be trained by a sweep (any launcher) into DIR/runs first;
+the study then finds them trained and only evaluates and reports:
+
+  python -m experiments.sweep --config=configs/study.py:quick,sweep=base --workdir=DIR/runs
+  python -m experiments.sweep --config=configs/study.py:quick,sweep=finetune --workdir=DIR/runs
+  python -m experiments.study --workdir=DIR --quick
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from rope_lab import train
 from rope_lab.sweep import local, remote, runs as runs_lib, summary
 from tests import train_helpers as th
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 TINY = os.path.join(th.REPO_ROOT, "tests", "tiny_config.py")
 
 
@@ -225,87 +227,161 @@ def test_execute_calls_gcloud_with_exactly_the_dry_run_arguments(tmp_path, monke
   assert recorded_calls(record) == [command[1:] for command in commands]
 
 
-def test_sweep_entry_point_executes_xpk_with_exactly_the_printed_commands(tmp_path):
+def test_sweep_entry_point_executes_xpk_with_exactly_the_dry_run_commands(tmp_path):
+  # The dry run's lines, in process; the entry point with --execute, in one subprocess.
+  target = remote.XpkTarget(cluster="lab", docker_image="img", tpu_type="v5litepod-16",
+                            num_slices=2, zone="us-west4-a")
+  expected = remote.xpk_commands(runs_lib.expand("tests/tiny_config.py", "gs://b/s"), target)
+  printed = []
+  remote.submit(expected, "xpk", execute=False, log=printed.append)  # the default: print only
+  assert [shlex.split(line) for line in printed] == expected and len(expected) == 4
   record = fake_tool(tmp_path, "xpk")
   flags_ = ["-m", "experiments.sweep", "--config=tests/tiny_config.py", "--workdir=gs://b/s",
             "--launcher=xpk", "--cluster=lab", "--tpu_type=v5litepod-16", "--num_slices=2",
-            "--docker_image=img", "--zone=us-west4-a"]
+            "--docker_image=img", "--zone=us-west4-a", "--execute"]
   env = th.subprocess_env(PATH=str(tmp_path) + os.pathsep + os.environ["PATH"])
-  printed = subprocess.run([th.PYTHON, *flags_], cwd=th.REPO_ROOT, env=env, capture_output=True,
-                           text=True, timeout=240, check=True).stdout.splitlines()
-  assert len(printed) == 4 and not os.path.exists(record)  # a dry run by default
-  subprocess.run([th.PYTHON, *flags_, "--execute"], cwd=th.REPO_ROOT, env=env,
-                 capture_output=True, text=True, timeout=240, check=True)
-  assert recorded_calls(record) == [shlex.split(line)[1:] for line in printed]
+  subprocess.run([th.PYTHON, *flags_], cwd=th.REPO_ROOT, env=env, capture_output=True,
+                 text=True, timeout=240, check=True)
+  assert recorded_calls(record) == [command[1:] for command in expected]
 
 
 # ----------------------------------------------------------------------------- local launcher
+# One module-scoped set of local sweeps, shared by the tests below (each subprocess costs
+# seconds of CPU): seed-1 is interrupted after its checkpoint at step 2; seed-0 runs as two
+# JAX processes; then one call resumes seed-1 beside a run that fails and a zero-shot
+# evaluation of seed-0's checkpoint (configs/evaluate.py); a last call starts nothing.
 
 TWO_SEEDS = """
     def get_sweep(arg=None):
       return common.sweep("config.seed", [0, 1])
     """
+FAILING = """
+    def get_sweep(arg=None):
+      return common.sweep("config.data.dataset", ["kjv-missing"])
+    """
+EVALUATION = """
+    from configs import evaluate
 
+    ENTRY_POINT = evaluate.ENTRY_POINT
 
-def test_local_sweep_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path):
-  path = config_file(tmp_path, TWO_SEEDS)
-  sweep_dir = str(tmp_path / "sweep")
-  runs = runs_lib.expand(path, sweep_dir, fixed={"config.checkpoint_every": 2})
-  lines = []
-  # Run seed-0 through the sweep, as two JAX processes (coordinator on localhost).
-  rows, failed = local.run_local(runs[:1], sweep_dir, processes_per_run=2, python=th.PYTHON,
-                                 env=th.subprocess_env(), cwd=th.REPO_ROOT, log=lines.append)
-  log = open(os.path.join(sweep_dir, "logs", "seed-0.log")).read()
-  assert not failed, log[-3000:]
-  assert [r["key"] for r in rows] == ["seed-0"]
-  assert rows[0]["metrics"]["steps"] == 6 and rows[0]["point"] == {"config.seed": 0}
-  data_dir = os.path.join(runs[0].workdir, "checkpoints", "6", "data")
-  assert sorted(f for f in os.listdir(data_dir) if f.endswith(".json")) == [
-      "process_0-of-2.json", "process_1-of-2.json"]
-  # Run seed-1 is interrupted after its checkpoint at step 2.
-  exp, _ = parse_run_command(runs[1].argv(th.PYTHON))
-  train.run(_with(exp, steps=2), runs[1].workdir)
-  lines.clear()
-  rows, failed = local.run_local(runs, sweep_dir, python=th.PYTHON, env=th.subprocess_env(),
-                                 cwd=th.REPO_ROOT, log=lines.append)
-  assert not failed
-  assert lines[0] == "[1/2] seed-0: finished earlier, skipped"
-  assert lines[1] == "[2/2] seed-1: resuming" and lines[2].startswith("[2/2] seed-1: done in")
-  assert [r["key"] for r in rows] == ["seed-0", "seed-1"]
-  # Resumed, not restarted: steps 1-2 from the interrupted run, 3-6 from the sweep.
-  assert [r["step"] for r in th.read_metrics(runs[1].workdir)] == [1, 2, 3, 4, 5, 6]
-  assert len(results_lib.read_rows(os.path.join(sweep_dir, "results.jsonl"))) == 2
-  text = summary.table(rows)
-  assert "| run | config.seed | steps | train_loss | seconds |" in text and "| seed-1 | 1 | 6 |" in text
-  assert summary.figure(rows, str(tmp_path / "sweep.png")) and (tmp_path / "sweep.png").stat().st_size
-  # Everything finished: a third call starts nothing.
-  lines.clear()
-  local.run_local(runs, sweep_dir, python=th.PYTHON, env=th.subprocess_env(), cwd=th.REPO_ROOT,
-                  log=lines.append)
-  assert all(line.endswith("finished earlier, skipped") for line in lines)
+    def get_config(arg=None):
+      config = evaluate.get_config(arg)
+      config.update(lengths=(16, 32), doc_tokens=64)
+      return config
+
+    def get_sweep(arg=None):
+      return common.product(common.sweep("pe", ["yarn"]), common.sweep("factor", [2.0]))
+    """
+YARN_2 = '{"name": "yarn", "factor": 2, "original_max_position_embeddings": 16}'
 
 
 def _with(exp, **train_fields):
   return dataclasses.replace(exp, train=dataclasses.replace(exp.train, **train_fields))
 
 
-def test_a_failing_run_is_reported_and_the_others_still_run(tmp_path):
-  path = config_file(tmp_path, """
-      def get_sweep(arg=None):
-        return common.sweep("config.data.dataset", ["kjv-missing", "random:"])
-      """)
+@dataclasses.dataclass
+class LocalSweeps:
+  sweep_dir: str
+  runs: list  # the two seeds
+  failing: list
+  evaluation: list
+  first: tuple  # (rows, failed, lines) of each call
+  second: tuple
+  third: tuple
+
+
+@pytest.fixture(scope="module")
+def local_sweeps(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp("local_sweeps")
   sweep_dir = str(tmp_path / "sweep")
-  runs = runs_lib.expand(path, sweep_dir, validate=False, fixed={"config.steps": 1})
-  lines = []
-  rows, failed = local.run_local(runs, sweep_dir, parallel=2, python=th.PYTHON,
-                                 env=th.subprocess_env(), cwd=th.REPO_ROOT, log=lines.append)
+  runs = runs_lib.expand(config_file(tmp_path, TWO_SEEDS), sweep_dir,
+                         fixed={"config.steps": 4, "config.checkpoint_every": 2})
+  failing = runs_lib.expand(config_file(tmp_path, FAILING, "failing.py"), sweep_dir,
+                            validate=False, fixed={"config.steps": 1})
+  evaluation = runs_lib.expand(
+      config_file(tmp_path, EVALUATION, "evaluation.py") + ":train_length=16", sweep_dir,
+      fixed={"config.checkpoint": runs[0].workdir})
+  exp, _ = parse_run_command(runs[1].argv(th.PYTHON))
+  train.run(_with(exp, steps=2), runs[1].workdir)  # seed-1, interrupted after step 2
+
+  def call(selected, **kwargs):
+    lines = []
+    rows, failed = local.run_local(selected, sweep_dir, python=th.PYTHON, env=th.subprocess_env(),
+                                   cwd=th.REPO_ROOT, log=lines.append, **kwargs)
+    return rows, failed, lines
+
+  first = call(runs[:1], processes_per_run=2)
+  second = call(runs + failing + evaluation, parallel=3)
+  third = call(runs)
+  return LocalSweeps(sweep_dir, runs, failing, evaluation, first, second, third)
+
+
+def test_a_local_run_as_two_jax_processes(local_sweeps):
+  rows, failed, _ = local_sweeps.first
+  log = open(os.path.join(local_sweeps.sweep_dir, "logs", "seed-0.log")).read()
+  assert not failed, log[-3000:]
+  assert [r["key"] for r in rows] == ["seed-0"]
+  assert rows[0]["metrics"]["steps"] == 4 and rows[0]["point"] == {"config.seed": 0}
+  data_dir = os.path.join(local_sweeps.runs[0].workdir, "checkpoints", "4", "data")
+  assert sorted(f for f in os.listdir(data_dir) if f.endswith(".json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_local_sweep_skips_finished_runs_and_resumes_an_interrupted_one(local_sweeps, tmp_path):
+  rows, _, lines = local_sweeps.second
+  assert lines[0] == "[1/4] seed-0: finished earlier, skipped"
+  assert lines[1] == "[2/4] seed-1: resuming"
+  assert any(line.startswith("[2/4] seed-1: done in") for line in lines)
+  assert [r["key"] for r in rows if r["key"].startswith("seed-")] == ["seed-0", "seed-1"]
+  # Resumed, not restarted: steps 1-2 from the interrupted run, 3-4 from the sweep.
+  assert [r["step"] for r in th.read_metrics(local_sweeps.runs[1].workdir)] == [1, 2, 3, 4]
+  seed_rows = [r for r in rows if r["key"].startswith("seed-")]
+  text = summary.table(seed_rows)
+  assert "| run | config.seed | steps | train_loss | seconds |" in text and "| seed-1 | 1 | 4 |" in text
+  assert summary.figure(seed_rows, str(tmp_path / "sweep.png")) and (tmp_path / "sweep.png").stat().st_size
+  # Everything finished: a third call starts nothing.
+  _, _, lines = local_sweeps.third
+  assert len(lines) == 2 and all(line.endswith("finished earlier, skipped") for line in lines)
+
+
+def test_a_failing_run_is_reported_and_the_others_still_run(local_sweeps):
+  rows, failed, lines = local_sweeps.second
   assert failed == ["data.dataset-kjv-missing"]
-  assert [r["key"] for r in rows] == ["data.dataset-random"]
+  assert "data.dataset-kjv-missing" not in {r["key"] for r in rows}
+  assert {"seed-1", "pe-yarn_factor-2.0"} <= {r["key"] for r in rows}  # ran beside it
   assert any("FAILED" in line and "logs" in line for line in lines)
 
 
+def test_an_evaluation_sweep_gathers_its_rows_in_the_sweep_results(local_sweeps, tmp_path):
+  """configs/evaluate.py through the sweep gives the JSON-flag form's numbers, in one file."""
+  from rope_lab.evaluate import checkpoint_eval, plans  # pylint: disable=g-import-not-at-top
+  (run,) = local_sweeps.evaluation
+  assert run.argv()[1:3] == ["-m", "experiments.evaluate"] and run.name == "pe-yarn_factor-2.0"
+  rows = results_lib.read_rows(os.path.join(local_sweeps.sweep_dir, "results.jsonl"))
+  swept = {r["length"]: r["metrics"]["loss"] for r in rows if r["kind"] == "perplexity"}
+  assert sorted(swept) == [16, 32]
+  # The run's own rows come just before its row in the sweep's file.
+  index = next(i for i, r in enumerate(rows) if r["kind"] == "sweep_run" and r["key"] == run.name)
+  assert [r["kind"] for r in rows[index - 2:index]] == ["perplexity", "perplexity"]
+  settings = checkpoint_eval.EvalSettings(lengths=(16, 32), max_docs=1, doc_tokens=64)
+  own = checkpoint_eval.evaluate_checkpoint(local_sweeps.runs[0].workdir, [plans.plan_from_json(YARN_2)],
+                                            settings, str(tmp_path / "results.jsonl"), log=lambda _: None)
+  assert {r["plan"] for r in own} == {r["plan"] for r in rows if r["kind"] == "perplexity"}
+  for row in own:
+    assert swept[row["length"]] == pytest.approx(row["metrics"]["loss"], rel=1e-4)
+
+
+def test_an_evaluation_sweep_without_a_checkpoint_is_a_clear_error(tmp_path):
+  with pytest.raises(runs_lib.ConfigError, match="config.checkpoint must be a trained run directory"):
+    runs_lib.expand("configs/evaluate.py:sweep=zero_shot", str(tmp_path / "s"))
+  runs = runs_lib.expand("configs/evaluate.py:sweep=zero_shot", "/s",
+                         fixed={"config.checkpoint": "/runs/seed-{seed}"})
+  assert len(runs) == 4 * 2 * 3 and runs[0].name == "pe-pi_factor-2.0_seed-0"
+  assert "--config.checkpoint=/runs/seed-{seed}" in runs[0].argv()
+
+
 @pytest.mark.parametrize("path", ["README.md", "configs/tiny_cpu.py", "configs/study.py",
-                                  "configs/tpu_pod.py"])
+                                  "configs/tpu_pod.py", "configs/evaluate.py"])
 def test_documented_sweep_commands_expand(path):
   from tests.test_config import documented_commands  # pylint: disable=g-import-not-at-top
   commands = documented_commands(path, "experiments.sweep")

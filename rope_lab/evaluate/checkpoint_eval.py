@@ -49,6 +49,39 @@ class EvalSettings:
       raise ConfigError(f"doc_tokens={self.doc_tokens} is shorter than the longest window {max(self.lengths)}")
 
 
+SEED_MARK = "{seed}"  # in config.checkpoint: the swept seed (configs/evaluate.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """One zero-shot evaluation from configs/evaluate.py: a checkpoint, an encoding, settings."""
+
+  checkpoint: str
+  plan: EncodingPlan
+  settings: EvalSettings
+
+
+def evaluation_from_config_dict(config) -> Evaluation:
+  """configs/evaluate.py's ConfigDict -> an Evaluation; a ConfigError names a bad field."""
+  from rope_lab import config as config_lib  # pylint: disable=g-import-not-at-top
+  from rope_lab.errors import check  # pylint: disable=g-import-not-at-top
+  from rope_lab.evaluate.plans import describe  # pylint: disable=g-import-not-at-top
+  values = config.to_dict()
+  checkpoint, seed = values.pop("checkpoint", None), values.pop("seed", 0)
+  spec = {k: v for k, v in (values.pop("pe", None) or {}).items() if v is not None}
+  label = values.pop("label", "") or ""
+  check(isinstance(checkpoint, str) and checkpoint.strip() != "", "config.checkpoint",
+        "a trained run directory (e.g. --config.checkpoint=/tmp/rope_lab/tiny)", checkpoint)
+  check(isinstance(seed, int) and not isinstance(seed, bool), "config.seed", "an int", seed)
+  check("name" in spec, "config.pe", "an encoding section with a name (configs/common.py's pe_config)", spec)
+  try:
+    plan = EncodingPlan.of(label or describe(spec), spec)
+  except ValueError as e:
+    raise ConfigError(f"config.pe: {e}") from None
+  settings = config_lib.dataclass_from_mapping(EvalSettings, values, "config")
+  return Evaluation(checkpoint.replace(SEED_MARK, str(seed)), plan, settings)
+
+
 def trained_plan(run: TrainedRun) -> EncodingPlan:
   return EncodingPlan.of("trained", pe.to_dict(run.encoding))
 

@@ -39,4 +39,5 @@ from rope_lab.study.phases import (  # noqa: F401
     run_study,
     write_outputs,
 )
-from rope_lab.study.runs import RunSpec, base_run, extra_runs, finetune_run, run_label, with_plan_ids  # noqa: F401
+from rope_lab.study.runs import (  # noqa: F401
+    RunSpec, base_run, extra_runs, finetune_grid, finetune_run, finetune_runs, run_label, with_plan_ids)

@@ -8,6 +8,7 @@ its plan by id (``plan_id``, the join key) and by label (``plan``, for display).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -25,6 +26,35 @@ from rope_lab.study.config import StudyConfig
 from rope_lab.study.runs import RunSpec, base_run, finetune_run, trained_plan
 
 RESULTS_FILE = "results.jsonl"
+
+
+def _relocatable(values: dict) -> dict:
+  """An experiment dict whose ``init_from`` keeps only the run's name: a sweep that trained
+  the study's runs in a bucket and the copy under ``<workdir>/runs`` name the same base."""
+  init_from = values.get("train", {}).get("init_from")
+  if not init_from:
+    return values
+  return {**values, "train": {**values["train"], "init_from": init_from.rstrip("/").rsplit("/", 1)[-1]}}
+
+
+def trained_elsewhere(spec: RunSpec, workdir: str) -> dict | None:
+  """The final metrics of ``spec`` if ``workdir`` holds it finished with exactly its
+  experiment, trained outside the study (``sweep=base|finetune`` of configs/study.py);
+  else None. A run with a different experiment is left to the trainer's resume check."""
+  from rope_lab.checkpoint import committed_latest_step  # pylint: disable=g-import-not-at-top
+  from rope_lab.sweep.local import run_metrics  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(workdir, "config.json")
+  if spec.data_mix or not os.path.exists(config_path):
+    return None  # a mixed data source exists only inside the study
+  if committed_latest_step(workdir) != spec.exp.train.steps:
+    return None
+  with open(config_path, encoding="utf-8") as f:
+    stored = _relocatable(json.load(f))
+  if stored != _relocatable(json.loads(json.dumps(config_lib.experiment_to_dict(spec.exp)))):
+    return None
+  metrics = run_metrics(workdir)
+  return {"train_loss": metrics.get("train_loss"), "eval_loss": metrics.get("eval_loss"),
+          "steps": metrics.get("steps", spec.exp.train.steps), "seconds": 0.0}
 
 
 class Study:
@@ -66,6 +96,11 @@ class Study:
     chash = self.measure_hash(spec)
     key = f"train|{spec.name}"
     if (key, chash) in self.done:
+      return workdir
+    metrics = trained_elsewhere(spec, workdir)
+    if metrics is not None:
+      self.log(f"{spec.name}: already trained in {workdir} (by a sweep of the study's runs)")
+      self.record("train", key, chash, spec, metrics, encoding=pe.to_dict(spec.exp.encoding))
       return workdir
     self.log(f"training {spec.name} ({spec.exp.train.steps} steps at {spec.exp.train.seq_len} tokens)")
     source = None

@@ -22,23 +22,12 @@ from rope_lab import results as results_lib
 from rope_lab.evaluate import attention_maps, plans as plans_lib
 from rope_lab.study.config import StudyConfig, read_study_config, save_config
 from rope_lab.study.measurements import RESULTS_FILE, Study
-from rope_lab.study.runs import RunSpec, base_run, extra_runs, finetune_run, trained_plan, with_plan_ids
+from rope_lab.study.runs import RunSpec, base_run, extra_runs, finetune_runs, trained_plan, with_plan_ids
 
 
 def finetune_specs(study: Study) -> list[RunSpec]:
   """Every seed's PI / YaRN fine-tunes at finetune_scale, and the Giraffe grid's PI fine-tunes."""
-  cfg = study.cfg
-  specs = []
-  for seed in cfg.seeds:
-    base_dir = study.path("runs", base_run(cfg, seed).name)
-    for method in cfg.finetune_methods:
-      specs.append(finetune_run(cfg, seed, method, cfg.finetune_scale, study.finetune_lr, base_dir))
-  for seed in cfg.seeds[:cfg.grid_seeds]:
-    base_dir = study.path("runs", base_run(cfg, seed).name)
-    for scale in cfg.grid_train_scales:
-      if scale != cfg.finetune_scale or "pi" not in cfg.finetune_methods:
-        specs.append(finetune_run(cfg, seed, "pi", scale, study.finetune_lr, base_dir, prefix="grid"))
-  return specs
+  return finetune_runs(study.cfg, (study.finetune_lr,), study.path("runs"))
 
 
 def zero_shot_plans(cfg: StudyConfig, train_length: int | None = None) -> list[plans_lib.EncodingPlan]:

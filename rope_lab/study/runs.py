@@ -9,6 +9,8 @@ display.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 
 from rope_lab import config as config_lib
 from rope_lab import pe
@@ -70,6 +72,26 @@ def finetune_run(cfg: StudyConfig, seed: int, method: str, scale: int, learning_
                     eval_every=0, checkpoint_every=0)
   return RunSpec(f"{prefix}_{method}{scale}_lr{learning_rate:g}_s{seed}", "finetune", seed, exp,
                  method=method, train_scale=scale)
+
+
+def finetune_grid(cfg: StudyConfig, learning_rates) -> list[dict]:
+  """The fine-tunes as sweep points: seed x method x learning rate at finetune_scale, then
+  the Giraffe grid's PI fine-tunes (first grid_seeds seeds x grid scale x learning rate).
+  configs/study.py's ``sweep=finetune`` declares the same points for sweep launchers."""
+  main = [dict(seed=seed, method=method, scale=cfg.finetune_scale, lr=lr, prefix="ft")
+          for seed, method, lr in itertools.product(cfg.seeds, cfg.finetune_methods, learning_rates)]
+  grid_scales = [s for s in cfg.grid_train_scales
+                 if s != cfg.finetune_scale or "pi" not in cfg.finetune_methods]
+  grid = [dict(seed=seed, method="pi", scale=scale, lr=lr, prefix="grid")
+          for seed, scale, lr in itertools.product(cfg.seeds[:cfg.grid_seeds], grid_scales, learning_rates)]
+  return main + grid
+
+
+def finetune_runs(cfg: StudyConfig, learning_rates, runs_dir: str) -> list[RunSpec]:
+  """The fine-tunes of ``finetune_grid``, each starting from its seed's base model in ``runs_dir``."""
+  return [finetune_run(cfg, p["seed"], p["method"], p["scale"], p["lr"],
+                       os.path.join(runs_dir, base_run(cfg, p["seed"]).name), prefix=p["prefix"])
+          for p in finetune_grid(cfg, learning_rates)]
 
 
 def trained_plan(spec: RunSpec) -> plans_lib.EncodingPlan:

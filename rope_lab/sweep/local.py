@@ -4,6 +4,10 @@ Each run is its own subprocess (the exact command ``--launcher=print`` shows), s
 that crashes does not take the sweep with it, and a run can itself be several processes
 (``processes_per_run``: JAX's coordinator on localhost, as on a multi-host cluster).
 
+Rows: each finished run adds its row (its point, final training metrics and time) to the
+sweep's results.jsonl, preceded by the rows the run wrote to its own results.jsonl (an
+evaluation run's measurements, configs/evaluate.py), so a sweep's rows are in one file.
+
 Resuming: a run is finished when the sweep's results.jsonl holds its row; finished runs
 are skipped. Any other run is started again with the same command, and the trainer
 resumes it from the newest checkpoint in its directory (so an interrupted run loses at
@@ -139,7 +143,7 @@ def run_local(runs: Sequence[Run], sweep_dir: str, *, parallel: int = 1,
               f"after {seconds:.0f}s; log: {os.path.join(sweep_dir, LOG_DIR, item.run.name + '.log')}")
           continue
         row = result_row(item.run, seconds, commit)
-        results.append([row])
+        results.append([*results_lib.read_rows(os.path.join(item.run.workdir, RESULTS_FILE)), row])
         metrics = row["metrics"]
         losses = ", ".join(f"{k.replace('_', ' ')} {metrics[k]:.3f}"
                            for k in ("train_loss", "eval_loss") if k in metrics)

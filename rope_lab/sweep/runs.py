@@ -8,7 +8,14 @@ runs, that every point builds a valid config (the entry point's own boundary), t
 two points share a directory, and that every override exists in the config.
 
 A run's name depends only on its point (``pe-yarn_seq-512_learning_rate-0.0001``), so the
-same sweep always gives the same names and adding a point never renames the others.
+same sweep always gives the same names and adding a point never renames the others. A
+point may name its run itself (``"name": "base_s0"``, the ``NAME_KEY``): the reference
+study does, so its runs keep the names the study looks them up by.
+
+A ``config.<field>`` string value may contain ``{sweep_dir}``, replaced by the sweep's
+directory: a fine-tune names the run it starts from (``{sweep_dir}/base_s0``) without
+knowing where the sweep writes. A config file whose arguments choose the entry point
+defines ``get_entry_point(arg)``; otherwise its ``ENTRY_POINT`` (default experiments.train).
 """
 
 from __future__ import annotations
@@ -33,8 +40,11 @@ DEFAULT_ENTRY_POINT = "experiments.train"
 VALIDATORS = {
     "experiments.train": "rope_lab.config:experiment_from_config_dict",
     "experiments.study": "rope_lab.study:study_config_from_config_dict",
+    "experiments.evaluate": "rope_lab.evaluate.checkpoint_eval:evaluation_from_config_dict",
 }
 CONFIG_PREFIX = "config."
+NAME_KEY = "name"  # a point's own name for its run (neither an argument nor a field)
+SWEEP_DIR = "{sweep_dir}"  # in a config.<field> string value: the sweep's directory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +119,14 @@ def _name_part(text: str) -> str:
 
 
 def run_name(point: Mapping[str, Any]) -> str:
-  """``{"pe": "yarn", "config.seed": 1}`` -> ``"pe-yarn_seed-1"``; ``{}`` -> ``"run"``."""
+  """``{"pe": "yarn", "config.seed": 1}`` -> ``"pe-yarn_seed-1"``; ``{}`` -> ``"run"``;
+  a point with a ``name`` is named by it."""
+  if NAME_KEY in point:
+    name = point[NAME_KEY]
+    if not isinstance(name, str) or _name_part(name) != name:
+      raise ConfigError(f"sweep point {dict(point)}: {NAME_KEY!r} must be a non-empty string "
+                        f"of letters, digits and . + - _, got {name!r}")
+    return name
   parts = []
   for key, value in point.items():
     short = key[len(CONFIG_PREFIX):] if key.startswith(CONFIG_PREFIX) else key
@@ -180,7 +197,10 @@ def expand(config_spec: str, workdir: str, *, fixed: Mapping[str, Any] | None = 
   path, arg = split_config_spec(config_spec)
   where = f"--config={config_spec}"
   module = load_config_module(path)
-  entry_point = getattr(module, "ENTRY_POINT", DEFAULT_ENTRY_POINT)
+  if hasattr(module, "get_entry_point"):
+    entry_point = module.get_entry_point(arg or None)
+  else:
+    entry_point = getattr(module, "ENTRY_POINT", DEFAULT_ENTRY_POINT)
   try:
     points = module.get_sweep(arg or None) if hasattr(module, "get_sweep") else [{}]
   except ValueError as e:
@@ -189,7 +209,10 @@ def expand(config_spec: str, workdir: str, *, fixed: Mapping[str, Any] | None = 
     raise ConfigError(f"{where}: get_sweep must return a non-empty list of dicts, got {points!r}")
   by_name: dict[str, dict[str, Any]] = {}  # lowercased: one directory on any file system
   for point in points:
-    name = run_name(point).lower()
+    try:
+      name = run_name(point).lower()
+    except ConfigError as e:
+      raise ConfigError(f"{where}: {e}") from None
     if name in by_name:
       raise ConfigError(f"{where}: sweep points {by_name[name]} and {dict(point)} map to one "
                         f"directory {run_name(point)!r}; make their values distinct")
@@ -198,11 +221,13 @@ def expand(config_spec: str, workdir: str, *, fixed: Mapping[str, Any] | None = 
   runs = []
   for point in points:
     point = dict(point)
-    args = {k: v for k, v in point.items() if not k.startswith(CONFIG_PREFIX)}
+    args = {k: v for k, v in point.items() if not k.startswith(CONFIG_PREFIX) and k != NAME_KEY}
     shared = sorted(set(point) & set(fixed or {}))
     if shared:
       raise ConfigError(f"{where}: {shared} are both swept and fixed by --set")
     fields = {**(fixed or {}), **{k: v for k, v in point.items() if k.startswith(CONFIG_PREFIX)}}
+    fields = {k: v.replace(SWEEP_DIR, workdir.rstrip("/")) if isinstance(v, str) else v
+              for k, v in fields.items()}
     name = run_name(point)
     at = f"{where}, sweep point {point}"
     merged_arg = merge_arg(arg, args, at)
