@@ -140,6 +140,6 @@ def test_xpos_beyond_its_overflow_length_is_refused_before_compute(tiny_run, tmp
       tiny_run, [plan], checkpoint_eval.EvalSettings(lengths=(121,), max_docs=1, doc_tokens=256),
       str(tmp_path / "r.jsonl"), log=lambda m: None)
   assert np.isfinite(rows[0]["metrics"]["loss"])
-  exp = th.tiny_experiment(steps=1, seq_len=122, pe__name="xpos", pe__scale_base=1.0)
+  exp = th.tiny_experiment(steps=1, seq_len=122, pe="xpos:scale_base=1.0")
   with pytest.raises(ConfigError, match=r"config.seq_len=122 is beyond xPos's overflow length 121"):
     train.run(exp, str(tmp_path / "xpos"))

@@ -5,11 +5,9 @@ import os
 
 import pytest
 
-from rope_lab import config as config_lib
 from rope_lab import resume, train
 from rope_lab.errors import CheckpointError, WorkdirError
 from rope_lab.evaluate import runs
-from tests import tiny_config
 from tests import train_helpers as th
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -43,10 +41,8 @@ def test_a_change_that_cannot_resume_is_refused_listing_the_fields_and_nothing_c
   assert "steps" not in message.split("These change")[0]  # steps may change; not listed
   assert "--config.init_from=" in message
   # An encoding with parameters of its own (a learned position table) cannot resume either.
-  learned = tiny_config.get_config("pe=learned")  # config.pe holds only the learned table's parameters
-  learned.steps = 6
   with pytest.raises(WorkdirError, match=r"pe.name: 'rope' -> 'learned'"):
-    train.run(config_lib.experiment_from_config_dict(learned), trained)
+    train.run(th.tiny_experiment(steps=6, pe="learned"), trained)
   assert files_of(trained) == before
   runs.load_run(trained)  # the stored config still describes the checkpoints
 

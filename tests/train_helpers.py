@@ -21,9 +21,14 @@ from tests import tiny_config
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_experiment(**top_level) -> config_lib.ExperimentConfig:
-  """tests/tiny_config.py with top-level (TrainConfig) or 'section.field' overrides."""
-  config = tiny_config.get_config()
+def tiny_experiment(pe: str | None = None, **top_level) -> config_lib.ExperimentConfig:
+  """tests/tiny_config.py with top-level (TrainConfig) or 'section__field' overrides;
+  ``pe="name"`` (or ``pe="name:param=value,..."``, values as config arguments) picks the encoding."""
+  config = tiny_config.get_config(None if pe is None else f"pe={pe.split(':')[0]}")
+  if pe is not None and ":" in pe:
+    for item in pe.split(":", 1)[1].split(","):
+      field, value = item.split("=")
+      config.pe[field] = type(config.pe[field])(value) if config.pe[field] is not None else float(value)
   for key, value in top_level.items():
     target = config
     *sections, field = key.split("__")

@@ -20,8 +20,7 @@ def apply_rope(inputs_BxLxHxD: jnp.ndarray, positions_BxL: jnp.ndarray, *, base_
   rope_angles = int(rope_proportion * head_dim // 2)  # pairs that rotate, fastest first
   exponents_P = 2.0 * jnp.arange(head_dim // 2) / head_dim
   inv_freq_P = jnp.where(jnp.arange(head_dim // 2) < rope_angles, base_frequency ** -exponents_P, 0.0)
-  inv_freq_1x1xP = inv_freq_P.reshape((1,) * positions_BxL.ndim + (-1,))  # explicit ranks: no promotion
-  angles_BxLxP = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_1x1xP / scale_factor
+  angles_BxLxP = jnp.tensordot(positions_BxL.astype(jnp.float32), inv_freq_P, axes=0) / scale_factor
   cos_BxLx1xP = jnp.cos(angles_BxLxP)[..., None, :]  # one angle per pair, shared by the heads
   sin_BxLx1xP = jnp.sin(angles_BxLxP)[..., None, :]
   x = inputs_BxLxHxD.astype(jnp.float32)
