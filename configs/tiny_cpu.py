@@ -127,6 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.init_from = ml_collections.config_dict.placeholder(str)  # a run dir or hf:<dir>; None: scratch
   config.mesh_shape = (-1, 1, 1)  # data x fsdp x tensor devices; -1: the rest
   config.tensorboard = True  # also write TensorBoard events
+  config.pose_target_length = 0  # PoSE: train at positions skipped to span this length; 0: off
   if arg.smoke:
     config.update(steps=40, warmup_steps=5, eval_every=20, eval_batches=2,
                   checkpoint_every=20, log_every=5)

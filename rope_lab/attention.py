@@ -10,6 +10,9 @@ heads, head h reading kv head h // (H / K), as Hugging Face's ``repeat_kv``)::
 * SelfExtend (Jin et al. 2024): s_ij uses q/k rotated at the normal positions when
   p_i - p_j < W and q/k rotated at the grouped positions (``pe.apply.self_extend_positions``)
   otherwise (``pe.apply.self_extend_use_normal``).
+* Relative-position remapping (ReRoPE, STRING, Dual Chunk Attention): s_ij uses q/k
+  rotated at the positions of the first remap rule whose condition holds for (p_i, p_j)
+  (``pe.apply.rotate_remapped``, ``pe.apply.remap_applies``); SelfExtend is the two-rule case.
 * bias_ij: ALiBi's -m_h |p_i - p_j| (``pe.apply.alibi_bias``) when the hooks carry slopes.
 * j is allowed when j <= i (token index, never the mapped position, which may wrap or
   restart), segment_i == segment_j and window_i == window_j (parallel context windows).
@@ -19,7 +22,8 @@ Implementations (``IMPLEMENTATIONS``), all honouring every hook:
 * ``reference``: einsum, masks and softmax in float32 over the full [L, L] logits; the
   only one that can return the attention probabilities.
 * ``dot_product``: ``jax.nn.dot_product_attention`` with the ALiBi bias and a boolean mask,
-  pinned to ``implementation='xla'`` so every backend computes the same thing. SelfExtend is expressed exactly in one call by
+  pinned to ``implementation='xla'`` so every backend computes the same thing. Remap rules
+  are not expressed: ``attend`` runs ``chunked`` for them instead, with a notice. SelfExtend is expressed exactly in one call by
   concatenating along the head dimension, q' = [q_near | q_far], and along the keys,
   k' = [[k_near | 0] ; [0 | k_far]], v' = [[v | 0] ; [v | 0]], with the mask choosing the
   near copy of key j inside the window and the far copy outside; one softmax over 2L keys
@@ -27,8 +31,8 @@ Implementations (``IMPLEMENTATIONS``), all honouring every hook:
   expressed; ``ModelConfig`` rejects that combination.
 * ``chunked``: blockwise attention with an online softmax (Milakov & Gimelshein 2018; Dao
   et al. 2022): a scan over query blocks and, for each, a scan over key blocks in which
-  blocks wholly in the future are skipped by ``lax.cond``. Logits, bias, masks and the
-  SelfExtend merge are computed per [C, C] block from the token metadata, so memory grows
+  blocks wholly in the future are skipped by ``lax.cond``. Logits, bias, masks, the
+  remap rules and the SelfExtend merge are computed per [C, C] block from the token metadata, so memory grows
   linearly with L. Each query block is rematerialised in the backward pass
   (``jax.checkpoint``), so gradients also stay linear in memory.
 * ``fused``: the platform's fused kernel (cuDNN or Pallas on GPU, splash on TPU), chosen
@@ -43,9 +47,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from rope_lab import attention_fused
 from rope_lab.pe import apply as pe_apply
+from rope_lab.errors import ConfigError
 from rope_lab.pe.base import Hooks
 
 IMPLEMENTATIONS = ("reference", "dot_product", "chunked", "fused")
@@ -66,12 +72,18 @@ class TokenMeta(NamedTuple):
 
 
 class Rotated(NamedTuple):
-  """q [B, L, K, G, Dh] and k [B, L, K, Dh] after rotary/xPos; ``*_far`` only with SelfExtend."""
+  """q [B, L, K, G, Dh] and k [B, L, K, Dh] after rotary/xPos; ``*_far`` only with SelfExtend.
+
+  With remap rules, q/k hold the first rule's rotation and ``remap_q``/``remap_k`` the
+  later rules', in order.
+  """
 
   q: jnp.ndarray
   k: jnp.ndarray
   q_far: jnp.ndarray | None = None
   k_far: jnp.ndarray | None = None
+  remap_q: tuple = ()
+  remap_k: tuple = ()
 
 
 def rotate(hooks: Hooks, q_BxLxHxD, k_BxLxKxD, positions_BxL) -> Rotated:
@@ -79,6 +91,9 @@ def rotate(hooks: Hooks, q_BxLxHxD, k_BxLxKxD, positions_BxL) -> Rotated:
   b, length, n_heads, head_dim = q_BxLxHxD.shape
   n_kv = k_BxLxKxD.shape[2]
   group = lambda q: q.reshape(b, length, n_kv, n_heads // n_kv, head_dim)
+  if hooks.remap is not None:
+    qs, ks = pe_apply.rotate_remapped(hooks, q_BxLxHxD, k_BxLxKxD, positions_BxL, positions_BxL)
+    return Rotated(group(qs[0]), ks[0], remap_q=tuple(group(q) for q in qs[1:]), remap_k=ks[1:])
   q, k = pe_apply.rotate_qk(hooks, q_BxLxHxD, k_BxLxKxD, positions_BxL, positions_BxL)
   if hooks.self_extend is None:
     return Rotated(group(q), k)
@@ -126,7 +141,14 @@ def block_logits(
   """
   _, _, n_kv, n_group, head_dim = rot.q.shape
   scale = hooks.logit_scale / math.sqrt(head_dim)
-  s = _scores(rot.q, rot.k) * scale
+  if hooks.remap is None:
+    s = _scores(rot.q, rot.k) * scale
+  else:  # each pair scored with the first remap rule whose condition holds
+    qs, ks = (rot.q,) + tuple(rot.remap_q), (rot.k,) + tuple(rot.remap_k)
+    rule_of_pair = pe_apply.remap_rule_index(hooks.remap, q_meta.positions, k_meta.positions)[:, None, None]
+    s = _scores(qs[-1], ks[-1]) * scale
+    for r, (q, k) in enumerate(zip(qs[:-1], ks[:-1])):
+      s = jnp.where(rule_of_pair == r, _scores(q, k) * scale, s)
   if hooks.self_extend is not None:
     near = pe_apply.self_extend_use_normal(hooks.self_extend, q_meta.positions, k_meta.positions)
     s = jnp.where(near[:, None, None], s, _scores(rot.q_far, rot.k_far) * scale)
@@ -163,6 +185,9 @@ def dot_product(
   """out [B, L, H, Dh] through ``jax.nn.dot_product_attention`` (see the module docstring)."""
   if soft_cap is not None:
     raise ValueError("attention 'dot_product' cannot apply a logit soft cap; use 'reference' or 'chunked'")
+  if hooks.remap is not None:
+    raise ConfigError("attention 'dot_product' cannot merge relative-position remap rules (ReRoPE, "
+                      "STRING, Dual Chunk Attention); use 'reference' or 'chunked'")
   b, length, n_kv, n_group, head_dim = rot.q.shape
   q = rot.q.reshape(b, length, n_kv * n_group, head_dim)
   mask = allowed(meta, meta)[:, None]  # [B, 1, L, L]
@@ -242,22 +267,23 @@ def chunked_cross(
   k_blocks_of = lambda x, fill=0: None if x is None else _to_blocks(x, nk_blocks, chunk, fill)
   meta_blocks = lambda m, blocks: TokenMeta(blocks(m.index, _PAD_INDEX), blocks(m.positions),
                                             blocks(m.segments), blocks(m.windows))
-  q_blocks = (q_blocks_of(q_rot.q), q_blocks_of(q_rot.q_far))
-  kv_blocks = (k_blocks_of(k_rot.k), k_blocks_of(k_rot.k_far), k_blocks_of(v_BxSxKxD))
+  q_blocks = (q_blocks_of(q_rot.q), q_blocks_of(q_rot.q_far), tuple(map(q_blocks_of, q_rot.remap_q)))
+  kv_blocks = (k_blocks_of(k_rot.k), k_blocks_of(k_rot.k_far), tuple(map(k_blocks_of, k_rot.remap_k)),
+               k_blocks_of(v_BxSxKxD))
   q_meta_blocks, k_meta_blocks = meta_blocks(q_meta, q_blocks_of), meta_blocks(k_meta, k_blocks_of)
   # Padded query rows carry _PAD_INDEX too; their key range must not widen the block's.
   q_last = lambda idx: jnp.where(idx == _PAD_INDEX, -1, idx).max()
 
   def query_block(args):
-    q, q_far, q_meta = args
+    q, q_far, remap_q, q_meta = args
     last_query = q_last(q_meta.index)
 
     def key_block(carry, xs):
-      k, k_far, v, k_meta = xs
+      k, k_far, remap_k, v, k_meta = xs
 
       def update(carry):
         m, l, acc = carry
-        s, mask = block_logits(Rotated(q, k, q_far, k_far), q_meta, k_meta, hooks, soft_cap)
+        s, mask = block_logits(Rotated(q, k, q_far, k_far, remap_q, remap_k), q_meta, k_meta, hooks, soft_cap)
         m_new = jnp.maximum(m, s.max(axis=-1))
         correction = jnp.exp(m - m_new)
         p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
@@ -306,6 +332,10 @@ def attend(
   rot = rotate(hooks, q_BxLxHxD, k_BxLxKxD, meta.positions)
   from rope_lab import context_parallel  # imports this module
   if context_parallel.sequence_parallelism() > 1:
+    if hooks.remap is not None:
+      raise ConfigError("context-parallel attention (a 'sequence' mesh axis) does not carry relative-"
+                        "position remap rules (ReRoPE, STRING, Dual Chunk Attention); use a mesh "
+                        "without a sequence split")
     return context_parallel.attend(rot, v_BxLxKxD, meta, hooks, chunk_size=chunk_size, soft_cap=soft_cap)
   if implementation == "fused":
     choice = attention_fused.choose_kernel(
@@ -317,6 +347,11 @@ def attend(
       return attention_fused.attend(choice, q, rot.k, v_BxLxKxD, meta.segments, meta.positions, hooks,
                                     packed=packed, soft_cap=soft_cap).astype(v_BxLxKxD.dtype)
     implementation = attention_fused.FALLBACK
+  if implementation == "dot_product" and hooks.remap is not None:
+    logging.log_first_n(logging.WARNING, "attention 'dot_product' falls back to 'chunked': relative-"
+                        "position remap rules (ReRoPE, STRING, Dual Chunk Attention) merge several "
+                        "rotations per pair", 1)
+    implementation = "chunked"
   if implementation == "reference":
     return reference(rot, v_BxLxKxD, meta, hooks, soft_cap=soft_cap)[0]
   if implementation == "dot_product":

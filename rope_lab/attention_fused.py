@@ -20,7 +20,8 @@ so causality hides them, and padded query rows are dropped. Under a mesh they ru
 ``shard_map`` over the batch axes and, when the heads divide it, the tensor axis.
 
 What no kernel expresses falls back to ``chunked`` with a one-line notice: SelfExtend
-(two rotations merged per pair), absolute-table encodings (their parallel context windows
+(two rotations merged per pair), relative-position remap rules (ReRoPE, STRING, Dual Chunk
+Attention: several rotations merged per pair), absolute-table encodings (their parallel context windows
 are a traced hook, so the window mask cannot be ruled out when the program is built),
 ALiBi on TPU (splash takes no bias), the soft cap on GPU, ALiBi in float32 on GPU (cuDNN
 takes only 16-bit inputs) and any platform without a kernel (CPU). Forcing a kernel (``ModelConfig.fused_kernel``) that cannot express the
@@ -59,6 +60,7 @@ class Features(NamedTuple):
   windows_possible: bool  # absolute-table encodings may carry parallel context windows
   soft_cap: bool
   half_precision: bool = True  # q/k/v in bfloat16 or float16 (cuDNN takes nothing else)
+  remap: bool = False  # relative-position remap rules (ReRoPE, STRING, Dual Chunk Attention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +75,7 @@ CHOICES: list[KernelChoice] = []  # appended each time a call is traced
 
 def features_of(hooks: Hooks, *, packed: bool, soft_cap: float | None, dtype=jnp.bfloat16) -> Features:
   return Features(packed=packed, alibi=hooks.alibi_slopes is not None,
-                  self_extend=hooks.self_extend is not None,
+                  self_extend=hooks.self_extend is not None, remap=hooks.remap is not None,
                   windows_possible=hooks.absolute != "none", soft_cap=soft_cap is not None,
                   half_precision=jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)))
 
@@ -82,6 +84,8 @@ def _unsupported(kernel: str, f: Features) -> str | None:
   """Why ``kernel`` cannot compute a call with features ``f`` (None: it can)."""
   if f.self_extend:
     return "SelfExtend merges two rotations per pair"
+  if f.remap:
+    return "relative-position remapping (ReRoPE, STRING, Dual Chunk Attention) merges several rotations per pair"
   if f.windows_possible:
     return "absolute-table encodings may mask parallel context windows (a traced hook)"
   if kernel == "cudnn" and f.soft_cap:

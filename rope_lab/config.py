@@ -76,6 +76,10 @@ class TrainConfig:
       remaining devices).
     logical_rules: (logical axis name, mesh axis or axes or None) pairs, first match wins.
     tensorboard: also write TensorBoard event files next to metrics.jsonl.
+    pose_target_length: PoSE (``rope_lab.data.position_skips``): train rows of ``seq_len``
+      tokens at positions skipped to span this length N (each packed segment: a first
+      chunk at its own positions, the rest shifted by a random skip), so the fine-tune
+      covers distances up to N - 1; the encoding is resolved for N. 0: plain positions.
   """
 
   seq_len: int = 128
@@ -103,6 +107,7 @@ class TrainConfig:
   mesh_shape: tuple[int, ...] = (-1, 1, 1)
   logical_rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = DEFAULT_RULES
   tensorboard: bool = True
+  pose_target_length: int = 0
 
   def __post_init__(self):
     for name in ("seq_len", "global_batch_size", "steps", "grad_accum_steps", "log_every",
@@ -111,6 +116,8 @@ class TrainConfig:
     for name in ("warmup_steps", "eval_every", "eval_batches", "checkpoint_every", "seed"):
       check(getattr(self, name) >= 0, f"config.{name}", "an int >= 0", getattr(self, name))
     check(self.learning_rate > 0, "config.learning_rate", "> 0", self.learning_rate)
+    check(self.pose_target_length == 0 or self.pose_target_length >= self.seq_len,
+          "config.pose_target_length", f"0 (off) or >= seq_len={self.seq_len}", self.pose_target_length)
     check(self.lr_schedule in LR_SCHEDULES, "config.lr_schedule", f"one of {LR_SCHEDULES}",
           self.lr_schedule)
     check(0 <= self.min_lr_ratio <= 1, "config.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)

@@ -42,8 +42,13 @@ def score_grid(
   if hooks.absolute == "sinusoidal":
     q = q + np.asarray(pe_apply.absolute_embedding(hooks, q_pos_f))[:, :, None]
     k = k + np.asarray(pe_apply.absolute_embedding(hooks, k_pos_f))[:, :, None]
-  q, k = pe_apply.rotate_qk(hooks, q, k, q_pos_i, k_pos_i)
-  scores = np.einsum("bqhd,bkhd->bhqk", np.asarray(q, np.float64), np.asarray(k, np.float64))[0, 0]
+  dot = lambda q, k: np.einsum("bqhd,bkhd->bhqk", np.asarray(q, np.float64), np.asarray(k, np.float64))[0, 0]
+  if hooks.remap is not None:  # relative-position remapping: each pair scored with its rule's rotations
+    qs, ks = pe_apply.rotate_remapped(hooks, q, k, q_pos_i, k_pos_i)
+    rule_of_pair = np.asarray(pe_apply.remap_rule_index(hooks.remap, q_pos_i, k_pos_i))[0]
+    scores = np.choose(rule_of_pair, [dot(q, k) for q, k in zip(qs, ks)])
+  else:
+    scores = dot(*pe_apply.rotate_qk(hooks, q, k, q_pos_i, k_pos_i))
   scores = scores / np.sqrt(head_dim) * float(hooks.logit_scale)
   if hooks.alibi_slopes is not None:
     scores = scores + np.asarray(pe_apply.alibi_bias(hooks.alibi_slopes, q_pos_i, k_pos_i))[0, head]

@@ -31,6 +31,7 @@ from rope_lab.checkpoint import check_safetensors_complete, restore_params
 from rope_lab.config import HF_SCHEME, ConfigError, ExperimentConfig, TrainConfig, experiment_to_dict
 from rope_lab.interop import hf
 from rope_lab.data import DataConfig, get_tokenizer, make_train_iterator, save_tokenizer_spec
+from rope_lab.data.position_skips import pose_positions
 from rope_lab.errors import RopeLabError
 from rope_lab.train_log import MetricsLog, Progress
 from rope_lab.train_step import Program, TrainSetup, TrainState, build_program
@@ -289,7 +290,12 @@ def _train(program: Program, cfg: TrainConfig, state: TrainState, train_iter: Da
   status, eval_loss, step = "completed", None, start
   with stop.installed(), sharding.logical_context(setup.mesh, setup.rules):
     for step in range(start + 1, cfg.steps + 1):
-      batch = sharding.global_batch(next(train_iter), setup.batch_sharding, cfg.global_batch_size)
+      rows = next(train_iter)
+      if cfg.pose_target_length:  # PoSE: a draw per step and process, the same on a resumed run
+        rng = np.random.default_rng([cfg.seed, step, jax.process_index()])
+        rows = {**rows, "positions": pose_positions(rows["positions"], rows["segment_ids"],
+                                                    cfg.pose_target_length, rng)}
+      batch = sharding.global_batch(rows, setup.batch_sharding, cfg.global_batch_size)
       state, metrics = program.train_step(state, batch, setup.hooks)
       loop.pending.append((step, metrics))
       loop.window_steps += 1

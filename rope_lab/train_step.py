@@ -71,7 +71,11 @@ def build_setup(exp: ExperimentConfig, devices=None) -> TrainSetup:
   model = Transformer(exp.model)
   optimizer = make_optimizer(cfg)
   replicated = sharding.replicated(mesh)
-  hooks = jax.device_put(encoding_hooks(exp.model, exp.encoding, cfg.seq_len, where="config.seq_len"), replicated)
+  # PoSE trains at positions up to pose_target_length - 1: the hooks must reach them.
+  hooks_length, where = ((cfg.pose_target_length, "config.pose_target_length") if cfg.pose_target_length
+                         else (cfg.seq_len, "config.seq_len"))
+  # (A learned table shorter than that is refused there, naming its max_length.)
+  hooks = jax.device_put(encoding_hooks(exp.model, exp.encoding, hooks_length, where=where), replicated)
   abstract_params, param_shardings = param_layout(exp.model, hooks, cfg.seq_len, mesh, cfg.logical_rules)
   abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
   opt_shardings = optax.tree_map_params(

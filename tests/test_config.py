@@ -183,6 +183,7 @@ REQUIRED = {  # the parameters without a default, for the table test above
     "yarn": dict(factor=2.0, original_max_position_embeddings=16),
     "hope": dict(original_max_position_embeddings=16), "logn": dict(original_max_position_embeddings=16),
     "per_layer": dict(layer_pattern="LLG"),
+    "string": dict(shifted_offset=1024), "dual_chunk": dict(original_max_position_embeddings=16),
 }
 
 

@@ -11,7 +11,9 @@ from rope_lab.pe.base import (  # noqa: F401
     Encoding,
     Hooks,
     PositionMap,
+    IndexMap,
     QueryScale,
+    RemapRule,
     RotaryTables,
     SelfExtend,
     XposScales,
@@ -29,6 +31,7 @@ from rope_lab.pe import (  # noqa: F401,E402
     per_layer,
     position_maps,
     query_scaling,
+    relative_remaps,
     xpos,
 )
 from rope_lab.pe.longrope import load_factors, save_factors  # noqa: F401,E402

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rope_lab.pe.base import Hooks, PositionMap, QueryScale, SelfExtend, XposScales
+from rope_lab.pe.base import Hooks, IndexMap, PositionMap, QueryScale, RemapRule, SelfExtend, XposScales
 from rope_lab.errors import ConfigError
 from rope_lab.pe.rotary import apply_rotary, check_positions_fit, cos_sin
 
@@ -120,12 +120,18 @@ def query_scales(scale: QueryScale, positions_BxL: jnp.ndarray) -> jnp.ndarray:
   return jnp.maximum(1.0, scale.offset + scale.slope * jnp.log(scale.shift + count_BxL))
 
 
+def scale_queries(hooks: Hooks, q_BxLxHxD: jnp.ndarray, q_pos_BxL: jnp.ndarray) -> jnp.ndarray:
+  """q times the hooks' position-dependent query scale (q itself without one)."""
+  if hooks.query_scale is None:
+    return q_BxLxHxD
+  scale_BxLx1x1 = query_scales(hooks.query_scale, q_pos_BxL)[..., None, None]
+  return (q_BxLxHxD.astype(jnp.float32) * scale_BxLx1x1).astype(q_BxLxHxD.dtype)
+
+
 def rotate_qk(hooks: Hooks, q_BxLxHxD: jnp.ndarray, k_BxLxKxD: jnp.ndarray, q_pos_BxL: jnp.ndarray,
               k_pos_BxL: jnp.ndarray):
   """Applies rotary (and xPos, and query scales) to q [B, Lq, H, D] and k [B, Lk, K, D] at integer positions."""
-  if hooks.query_scale is not None:  # q only: the logits of query p grow by the factor
-    scale_BxLx1x1 = query_scales(hooks.query_scale, q_pos_BxL)[..., None, None]
-    q_BxLxHxD = (q_BxLxHxD.astype(jnp.float32) * scale_BxLx1x1).astype(q_BxLxHxD.dtype)
+  q_BxLxHxD = scale_queries(hooks, q_BxLxHxD, q_pos_BxL)  # q only: the logits of query p grow by the factor
   if hooks.rotary is None:
     return q_BxLxHxD, k_BxLxKxD
   tables = hooks.rotary
@@ -160,3 +166,39 @@ def self_extend_positions(se: SelfExtend, positions_BxL: jnp.ndarray) -> tuple[j
 def self_extend_use_normal(se: SelfExtend, q_pos_BxL: jnp.ndarray, k_pos_BxL: jnp.ndarray) -> jnp.ndarray:
   """Merge rule [B, Lq, Lk]: True where the key is within the neighbour window (i - j < W)."""
   return (q_pos_BxL[:, :, None] - k_pos_BxL[:, None, :]) < se.window
+
+
+def index_map(m: IndexMap, positions_BxL: jnp.ndarray) -> jnp.ndarray:
+  """int32 [B, L]: max(0, min((p mod period) // group + offset, cap)) (see ``IndexMap``)."""
+  positions_BxL = positions_BxL.astype(jnp.int32)
+  wrapped_BxL = jnp.where(m.period > 0, positions_BxL % jnp.maximum(m.period, 1), positions_BxL)
+  return jnp.clip(wrapped_BxL // m.group + m.offset, 0, m.cap)
+
+
+def remap_applies(rule: RemapRule, q_pos_BxL: jnp.ndarray, k_pos_BxL: jnp.ndarray) -> jnp.ndarray:
+  """bool [B, Lq, Lk]: low <= p_i // unit - p_j // unit < high."""
+  gap_BxLxL = q_pos_BxL[:, :, None] // rule.unit - k_pos_BxL[:, None, :] // rule.unit
+  return (gap_BxLxL >= rule.low) & (gap_BxLxL < rule.high)
+
+
+def remap_rule_index(rules: tuple, q_pos_BxL: jnp.ndarray, k_pos_BxL: jnp.ndarray) -> jnp.ndarray:
+  """int32 [B, Lq, Lk]: the first rule whose condition holds for each pair (the last takes the rest)."""
+  index_BxLxL = jnp.full((q_pos_BxL.shape[0], q_pos_BxL.shape[1], k_pos_BxL.shape[1]), len(rules) - 1, jnp.int32)
+  for r in reversed(range(len(rules) - 1)):
+    index_BxLxL = jnp.where(remap_applies(rules[r], q_pos_BxL, k_pos_BxL), r, index_BxLxL)
+  return index_BxLxL
+
+
+def rotate_remapped(hooks: Hooks, q_BxLxHxD: jnp.ndarray, k_BxLxKxD: jnp.ndarray, q_pos_BxL: jnp.ndarray,
+                    k_pos_BxL: jnp.ndarray) -> tuple[tuple, tuple]:
+  """(q per rule, k per rule): q and k rotated at each remap rule's positions, each with the
+  rule's own tables when it has them. Query scales use the token's own position p."""
+  q_BxLxHxD = scale_queries(hooks, q_BxLxHxD, q_pos_BxL)
+  plain = hooks.replace(query_scale=None, remap=None)
+  qs, ks = [], []
+  for rule in hooks.remap:
+    tables = plain if rule.rotary is None else plain.replace(rotary=rule.rotary)
+    q, k = rotate_qk(tables, q_BxLxHxD, k_BxLxKxD, index_map(rule.q, q_pos_BxL), index_map(rule.k, k_pos_BxL))
+    qs.append(q)
+    ks.append(k)
+  return tuple(qs), tuple(ks)

@@ -117,6 +117,36 @@ class SelfExtend:
   window: jnp.ndarray  # int32 scalar W
 
 
+NO_BOUND = int(np.iinfo(np.int32).max)  # an open end of a remap rule's condition
+
+
+@struct.dataclass
+class IndexMap:
+  """p -> max(0, min((p mod period) // group + offset, cap)); period 0: no wrap.
+
+  period 1 makes a constant (p mod 1 = 0). The clip at 0 only touches pairs an earlier
+  rule takes, so their (unused) rotation stays inside the tables.
+  """
+
+  period: jnp.ndarray  # int32 scalars
+  group: jnp.ndarray
+  offset: jnp.ndarray
+  cap: jnp.ndarray  # NO_BOUND: no cap
+
+
+@struct.dataclass
+class RemapRule:
+  """One entry of a relative-position remap: q at ``q(p_i)``, k at ``k(p_j)`` for the pairs
+  with low <= p_i // unit - p_j // unit < high; the first matching rule of a list wins."""
+
+  q: IndexMap
+  k: IndexMap
+  unit: jnp.ndarray  # int32 scalars: 1 compares distances, C compares chunk indices
+  low: jnp.ndarray  # -NO_BOUND / NO_BOUND: open ends
+  high: jnp.ndarray
+  rotary: RotaryTables | None = None  # the rule's own tables (other frequencies); None: the hooks'
+
+
 @struct.dataclass
 class Hooks:
   """Everything the model skeleton needs from an encoding, resolved for one length."""
@@ -128,6 +158,9 @@ class Hooks:
   xpos: XposScales | None = None
   self_extend: SelfExtend | None = None
   query_scale: QueryScale | None = None  # position-dependent factor on q only (LogN, Llama 4)
+  # Relative-position remapping (ReRoPE, STRING, Dual Chunk Attention): a tuple of
+  # RemapRule, the first whose condition holds for a pair sets its rotations.
+  remap: tuple | None = None
   # Absolute table added to token embeddings: "none", "sinusoidal" or "learned".
   absolute: str = struct.field(pytree_node=False, default="none")
   sinusoid_inv_freq: jnp.ndarray | None = None  # [d_model // 2]
