@@ -119,7 +119,8 @@ class Study:
       if record:
         self.record("perplexity", key, chash, spec, result.metrics(), plan_id=plan.id, plan=plan.label,
                     plan_kind=plan_kind(plan), encoding=pe.to_dict(encoding), length=length,
-                    scale=length / cfg.train_length, split=split, stride=result.stride)
+                    scale=length / cfg.train_length, split=split, stride=result.stride,
+                    windows=result.per_window)
     return losses
 
   def choose_finetune_lr(self) -> float:
