@@ -26,7 +26,7 @@ def miniature(**changes) -> study.StudyConfig:
       finetune_learning_rates=(1e-2,), finetune_warmup_steps=0, grid_train_scales=(2,),
       grid_seeds=1, ape=True, xpos=False, passkey_lengths=(176,), passkey_depths=(0.0, 1.0),
       passkey_samples=1, middle_length=176, middle_depths=2, middle_samples=1,
-      lines_lengths=(512,), lines_samples=1, passkey_mix=0.0,
+      lines_lengths=(512,), lines_samples=1, passkey_mix=0.0, ngram_train_bytes=20000,
       attention_scales=(1, 2), attention_docs=1, analytic_scale=2)
   return dataclasses.replace(cfg, **changes)
 
@@ -40,7 +40,10 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
   ppl = results_lib.select(rows, kind="perplexity")
   # 10 zero-shot plans on the base model, 2 on the PI fine-tune, 1 on the YaRN one, 4 APE.
   assert len({(r["run"], r["plan"]) for r in ppl}) == 10 + 2 + 1 + 4
-  assert {r["length"] for r in ppl} == {16, 32}
+  assert {r["length"] for r in ppl} == {4, 16, 32}  # 4: the base model with its window cut to a quarter
+  (baseline,) = results_lib.select(rows, kind="baseline")
+  assert baseline["order"] == 5 and baseline["metrics"]["train_bytes"] > 0
+  assert 0 < baseline["metrics"]["unigram_entropy"] <= 8.0 and 0 < baseline["metrics"]["bits_per_byte"] < 9.0
   for row in rows:
     assert row["commit"] and row["config_hash"] and "seed" in row
   for row in ppl:
@@ -65,6 +68,7 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
     assert name in figures
   report = open(report_path).read()
   assert "## Claims" in report and "| claim |" in report and "## Reading the claims" in report
+  assert "window cut to 4 tokens" in report and "byte n-gram" in report and "unigram entropy" in report
   assert "![perplexity_zero_shot.png](figures/perplexity_zero_shot.png)" in report
   assert sum(report.count(f"**{v}**") for v in ("agrees", "disagrees", "inconclusive", "untestable")) \
       == len(study.CLAIMS)

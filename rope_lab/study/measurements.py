@@ -17,8 +17,8 @@ import numpy as np
 from rope_lab import config as config_lib
 from rope_lab import pe
 from rope_lab import results as results_lib
-from rope_lab.data import get_tokenizer, long_documents, task_grid
-from rope_lab.evaluate import attention_maps, perplexity, plans as plans_lib, retrieval
+from rope_lab.data import get_tokenizer, load_token_store, long_documents, task_grid
+from rope_lab.evaluate import attention_maps, ngram, perplexity, plans as plans_lib, retrieval
 from rope_lab.evaluate.retrieval_data import passkey_mix_source
 from rope_lab.evaluate.runs import TrainedRun, load_run
 from rope_lab.study.config import StudyConfig
@@ -106,7 +106,7 @@ class Study:
     chash = self.measure_hash(spec, **settings)
     losses = {}
     for scale in scales:
-      length = cfg.train_length * scale
+      length = int(round(cfg.train_length * scale))  # scales below 1 (the truncation line) too
       key = f"ppl|{spec.name}|{plan.id}|{length}|{split}"
       if record and (key, chash) in self.done:
         continue
@@ -150,6 +150,44 @@ class Study:
         length=cfg.train_length * cfg.finetune_scale)])
     self.log(f"fine-tuning learning rate chosen on {cfg.choice_split}: {chosen:g} ({scores})")
     return chosen
+
+  # -- baselines -------------------------------------------------------------------
+
+  def split_bytes(self, split: str, max_bytes: int) -> bytes:
+    """The text of ``split``'s documents, in dataset order, up to ``max_bytes`` bytes."""
+    store = load_token_store(self.cfg.base.data, split, self.tokenizer)
+    parts, size = [], 0
+    for index in range(store.num_docs):
+      text = self.tokenizer.decode(store.document(index)).encode("utf-8")
+      parts.append(text[:max_bytes - size])
+      size += len(parts[-1])
+      if size >= max_bytes:
+        break
+    return b"".join(parts)
+
+  def ngram_baseline(self, order: int, train_bytes: int) -> None:
+    """An order-``order`` byte Kneser-Ney model fitted on the training split, scored on the
+    evaluation documents' text (each document on its own), and the training split's unigram entropy."""
+    cfg = self.cfg
+    docs = self.documents(cfg.eval_split)
+    chash = results_lib.config_hash({"data": config_lib.experiment_to_dict(cfg.base)["data"], "order": order,
+                                     "train_bytes": train_bytes, "docs": [d.doc_id for d in docs]})
+    key = f"baseline|ngram{order}|{cfg.eval_split}"
+    if (key, chash) in self.done:
+      return
+    start = time.perf_counter()
+    train = self.split_bytes("train", train_bytes)
+    model = ngram.KneserNey(order=order).fit(train)
+    texts = [self.tokenizer.decode(d.tokens).encode("utf-8") for d in docs]
+    bits = sum(model.bits(t) for t in texts)
+    num_bytes = sum(len(t) for t in texts)
+    metrics = {"bits_per_byte": bits / num_bytes, "unigram_entropy": ngram.unigram_entropy(train),
+               "bytes": num_bytes, "train_bytes": len(train), "seconds": round(time.perf_counter() - start, 1)}
+    self.results.append([results_lib.make_row("baseline", key, metrics=metrics, seed=None, config_hash=chash,
+                                              commit=self.commit, split=cfg.eval_split, order=order)])
+    self.done.add((key, chash))
+    self.log(f"{order}-gram baseline: {metrics['bits_per_byte']:.3f} bits/byte; unigram entropy "
+             f"{metrics['unigram_entropy']:.3f}")
 
   # -- retrieval -------------------------------------------------------------------
 

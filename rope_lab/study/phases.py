@@ -125,12 +125,23 @@ def _choose_finetune_lr(study: Study) -> None:
 
 
 # (name, phase) in the order they run; each phase resumes from what results.jsonl holds.
+def evaluate_baselines(study: Study) -> None:
+  """The truncation line (each base model under plain RoPE at a fraction of its training length,
+  on the same tokens) and the byte n-gram fitted on the training split."""
+  cfg = study.cfg
+  (rope,) = _subset(zero_shot_plans(cfg), {plans_lib.ROPE})
+  for seed in cfg.seeds:
+    study.perplexity(base_run(cfg, seed), rope, [cfg.truncation_scale])
+  study.ngram_baseline(cfg.ngram_order, cfg.ngram_train_bytes)
+
+
 PHASES: tuple[tuple[str, Callable[[Study], object]], ...] = (
     ("train base", lambda study: [study.train(base_run(study.cfg, s)) for s in study.cfg.seeds]),
     ("train extra", lambda study: [study.train(spec) for spec in extra_runs(study.cfg)]),
     ("choose fine-tune lr", _choose_finetune_lr),
     ("fine-tune", lambda study: [study.train(spec) for spec in finetune_specs(study)]),
     ("perplexity", lambda study: evaluate_perplexity(study, extra_runs(study.cfg), finetune_specs(study))),
+    ("baselines", evaluate_baselines),
     ("retrieval", lambda study: evaluate_retrieval(study, extra_runs(study.cfg), finetune_specs(study))),
     ("attention", evaluate_attention),
 )

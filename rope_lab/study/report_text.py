@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from rope_lab import results as results_lib
 from rope_lab.evaluate.plans import PI_MATCHED, TRAINED
 from rope_lab.study.claims import METRIC, evaluate_claims
+from rope_lab.study.figure_data import baseline_lines
 from rope_lab.study.runs import run_key, run_label
 
 
@@ -140,6 +141,10 @@ def write_report(rows, figures, cfg, path: str) -> str:
     metrics = choice[-1]["metrics"]
     parts += ["", f"Chosen on `{choice[-1]['split']}` (never on `{cfg.eval_split}`): fine-tuning learning rate "
               f"{metrics['chosen']:g} ({', '.join(f'{k}: {v:.3f} nats' for k, v in metrics.items() if k != 'chosen')})."]
+  lines = baseline_lines(rows, cfg)
+  parts += ["", "## Baselines on the same test text", "",
+            "; ".join(f"{label}: {value:.3f} bits/byte" for label, value in lines) + "."
+            if lines else "_not measured (rows written before the baselines)_"]
   parts += ["", "## Claims", "", claims_table(rows, cfg), "", "## Reading the claims", "",
             "Written by code from the numbers above: a verdict is agrees or disagrees only when the paired "
             "block-bootstrap 95% interval (blocks of 8 consecutive windows, all seeds' windows pooled) clears the "
