@@ -59,3 +59,32 @@ def test_training_rows_and_grid_are_deterministic_and_bad_tasks_are_named():
     sy.mqar_row(TOK, 128, pairs=2, queries=3, seed=0)
   with pytest.raises(DataConfigError, match="short_passkey"):
     sy.retrieval_training_row("lines", TOK, 128, np.random.default_rng(0))
+
+
+def test_the_retrieval_mix_replaces_rows_with_loss_on_the_answers_only():
+  from rope_lab.evaluate.retrieval_data import RetrievalMixIterator  # pylint: disable=g-import-not-at-top
+
+  class Rows:
+    def __init__(self):
+      self.n = 0
+
+    def __next__(self):
+      self.n += 1
+      return {"inputs": np.full((8, 64), 65, np.int32), "targets": np.full((8, 64), 65, np.int32),
+              "positions": np.tile(np.arange(64), (8, 1)), "segment_ids": np.ones((8, 64), np.int32),
+              "loss_mask": np.ones((8, 64), np.float32)}
+
+  mixed = [next(RetrievalMixIterator(Rows(), TOK, seq_len=64, fraction=0.5, seed=s)) for s in (0, 0, 1)]
+  np.testing.assert_array_equal(mixed[0]["inputs"], mixed[1]["inputs"])  # a function of the seed
+  replaced = np.flatnonzero((mixed[0]["inputs"] != 65).any(axis=1))
+  assert 0 < replaced.size < 8
+  for row in replaced:
+    text = TOK.decode(mixed[0]["inputs"][row])
+    scored = TOK.decode(mixed[0]["targets"][row][mixed[0]["loss_mask"][row] > 0])
+    np.testing.assert_array_equal(mixed[0]["inputs"][row][1:], mixed[0]["targets"][row][:-1])
+    if "=" in text:  # MQAR: the scored tokens are the values after the queries
+      values = re.findall(r" [a-z]{2}\? (\d)", TOK.decode(mixed[0]["targets"][row]))
+      assert scored == "".join(f" {v}" for v in values)
+    else:
+      (key,) = re.findall(r" key (\d{5})\.", text)
+      assert scored == f" {key}"

@@ -153,18 +153,6 @@ class Study:
 
   # -- baselines -------------------------------------------------------------------
 
-  def split_bytes(self, split: str, max_bytes: int) -> bytes:
-    """The text of ``split``'s documents, in dataset order, up to ``max_bytes`` bytes."""
-    store = load_token_store(self.cfg.base.data, split, self.tokenizer)
-    parts, size = [], 0
-    for index in range(store.num_docs):
-      text = self.tokenizer.decode(store.document(index)).encode("utf-8")
-      parts.append(text[:max_bytes - size])
-      size += len(parts[-1])
-      if size >= max_bytes:
-        break
-    return b"".join(parts)
-
   def ngram_baseline(self, order: int, train_bytes: int) -> None:
     """An order-``order`` byte Kneser-Ney model fitted on the training split, scored on the
     evaluation documents' text (each document on its own), and the training split's unigram entropy."""
@@ -176,7 +164,7 @@ class Study:
     if (key, chash) in self.done:
       return
     start = time.perf_counter()
-    train = self.split_bytes("train", train_bytes)
+    train = split_text(self.cfg.base.data, "train", self.tokenizer, train_bytes)
     model = ngram.KneserNey(order=order).fit(train)
     texts = [self.tokenizer.decode(d.tokens).encode("utf-8") for d in docs]
     bits = sum(model.bits(t) for t in texts)
@@ -243,6 +231,19 @@ class Study:
             "mass_beyond_train_length": beyond, "mean_distance": float((layer_mass * distances).sum()),
             "mass_first_token": float(maps[layer][:, 0].mean())}, plan_id=plan.id, plan=plan.label,
             plan_kind=plan_kind(plan), length=length, scale=scale, layer=layer)
+
+
+def split_text(data_cfg, split: str, tokenizer, max_bytes: int) -> bytes:
+  """The UTF-8 text of ``split``'s documents, in dataset order, up to ``max_bytes`` bytes."""
+  store = load_token_store(data_cfg, split, tokenizer)
+  parts, size = [], 0
+  for index in range(store.num_docs):
+    text = tokenizer.decode(store.document(index)).encode("utf-8")
+    parts.append(text[:max_bytes - size])
+    size += len(parts[-1])
+    if size >= max_bytes:
+      break
+  return b"".join(parts)
 
 
 def plan_kind(plan: plans_lib.EncodingPlan) -> str:
