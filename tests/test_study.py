@@ -117,6 +117,14 @@ def test_config_file_variants_convert_to_typed_values():
   assert full.eval_doc_tokens >= full.train_length * max(full.eval_scales)
 
 
+def test_retrieval_mix_too_long_for_the_training_rows_fails_before_training(tmp_path):
+  from rope_lab.data.errors import DataConfigError  # pylint: disable=g-import-not-at-top
+  from rope_lab.study.measurements import Study  # pylint: disable=g-import-not-at-top
+  with pytest.raises(DataConfigError, match="too short"):
+    Study(miniature(retrieval_mix=0.2), str(tmp_path / "study"))  # rows of 17 tokens
+  assert not os.path.exists(tmp_path / "study" / "runs")
+
+
 def test_bad_study_fields_name_the_field():
   config = th.load_config_file("configs/study.py", "quick")
   config.stride_fraction = 1.5

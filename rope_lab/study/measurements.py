@@ -19,7 +19,8 @@ from rope_lab import pe
 from rope_lab import results as results_lib
 from rope_lab.data import get_tokenizer, load_token_store, long_documents, task_grid
 from rope_lab.evaluate import attention_maps, ngram, perplexity, plans as plans_lib, retrieval
-from rope_lab.evaluate.retrieval_data import passkey_mix_source
+from rope_lab.data.synthetic import retrieval_training_row
+from rope_lab.evaluate.retrieval_data import passkey_mix_source, retrieval_mix_source
 from rope_lab.evaluate.runs import TrainedRun, load_run
 from rope_lab.study.config import StudyConfig
 from rope_lab.study.runs import RunSpec, base_run, finetune_run, trained_plan
@@ -41,15 +42,23 @@ class Study:
     self.tokenizer = get_tokenizer(cfg.base.data)
     self._runs: dict[str, TrainedRun] = {}
     self.finetune_lr = cfg.finetune_learning_rates[0]
+    if cfg.retrieval_mix:  # a training row too short for the tasks fails here, before any training
+      for task in ("short_passkey", "mqar"):
+        retrieval_training_row(task, self.tokenizer, cfg.train_length + 1, np.random.default_rng(0))
 
   # -- bookkeeping ---------------------------------------------------------------
 
   def path(self, *parts) -> str:
     return os.path.join(self.workdir, *parts)
 
+  def retrieval_mix(self, spec: RunSpec) -> float:
+    """The fraction of short retrieval rows in ``spec``'s training (base models only)."""
+    return self.cfg.retrieval_mix if spec.kind == "base" else 0.0
+
   def measure_hash(self, spec: RunSpec, **settings) -> str:
+    extra = {"retrieval_mix": self.retrieval_mix(spec)} if self.retrieval_mix(spec) else {}
     return results_lib.config_hash({"run": config_lib.experiment_to_dict(spec.exp), "mix": spec.data_mix,
-                                    "eval": settings})
+                                    "eval": settings, **extra})
 
   def record(self, kind: str, key: str, chash: str, spec: RunSpec, metrics: dict, **fields) -> None:
     row = results_lib.make_row(kind, key, metrics=metrics, seed=spec.seed, config_hash=chash,
@@ -73,6 +82,10 @@ class Study:
       source = passkey_mix_source(train_lib.rope_lab_data_source(spec.exp.data), self.tokenizer,
                                   fraction=spec.data_mix, train_split=spec.exp.data.train_split,
                                   seed=spec.seed)
+    elif self.retrieval_mix(spec):
+      source = retrieval_mix_source(train_lib.rope_lab_data_source(spec.exp.data), self.tokenizer,
+                                    fraction=self.retrieval_mix(spec), train_split=spec.exp.data.train_split,
+                                    seed=spec.seed)
     start = time.perf_counter()
     result = train_lib.run(spec.exp, workdir, data_source=source)
     if result.status == "preempted":  # saved at SIGTERM; the study stops, a rerun resumes it
@@ -181,7 +194,7 @@ class Study:
 
   def passkey(self, spec: RunSpec, plan: plans_lib.EncodingPlan, lengths, depths, samples: int,
               kind: str = "passkey") -> None:
-    task = "lines" if kind == "lines" else "passkey"
+    task = kind if kind in ("lines", "short_passkey", "mqar") else "passkey"
     chash = self.measure_hash(spec, lengths=list(lengths), depths=list(depths), samples=samples,
                               plan=list(plan.spec), task=task)
     key = f"{kind}|{spec.name}|{plan.id}"

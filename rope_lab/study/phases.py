@@ -98,6 +98,10 @@ def evaluate_retrieval(study: Study, extra: list[RunSpec], finetunes: list[RunSp
     study.log(f"retrieval {spec.name} {plan.label}")
     study.passkey(spec, plan, cfg.passkey_lengths, cfg.passkey_depths, cfg.passkey_samples)
     study.passkey(spec, plan, [cfg.middle_length], middle_depths, cfg.middle_samples, kind="middle")
+    if cfg.retrieval_mix and spec.kind in ("base", "finetune"):  # the tasks the base models were taught
+      for task in ("short_passkey", "mqar"):
+        study.passkey(spec, plan, cfg.short_retrieval_lengths, cfg.short_retrieval_depths,
+                      cfg.short_retrieval_samples, kind=task)
     study.passkey(spec, plan, cfg.lines_lengths, (0.5,), cfg.lines_samples, kind="lines")
 
 

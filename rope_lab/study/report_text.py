@@ -175,6 +175,11 @@ def write_report(rows, figures, cfg, path: str) -> str:
             "Passkey:", "", retrieval_table(rows, "passkey"), "",
             f"Passkey by depth at {cfg.middle_length} tokens (lost in the middle), all depths pooled:", "",
             retrieval_table(rows, "middle"), "", "Key-value lines:", "", retrieval_table(rows, "lines")]
+  if results_lib.select(rows, kind="short_passkey") or results_lib.select(rows, kind="mqar"):
+    parts += ["", f"Short tasks taught in pretraining ({100 * cfg.retrieval_mix:g}% of the base models' rows; "
+              f"{len(cfg.short_retrieval_depths) * cfg.short_retrieval_samples} examples per seed and cell):", "",
+              "Short passkey:", "", retrieval_table(rows, "short_passkey"), "",
+              "Multi-query associative recall (the last query's value):", "", retrieval_table(rows, "mqar")]
   attention = results_lib.select(rows, kind="attention")
   if attention:
     body = []
