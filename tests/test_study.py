@@ -26,7 +26,7 @@ def miniature(**changes) -> study.StudyConfig:
       finetune_learning_rates=(1e-2,), finetune_warmup_steps=0, grid_train_scales=(2,),
       grid_seeds=1, ape=True, xpos=False, passkey_lengths=(176,), passkey_depths=(0.0, 1.0),
       passkey_samples=1, middle_length=176, middle_depths=2, middle_samples=1,
-      lines_lengths=(512,), lines_samples=1, passkey_mix=0.0,
+      lines_lengths=(512,), lines_samples=1, passkey_mix=0.0, ngram_train_bytes=20000,
       attention_scales=(1, 2), attention_docs=1, analytic_scale=2)
   return dataclasses.replace(cfg, **changes)
 
@@ -40,7 +40,10 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
   ppl = results_lib.select(rows, kind="perplexity")
   # 10 zero-shot plans on the base model, 2 on the PI fine-tune, 1 on the YaRN one, 4 APE.
   assert len({(r["run"], r["plan"]) for r in ppl}) == 10 + 2 + 1 + 4
-  assert {r["length"] for r in ppl} == {16, 32}
+  assert {r["length"] for r in ppl} == {4, 16, 32}  # 4: the base model with its window cut to a quarter
+  (baseline,) = results_lib.select(rows, kind="baseline")
+  assert baseline["order"] == 5 and baseline["metrics"]["train_bytes"] > 0
+  assert 0 < baseline["metrics"]["unigram_entropy"] <= 8.0 and 0 < baseline["metrics"]["bits_per_byte"] < 9.0
   for row in rows:
     assert row["commit"] and row["config_hash"] and "seed" in row
   for row in ppl:
@@ -64,10 +67,18 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
                "attention_distance.png", "passkey.png", "retrieval_curves.png", "ape_study.png"):
     assert name in figures
   report = open(report_path).read()
-  assert "## Claims" in report and "| claim |" in report
+  assert "## Claims" in report and "| claim |" in report and "## Reading the claims" in report
+  assert "window cut to 4 tokens" in report and "byte n-gram" in report and "unigram entropy" in report
   assert "![perplexity_zero_shot.png](figures/perplexity_zero_shot.png)" in report
-  assert report.count("**agrees**") + report.count("**disagrees**") + report.count("**partly**") \
-      + report.count("**not measured**") == 8
+  assert sum(report.count(f"**{v}**") for v in ("agrees", "disagrees", "inconclusive", "untestable")) \
+      == len(study.CLAIMS)
+  # Rows now carry per-window losses, so the claims measured here have intervals.
+  assert all(r["windows"]["nll"] for r in ppl)
+  with_interval = [c for c in study.evaluate_claims(rows, miniature()) if c.interval is not None]
+  assert with_interval and all(c.interval.low <= c.value <= c.interval.high for c in with_interval)
+  for c in with_interval:  # the prose states the same numbers as the claims computed from the rows
+    assert f"{c.value:+.3f} ({'bits/byte' if c.statistic == 'difference' else 'relative change'}), 95% interval " \
+        f"[{c.interval.low:+.3f}, {c.interval.high:+.3f}]" in report
   with open(os.path.join(workdir, "study_config.json")) as f:
     assert json.load(f)["base"]["train"]["seq_len"] == 16
   assert study.read_study_config(workdir) == miniature()
@@ -104,6 +115,14 @@ def test_config_file_variants_convert_to_typed_values():
   assert quick.seeds == (0,) and quick.base.train.steps < full.base.train.steps
   # Every window of the longest length fits in the documents that are scored.
   assert full.eval_doc_tokens >= full.train_length * max(full.eval_scales)
+
+
+def test_retrieval_mix_too_long_for_the_training_rows_fails_before_training(tmp_path):
+  from rope_lab.data.errors import DataConfigError  # pylint: disable=g-import-not-at-top
+  from rope_lab.study.measurements import Study  # pylint: disable=g-import-not-at-top
+  with pytest.raises(DataConfigError, match="too short"):
+    Study(miniature(retrieval_mix=0.2), str(tmp_path / "study"))  # rows of 17 tokens
+  assert not os.path.exists(tmp_path / "study" / "runs")
 
 
 def test_bad_study_fields_name_the_field():
@@ -155,14 +174,56 @@ def test_plan_ids_are_distinct_and_the_labels_of_older_rows_map_onto_them():
   assert plans.plan_from_json('{"name": "pi", "factor": 2, "label": "PI s=L/L0"}').id == "pi_s_l_l0"
 
 
-def test_the_committed_rows_reproduce_the_committed_claims_table():
-  """docs/results.jsonl holds labels only (written before plan ids); joined by the ids their labels
-  map to, its rows give the committed report's claims, number for number."""
+def committed_rows_and_config():
   cfg = study.study_config_from_config_dict(th.load_config_file("configs/study.py"))
   rows = study.with_plan_ids(results_lib.read_rows(os.path.join(th.REPO_ROOT, "docs", "results.jsonl")))
+  return rows, cfg
+
+
+def test_rows_without_per_window_losses_give_inconclusive_claims_not_failures():
+  """docs/results.jsonl was written before per-window losses were stored: every claim it can speak
+  to is measured but has no interval, so it is inconclusive (LongEmbed: no APE retrieval rows)."""
+  rows, cfg = committed_rows_and_config()
+  claims = study.evaluate_claims(rows, cfg)
+  assert len(claims) == len(study.CLAIMS)
+  for c in claims:
+    assert c.source and c.rule and c.verdict in ("inconclusive", "untestable")
+    if c.verdict == "inconclusive":
+      assert "no interval (per-window losses not stored)" in c.measured and c.interval is None
+
+
+def _pooled_statistic(rows, statistic, a, b):
+  """The claim's value recomputed from the rows' metrics: mean over seeds of the per-seed statistic."""
+  ppl = results_lib.select(rows, kind="perplexity", split="test")
+  side = lambda crit: {r["seed"]: r["metrics"]["bits_per_byte"]
+                       for r in sorted(results_lib.select(ppl, **crit), key=lambda r: r["run"], reverse=True)}
+  va, vb = side(a), side(b)
+  seeds = sorted(set(va) & set(vb))
+  values = [va[s] - vb[s] if statistic == "difference" else va[s] / vb[s] - 1 for s in seeds]
+  return sum(values) / len(values)
+
+
+def test_the_report_prose_numbers_match_results_jsonl():
+  """Each prose sentence's number, re-derived here from the rows by their own fields (train length
+  128, s = a = 4), not through the claims module."""
+  import re  # pylint: disable=g-import-not-at-top
   from rope_lab.study import report_text  # pylint: disable=g-import-not-at-top
-  table = report_text.claims_table(rows, cfg)
-  with open(os.path.join(th.REPO_ROOT, "docs", "report.md")) as f:
-    committed = f.read()
-  assert len(study.evaluate_claims(rows, cfg)) == 8
-  assert table in committed
+  rows, cfg = committed_rows_and_config()
+  prose = report_text.claims_prose(rows, cfg).splitlines()
+  base = lambda plan, n: dict(run_kind="base", plan_id=plan, length=n)
+  ft = lambda method, n, plan="trained": dict(run_kind="finetune", method=method, train_scale=4, plan_id=plan,
+                                                length=n)
+  expected = [
+      ("difference", base("pi_s4", 512), base("rope", 512)),
+      ("relative", ft("pi", 512), ft("pi", 128)),
+      ("relative", ft("pi", 128), base("rope", 128)),
+      ("relative", ft("yarn", 512), ft("yarn", 128)),
+      ("relative", ft("yarn", 128), base("rope", 128)),
+      ("relative", ft("yarn", 1024), ft("yarn", 512)),
+      ("difference", ft("pi", 1024, "pi_matched"), ft("pi", 1024)),
+      ("difference", ft("pi", 1024, "pi_matched"), base("dynamic_yarn", 1024)),
+  ]
+  for sentence, (statistic, a, b) in zip(prose, expected):
+    measured = float(re.search(r"measured ([+-][0-9.]+)", sentence).group(1))
+    assert measured == pytest.approx(_pooled_statistic(rows, statistic, a, b), abs=6e-4), sentence
+  assert "untestable" in prose[-1]

@@ -175,10 +175,114 @@ def lines_example(tokenizer: Tokenizer, length: int, depth: float, seed: int) ->
       task="lines")
 
 
+# ---------------------------------------------------------------------------
+# Short tasks a tiny model can learn in pretraining: the templates fit well inside a
+# training row of 128-256 bytes, so rows of them can be mixed into pretraining, and
+# evaluation can start inside the training length.
+
+SHORT_NEEDLE = " key {key}."
+SHORT_QUESTION = " key?"
+MQAR_KEYS = tuple(chr(c) + chr(d) for c in range(ord("a"), ord("z") + 1) for d in range(ord("a"), ord("z") + 1))
+
+
+def short_passkey_example(tokenizer: Tokenizer, length: int, depth: float, seed: int) -> RetrievalExample:
+  """A passkey prompt of exactly ``length`` tokens with a short template: filler sentences with
+  `` key NNNNN.`` at the boundary nearest ``depth``, then `` key?`` and the answer `` NNNNN``."""
+  _check_depth(depth)
+  key = int(_rng(seed, length, int(round(depth * 1e6)), 11).integers(10000, 100000))
+  needle = tokenizer.encode(SHORT_NEEDLE.format(key=key))
+  question = tokenizer.encode(SHORT_QUESTION)
+  answer_text = f" {key}"
+  answer = tokenizer.encode(answer_text)
+  budget = length - len(needle) - len(question) - len(answer)
+  if budget < 0:
+    raise DataConfigError(f"short passkey length={length} is too short; the key, question and answer "
+                          f"alone take {length - budget} tokens")
+  filler, boundaries = _filler(tokenizer, budget)
+  cut = min(boundaries, key=lambda b: (abs(b - depth * budget), b))
+  tokens = filler[:cut] + needle + filler[cut:] + question + answer
+  return RetrievalExample(
+      tokens=np.asarray(tokens, dtype=np.int32), answer_start=len(tokens) - len(answer),
+      answer=answer_text, needle_start=cut, needle_end=cut + len(needle), depth=cut / len(tokens),
+      task="short_passkey")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainingRow:
+  """A synthetic training sequence and the mask of the tokens its loss is on (the answers)."""
+  tokens: np.ndarray      # int32 [n]
+  answer_mask: np.ndarray  # float32 [n]: 1 where tokens[i] is part of an answer
+
+
+def mqar_row(tokenizer: Tokenizer, length: int, pairs: int, queries: int, seed: int,
+             depth: float = 0.5) -> tuple[TrainingRow, RetrievalExample]:
+  """Multi-query associative recall (Zoology's MQAR, as text): ``pairs`` key-value pairs
+  `` ab=3``, filler, then ``queries`` of the keys `` ab?`` each followed by its value `` 3``.
+
+  The sequence has exactly ``length`` tokens; the pairs start at ``depth`` of the room the filler
+  leaves (0: at the start). Returns the training row (loss on every queried value) and, for
+  evaluation, the example whose answer is the last query's value.
+  """
+  _check_depth(depth)
+  if not 1 <= queries <= pairs <= len(MQAR_KEYS):
+    raise DataConfigError(f"mqar needs 1 <= queries <= pairs <= {len(MQAR_KEYS)}, got queries={queries}, "
+                          f"pairs={pairs}")
+  rng = _rng(seed, length, pairs, queries, 13)
+  keys = [MQAR_KEYS[i] for i in rng.choice(len(MQAR_KEYS), size=pairs, replace=False)]
+  values = rng.integers(0, 10, size=pairs)
+  listing = [t for k, v in zip(keys, values) for t in tokenizer.encode(f" {k}={v}")]
+  asked = rng.choice(pairs, size=queries, replace=False)
+  question_parts, answers = [], []
+  for i in asked:
+    question_parts.append(tokenizer.encode(f" {keys[i]}?"))
+    answers.append(tokenizer.encode(f" {values[i]}"))
+  tail = sum(len(q) + len(a) for q, a in zip(question_parts, answers))
+  budget = length - len(listing) - tail
+  if budget < 0:
+    raise DataConfigError(f"mqar length={length} is too short; {pairs} pairs and {queries} queries take "
+                          f"{length - budget} tokens")
+  filler, _ = _filler(tokenizer, budget)
+  before = int(round(depth * budget))
+  tokens = filler[:before] + listing + filler[before:]
+  mask = [0.0] * len(tokens)
+  for question, answer in zip(question_parts, answers):
+    tokens += question + answer
+    mask += [0.0] * len(question) + [1.0] * len(answer)
+  last = asked[-1]
+  row = TrainingRow(np.asarray(tokens, np.int32), np.asarray(mask, np.float32))
+  example = RetrievalExample(
+      tokens=row.tokens, answer_start=len(tokens) - len(answers[-1]), answer=f" {values[last]}",
+      needle_start=before + sum(len(tokenizer.encode(f" {k}={v}")) for k, v in zip(keys[:last], values[:last])),
+      needle_end=before + sum(len(tokenizer.encode(f" {k}={v}")) for k, v in zip(keys[:last + 1], values[:last + 1])),
+      depth=before / len(tokens), task="mqar")
+  return row, example
+
+
+def mqar_example(tokenizer: Tokenizer, length: int, depth: float, seed: int, pairs: int = 8,
+                 queries: int = 4) -> RetrievalExample:
+  """The evaluation side of :func:`mqar_row` (the answer is the last query's value)."""
+  return mqar_row(tokenizer, length, pairs, queries, seed, depth)[1]
+
+
+def retrieval_training_row(task: str, tokenizer: Tokenizer, length: int, rng: np.random.Generator) -> TrainingRow:
+  """One pretraining row of ``length`` tokens of ``task`` ('short_passkey' or 'mqar'), loss on the
+  answers only, at a random depth and with a seed drawn from ``rng``."""
+  depth, seed = float(rng.random()), int(rng.integers(1 << 30))
+  if task == "mqar":
+    return mqar_row(tokenizer, length, 8, 4, seed, depth)[0]
+  if task == "short_passkey":
+    example = short_passkey_example(tokenizer, length, depth, seed)
+    mask = np.zeros(len(example.tokens), np.float32)
+    mask[example.answer_start:] = 1.0
+    return TrainingRow(example.tokens, mask)
+  raise DataConfigError(f"retrieval training task must be 'short_passkey' or 'mqar', got {task!r}")
+
+
 def task_grid(task: str, tokenizer: Tokenizer, lengths: Sequence[int], depths: Sequence[float],
               seed: int = 0, samples: int = 1) -> list[RetrievalExample]:
   """``samples`` examples per (length, depth) cell, each with its own derived seed."""
-  makers = {"passkey": passkey_example, "lines": lines_example}
+  makers = {"passkey": passkey_example, "lines": lines_example, "short_passkey": short_passkey_example,
+            "mqar": mqar_example}
   if task not in makers:
     raise DataConfigError(f"task must be one of {sorted(makers)}, got {task!r}")
   examples = []

@@ -62,17 +62,20 @@ def _nll_program(cfg: ModelConfig):
     _TRACES[cfg] += 1
     logits = model.apply({"params": params}, inputs, hooks=hooks)
     losses = token_losses(logits, targets) * mask
-    return losses.sum(), mask.sum()
+    # Per-window sums (not one batch total): the study's intervals resample windows.
+    return losses.sum(axis=1), mask.sum(axis=1)
 
   return jax.jit(nll)
 
 
 @dataclasses.dataclass(frozen=True)
 class NLL:
-  """Summed next-token loss (nats) over the scored tokens."""
+  """Summed next-token loss (nats) over the scored tokens, in total and per window."""
 
   total: float
   tokens: int
+  window_totals: tuple[float, ...] = ()  # NLL (nats) of each window's scored tokens, in window order
+  window_tokens: tuple[int, ...] = ()
 
   @property
   def loss(self) -> float:
@@ -108,8 +111,12 @@ def window_nll(cfg: ModelConfig, params, windows: Sequence[Window], hooks: pe.Ho
   sums = [program(params, inputs[i:i + batch_size], targets[i:i + batch_size],
                   mask[i:i + batch_size], hooks) for i in range(0, len(inputs), batch_size)]
   sums = jax.device_get(sums)  # one host sync for all batches
-  total = math.fsum(float(s) for s, _ in sums)  # per-batch float32 sums, added in float64
-  return NLL(total=total, tokens=int(round(math.fsum(float(c) for _, c in sums))))
+  per_window = np.concatenate([np.asarray(s, np.float64) for s, _ in sums])[:n]
+  counts = np.concatenate([np.asarray(c, np.float64) for _, c in sums])[:n]
+  total = math.fsum(per_window)  # per-window float32 sums, added in float64
+  return NLL(total=total, tokens=int(round(math.fsum(counts))),
+             window_totals=tuple(float(x) for x in per_window),
+             window_tokens=tuple(int(round(c)) for c in counts))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +132,7 @@ class LengthResult:
   bytes: int
   windows: int
   seconds: float
+  per_window: dict | None = None  # see window_record: what the study's paired intervals resample
 
   def metrics(self) -> dict:
     return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte,
@@ -139,6 +147,27 @@ def document_windows(documents: Sequence[LongDocument], length: int, stride: int
   for doc in documents:
     windows.extend(sliding_windows(doc.tokens, length, stride, pad_id))
   return windows
+
+
+def window_record(documents: Sequence[LongDocument], windows: Sequence[Window], nll: NLL, stride: int,
+                  tokenizer) -> dict:
+  """Per window, compactly: its document (index in ``documents``), the position of its first
+  scored target in that document, its NLL (nats, 4 decimals) and its scored bytes.
+
+  The positions let windows of two lengths over the same tokens be matched up (each token is
+  scored once at every length), which is what a paired interval across lengths needs.
+  """
+  docs, starts, nbytes = [], [], []
+  k = 0
+  for index, doc in enumerate(documents):
+    count = len(sliding_windows(doc.tokens, len(windows[0].inputs), stride, tokenizer.pad_id))
+    for j in range(count):
+      window = windows[k + j]
+      docs.append(index)
+      starts.append(j * stride + int(np.argmax(window.loss_mask > 0)))
+      nbytes.append(int(tokenizer.count_bytes(window.targets[window.loss_mask > 0])))
+    k += count
+  return {"doc": docs, "start": starts, "nll": [round(x, 4) for x in nll.window_totals], "bytes": nbytes}
 
 
 def stride_for(length: int, stride_fraction: float) -> int:
@@ -162,11 +191,12 @@ def perplexity_at_length(cfg: ModelConfig, params, encoding: pe.Encoding,
   hooks = encoding_hooks(cfg, encoding, length)
   nll = window_nll(eval_model_config(cfg, length, chunk_size=chunk_size), params, windows, hooks,
                    batch_size=batch_size)
-  num_bytes = sum(tokenizer.count_bytes(w.targets[w.loss_mask > 0]) for w in windows)
+  per_window = window_record(documents, windows, nll, stride, tokenizer)
+  num_bytes = sum(per_window["bytes"])
   return LengthResult(
       length=length, stride=stride, loss=nll.loss, perplexity=math.exp(min(nll.loss, 700.0)),
       bits_per_byte=bits_per_byte(nll.total, num_bytes), tokens=nll.tokens, bytes=num_bytes,
-      windows=len(windows), seconds=time.perf_counter() - start)
+      windows=len(windows), seconds=time.perf_counter() - start, per_window=per_window)
 
 
 def perplexity_vs_length(cfg: ModelConfig, params, encoding_at, documents: Sequence[LongDocument],

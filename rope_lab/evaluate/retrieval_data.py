@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rope_lab.data import passkey_example
+from rope_lab.data.synthetic import retrieval_training_row
 
 # Keys of the seeds of training examples never equal evaluation seeds (task_grid uses
 # seed * 1_000_003 + sample with small seeds).
@@ -71,4 +72,44 @@ def passkey_mix_source(base_source, tokenizer, *, fraction: float, train_split: 
       return iterator
     return PasskeyMixIterator(iterator, tokenizer, seq_len=kwargs["seq_len"], fraction=fraction,
                               seed=seed)
+  return make
+
+
+class RetrievalMixIterator(PasskeyMixIterator):
+  """Like :class:`PasskeyMixIterator`, with the short tasks a tiny model can learn in pretraining
+  (``tasks``: 'short_passkey', 'mqar'; one drawn per replaced row) and the loss on their answers
+  only (the data module's ``retrieval_training_row``)."""
+
+  def __init__(self, inner, tokenizer, *, seq_len: int, fraction: float, seed: int,
+               tasks: tuple[str, ...] = ("short_passkey", "mqar")):
+    super().__init__(inner, tokenizer, seq_len=seq_len, fraction=fraction, seed=seed)
+    if not tasks:
+      raise ValueError("retrieval mix: tasks must name at least one task")
+    self._tasks = tuple(tasks)
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = {k: np.array(v) for k, v in next(self._inner).items()}
+    rng = np.random.default_rng([self._seed, self._batches, 11])
+    self._batches += 1
+    for row in np.flatnonzero(rng.random(len(batch["inputs"])) < self._fraction):
+      task = self._tasks[int(rng.integers(len(self._tasks)))]
+      example = retrieval_training_row(task, self._tok, self._seq_len + 1,
+                                       np.random.default_rng([_TRAIN_SEED_OFFSET, self._seed, int(rng.integers(1 << 30))]))
+      batch["inputs"][row] = example.tokens[:-1]
+      batch["targets"][row] = example.tokens[1:]
+      batch["positions"][row] = np.arange(self._seq_len)
+      batch["segment_ids"][row] = 1
+      batch["loss_mask"][row] = example.answer_mask[1:]
+    return batch
+
+
+def retrieval_mix_source(base_source, tokenizer, *, fraction: float, train_split: str, seed: int,
+                         tasks: tuple[str, ...] = ("short_passkey", "mqar")):
+  """A ``train.run`` data source: ``base_source`` with short retrieval rows mixed into the training split."""
+  def make(split: str, **kwargs):
+    iterator = base_source(split, **kwargs)
+    if split != train_split or fraction == 0.0:
+      return iterator
+    return RetrievalMixIterator(iterator, tokenizer, seq_len=kwargs["seq_len"], fraction=fraction, seed=seed,
+                                tasks=tasks)
   return make

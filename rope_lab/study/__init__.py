@@ -16,7 +16,8 @@ One idea per module:
   runs          the training runs (RunSpec), and how a (run, plan) row is grouped and named
   measurements  Study: the measurement cache (perplexity, retrieval, attention), one row each
   phases        the phases in order (PHASES), run_study, write_outputs
-  claims        each claim's rule, applied per seed to the stored numbers (CLAIMS)
+  claims        one rule per paper's contrast, judged by a paired interval (CLAIMS)
+  statistics    paired block-bootstrap intervals over windows, and verdicts
   report_text   report.md's markdown: setup, claims table, number tables
   figure_data   the numbers each figure shows
   figures       the drawing

@@ -51,6 +51,17 @@ class StudyConfig:
   attention_scales: tuple[int, ...] = (1, 4, 16)  # empirical attention maps (first seed)
   attention_docs: int = 2
   analytic_scale: int = 32  # analytic similarity by distance up to this x training length
+  # Baselines drawn on the perplexity figures: the base model with its window cut to this
+  # fraction of the training length (same tokens), and a byte n-gram fitted on the training split.
+  # Short retrieval rows (short passkey, MQAR; loss on the answers) mixed into the base models'
+  # pretraining, and their evaluation from inside the training length (0: off).
+  retrieval_mix: float = 0.0
+  short_retrieval_lengths: tuple[int, ...] = (64, 128, 256, 512, 1024)
+  short_retrieval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+  short_retrieval_samples: int = 20  # per depth: 100 examples per (model, encoding, length) cell
+  truncation_scale: float = 0.25
+  ngram_order: int = 5
+  ngram_train_bytes: int = 2_000_000  # the n-gram's training text (pure Python: ~1 min per 2 MB)
 
   def __post_init__(self):
     seeds = len(self.seeds)
@@ -65,7 +76,11 @@ class StudyConfig:
         (set(self.finetune_methods) <= {"pi", "yarn"}, "finetune_methods", "a subset of (pi, yarn)"),
         (1 <= self.grid_seeds <= seeds, "grid_seeds", f"in [1, {seeds}]"),
         (0 <= self.passkey_mix <= 1, "passkey_mix", "in [0, 1]"),
-        (1 <= self.retrieval_seeds <= seeds, "retrieval_seeds", f"in [1, {seeds}]")):
+        (1 <= self.retrieval_seeds <= seeds, "retrieval_seeds", f"in [1, {seeds}]"),
+        (0 < self.truncation_scale < 1, "truncation_scale", "in (0, 1)"),
+        (0 <= self.retrieval_mix <= 1, "retrieval_mix", "in [0, 1]"),
+        (self.ngram_order >= 1, "ngram_order", ">= 1"),
+        (self.ngram_train_bytes >= self.ngram_order, "ngram_train_bytes", ">= ngram_order")):
       check(ok, f"config.{field}", valid, getattr(self, field))
 
   @property

@@ -115,3 +115,20 @@ def retrieval_grid(rows, metric: str, lengths, depths) -> np.ndarray:
       if summary:
         grid[i, j] = summary.mean
   return grid
+
+
+def baseline_lines(rows, cfg) -> list[tuple[str, float]]:
+  """(label, bits per byte) of the horizontal reference lines of the perplexity figures: the base
+  model with its window cut to a fraction of the training length (same tokens, plain RoPE), the
+  byte n-gram fitted on the training split, and the training split's unigram entropy."""
+  lines = []
+  short = int(round(cfg.train_length * cfg.truncation_scale))
+  cut = results_lib.select(rows, kind="perplexity", run_kind="base", plan_id="rope", split=cfg.eval_split,
+                           length=short)
+  if cut:
+    summary = results_lib.summarize(cut, "bits_per_byte")
+    lines.append((f"base model, window cut to {short} tokens (n={summary.n})", summary.mean))
+  for row in results_lib.select(rows, kind="baseline", split=cfg.eval_split)[-1:]:
+    lines.append((f"order-{row['order']} byte n-gram (Kneser-Ney, training split)", row["metrics"]["bits_per_byte"]))
+    lines.append(("unigram entropy (training split)", row["metrics"]["unigram_entropy"]))
+  return lines

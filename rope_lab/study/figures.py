@@ -56,6 +56,18 @@ def _draw_curves(ax, groups: list[tuple[str, list]], metric: str, train_length: 
   ax.legend(fontsize=7)
 
 
+def _draw_baselines(ax, rows, cfg, ylim):
+  """The reference lines (truncated context, n-gram, unigram entropy), with the view widened to show them."""
+  lines = data.baseline_lines(rows, cfg)
+  for (label, value), style in zip(lines, ("-.", "--", ":")):
+    ax.axhline(value, color="dimgrey", ls=style, lw=1.2, label=f"{label}: {value:.2f}")
+  if lines:
+    values = [v for _, v in lines] + (list(ylim) if ylim else [])
+    margin = 0.04 * (max(values) - min(values) or 1.0)
+    ax.set_ylim(min(values) - margin, max(values) + margin)
+    ax.legend(fontsize=7)
+
+
 def _save(fig, figures_dir: str, name: str, caption: str) -> Figure:
   os.makedirs(figures_dir, exist_ok=True)
   path = os.path.join(figures_dir, name)
@@ -69,11 +81,12 @@ def _ppl(rows, **criteria):
 
 
 def perplexity_zero_shot(rows, cfg, figures_dir) -> Figure:
-  base = _ppl(rows, run_kind="base", split=cfg.eval_split)
+  base = [r for r in _ppl(rows, run_kind="base", split=cfg.eval_split) if r["length"] >= cfg.train_length]
   groups = data.by_plan(base)
   fig, ax = plt.subplots(figsize=(8, 5))
-  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length,
-               ylim=data.value_range(groups, "bits_per_byte"))
+  ylim = data.value_range(groups, "bits_per_byte")
+  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length, ylim=ylim)
+  _draw_baselines(ax, rows, cfg, ylim)
   ax.axvline(cfg.train_length * cfg.static_scale, color="grey", ls="--", lw=0.8)
   ax.set_title(f"Zero-shot extension of a RoPE model trained at {cfg.train_length} tokens "
                f"({cfg.eval_split} documents)", fontsize=10)
@@ -81,12 +94,13 @@ def perplexity_zero_shot(rows, cfg, figures_dir) -> Figure:
   return _save(fig, figures_dir, "perplexity_zero_shot.png",
                "Bits per byte vs evaluation window, RoPE base models under each encoding applied zero-shot "
                f"(mean over seeds, band: min to max). Dotted: training length; dashed: the static methods' "
-               f"target s={cfg.static_scale:g}.")
+               f"target s={cfg.static_scale:g}. Horizontal: the base model with its window cut to "
+               f"{cfg.truncation_scale:g} of the training length, the byte n-gram and the unigram entropy.")
 
 
 def perplexity_finetuned(rows, cfg, figures_dir) -> Figure:
   split = cfg.eval_split
-  base = _ppl(rows, run_kind="base", split=split)
+  base = [r for r in _ppl(rows, run_kind="base", split=split) if r["length"] >= cfg.train_length]
   groups = [(data.plan_label(base, plan_id), _ppl(base, plan_id=plan_id))
             for plan_id in (ROPE, scaled_id("pi", cfg.static_scale), scaled_id("yarn", cfg.static_scale), DYNAMIC_YARN)]
   for method in cfg.finetune_methods:
@@ -94,14 +108,16 @@ def perplexity_finetuned(rows, cfg, figures_dir) -> Figure:
           if r["run"].startswith("ft_") and r["train_scale"] == cfg.finetune_scale]
     groups.append((f"{method.upper() if method == 'pi' else 'YaRN'} fine-tuned s={cfg.finetune_scale}", ft))
   fig, ax = plt.subplots(figsize=(8, 5))
-  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length,
-               ylim=data.value_range(groups, "bits_per_byte"))
+  ylim = data.value_range(groups, "bits_per_byte")
+  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length, ylim=ylim)
+  _draw_baselines(ax, rows, cfg, ylim)
   ax.axvline(cfg.train_length * cfg.finetune_scale, color="grey", ls="--", lw=0.8)
   ax.set_title(f"{cfg.finetune_steps}-step fine-tunes at {cfg.finetune_scale}x vs zero-shot", fontsize=10)
   fig.tight_layout()
   return _save(fig, figures_dir, "perplexity_finetuned.png",
                f"Fine-tuned PI and YaRN ({cfg.finetune_steps} steps at {cfg.train_length * cfg.finetune_scale} "
-               "tokens) against the same encodings zero-shot and plain RoPE (mean over seeds, band: min to max).")
+               "tokens) against the same encodings zero-shot and plain RoPE (mean over seeds, band: min to max), "
+               "with the same reference lines.")
 
 
 def giraffe_grid(rows, cfg, figures_dir) -> Figure | None:

@@ -18,9 +18,10 @@ import numpy as np
 from rope_lab import config as config_lib
 from rope_lab import pe
 from rope_lab import results as results_lib
-from rope_lab.data import get_tokenizer, long_documents, task_grid
-from rope_lab.evaluate import attention_maps, perplexity, plans as plans_lib, retrieval
-from rope_lab.evaluate.retrieval_data import passkey_mix_source
+from rope_lab.data import get_tokenizer, load_token_store, long_documents, task_grid
+from rope_lab.evaluate import attention_maps, ngram, perplexity, plans as plans_lib, retrieval
+from rope_lab.data.synthetic import retrieval_training_row
+from rope_lab.evaluate.retrieval_data import passkey_mix_source, retrieval_mix_source
 from rope_lab.evaluate.runs import TrainedRun, load_run
 from rope_lab.study.config import StudyConfig
 from rope_lab.study.runs import RunSpec, base_run, finetune_run, trained_plan
@@ -71,15 +72,23 @@ class Study:
     self.tokenizer = get_tokenizer(cfg.base.data)
     self._runs: dict[str, TrainedRun] = {}
     self.finetune_lr = cfg.finetune_learning_rates[0]
+    if cfg.retrieval_mix:  # a training row too short for the tasks fails here, before any training
+      for task in ("short_passkey", "mqar"):
+        retrieval_training_row(task, self.tokenizer, cfg.train_length + 1, np.random.default_rng(0))
 
   # -- bookkeeping ---------------------------------------------------------------
 
   def path(self, *parts) -> str:
     return os.path.join(self.workdir, *parts)
 
+  def retrieval_mix(self, spec: RunSpec) -> float:
+    """The fraction of short retrieval rows in ``spec``'s training (base models only)."""
+    return self.cfg.retrieval_mix if spec.kind == "base" else 0.0
+
   def measure_hash(self, spec: RunSpec, **settings) -> str:
+    extra = {"retrieval_mix": self.retrieval_mix(spec)} if self.retrieval_mix(spec) else {}
     return results_lib.config_hash({"run": config_lib.experiment_to_dict(spec.exp), "mix": spec.data_mix,
-                                    "eval": settings})
+                                    "eval": settings, **extra})
 
   def record(self, kind: str, key: str, chash: str, spec: RunSpec, metrics: dict, **fields) -> None:
     row = results_lib.make_row(kind, key, metrics=metrics, seed=spec.seed, config_hash=chash,
@@ -108,6 +117,10 @@ class Study:
       source = passkey_mix_source(train_lib.rope_lab_data_source(spec.exp.data), self.tokenizer,
                                   fraction=spec.data_mix, train_split=spec.exp.data.train_split,
                                   seed=spec.seed)
+    elif self.retrieval_mix(spec):
+      source = retrieval_mix_source(train_lib.rope_lab_data_source(spec.exp.data), self.tokenizer,
+                                    fraction=self.retrieval_mix(spec), train_split=spec.exp.data.train_split,
+                                    seed=spec.seed)
     start = time.perf_counter()
     result = train_lib.run(spec.exp, workdir, data_source=source)
     if result.status == "preempted":  # saved at SIGTERM; the study stops, a rerun resumes it
@@ -141,7 +154,7 @@ class Study:
     chash = self.measure_hash(spec, **settings)
     losses = {}
     for scale in scales:
-      length = cfg.train_length * scale
+      length = int(round(cfg.train_length * scale))  # scales below 1 (the truncation line) too
       key = f"ppl|{spec.name}|{plan.id}|{length}|{split}"
       if record and (key, chash) in self.done:
         continue
@@ -154,7 +167,8 @@ class Study:
       if record:
         self.record("perplexity", key, chash, spec, result.metrics(), plan_id=plan.id, plan=plan.label,
                     plan_kind=plan_kind(plan), encoding=pe.to_dict(encoding), length=length,
-                    scale=length / cfg.train_length, split=split, stride=result.stride)
+                    scale=length / cfg.train_length, split=split, stride=result.stride,
+                    windows=result.per_window)
     return losses
 
   def choose_finetune_lr(self) -> float:
@@ -185,11 +199,37 @@ class Study:
     self.log(f"fine-tuning learning rate chosen on {cfg.choice_split}: {chosen:g} ({scores})")
     return chosen
 
+  # -- baselines -------------------------------------------------------------------
+
+  def ngram_baseline(self, order: int, train_bytes: int) -> None:
+    """An order-``order`` byte Kneser-Ney model fitted on the training split, scored on the
+    evaluation documents' text (each document on its own), and the training split's unigram entropy."""
+    cfg = self.cfg
+    docs = self.documents(cfg.eval_split)
+    chash = results_lib.config_hash({"data": config_lib.experiment_to_dict(cfg.base)["data"], "order": order,
+                                     "train_bytes": train_bytes, "docs": [d.doc_id for d in docs]})
+    key = f"baseline|ngram{order}|{cfg.eval_split}"
+    if (key, chash) in self.done:
+      return
+    start = time.perf_counter()
+    train = split_text(self.cfg.base.data, "train", self.tokenizer, train_bytes)
+    model = ngram.KneserNey(order=order).fit(train)
+    texts = [self.tokenizer.decode(d.tokens).encode("utf-8") for d in docs]
+    bits = sum(model.bits(t) for t in texts)
+    num_bytes = sum(len(t) for t in texts)
+    metrics = {"bits_per_byte": bits / num_bytes, "unigram_entropy": ngram.unigram_entropy(train),
+               "bytes": num_bytes, "train_bytes": len(train), "seconds": round(time.perf_counter() - start, 1)}
+    self.results.append([results_lib.make_row("baseline", key, metrics=metrics, seed=None, config_hash=chash,
+                                              commit=self.commit, split=cfg.eval_split, order=order)])
+    self.done.add((key, chash))
+    self.log(f"{order}-gram baseline: {metrics['bits_per_byte']:.3f} bits/byte; unigram entropy "
+             f"{metrics['unigram_entropy']:.3f}")
+
   # -- retrieval -------------------------------------------------------------------
 
   def passkey(self, spec: RunSpec, plan: plans_lib.EncodingPlan, lengths, depths, samples: int,
               kind: str = "passkey") -> None:
-    task = "lines" if kind == "lines" else "passkey"
+    task = kind if kind in ("lines", "short_passkey", "mqar") else "passkey"
     chash = self.measure_hash(spec, lengths=list(lengths), depths=list(depths), samples=samples,
                               plan=list(plan.spec), task=task)
     key = f"{kind}|{spec.name}|{plan.id}"
@@ -239,6 +279,19 @@ class Study:
             "mass_beyond_train_length": beyond, "mean_distance": float((layer_mass * distances).sum()),
             "mass_first_token": float(maps[layer][:, 0].mean())}, plan_id=plan.id, plan=plan.label,
             plan_kind=plan_kind(plan), length=length, scale=scale, layer=layer)
+
+
+def split_text(data_cfg, split: str, tokenizer, max_bytes: int) -> bytes:
+  """The UTF-8 text of ``split``'s documents, in dataset order, up to ``max_bytes`` bytes."""
+  store = load_token_store(data_cfg, split, tokenizer)
+  parts, size = [], 0
+  for index in range(store.num_docs):
+    text = tokenizer.decode(store.document(index)).encode("utf-8")
+    parts.append(text[:max_bytes - size])
+    size += len(parts[-1])
+    if size >= max_bytes:
+      break
+  return b"".join(parts)
 
 
 def plan_kind(plan: plans_lib.EncodingPlan) -> str:

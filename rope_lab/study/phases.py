@@ -87,6 +87,10 @@ def evaluate_retrieval(study: Study, extra: list[RunSpec], finetunes: list[RunSp
     study.log(f"retrieval {spec.name} {plan.label}")
     study.passkey(spec, plan, cfg.passkey_lengths, cfg.passkey_depths, cfg.passkey_samples)
     study.passkey(spec, plan, [cfg.middle_length], middle_depths, cfg.middle_samples, kind="middle")
+    if cfg.retrieval_mix and spec.kind in ("base", "finetune"):  # the tasks the base models were taught
+      for task in ("short_passkey", "mqar"):
+        study.passkey(spec, plan, cfg.short_retrieval_lengths, cfg.short_retrieval_depths,
+                      cfg.short_retrieval_samples, kind=task)
     study.passkey(spec, plan, cfg.lines_lengths, (0.5,), cfg.lines_samples, kind="lines")
 
 
@@ -114,12 +118,23 @@ def _choose_finetune_lr(study: Study) -> None:
 
 
 # (name, phase) in the order they run; each phase resumes from what results.jsonl holds.
+def evaluate_baselines(study: Study) -> None:
+  """The truncation line (each base model under plain RoPE at a fraction of its training length,
+  on the same tokens) and the byte n-gram fitted on the training split."""
+  cfg = study.cfg
+  (rope,) = _subset(zero_shot_plans(cfg), {plans_lib.ROPE})
+  for seed in cfg.seeds:
+    study.perplexity(base_run(cfg, seed), rope, [cfg.truncation_scale])
+  study.ngram_baseline(cfg.ngram_order, cfg.ngram_train_bytes)
+
+
 PHASES: tuple[tuple[str, Callable[[Study], object]], ...] = (
     ("train base", lambda study: [study.train(base_run(study.cfg, s)) for s in study.cfg.seeds]),
     ("train extra", lambda study: [study.train(spec) for spec in extra_runs(study.cfg)]),
     ("choose fine-tune lr", _choose_finetune_lr),
     ("fine-tune", lambda study: [study.train(spec) for spec in finetune_specs(study)]),
     ("perplexity", lambda study: evaluate_perplexity(study, extra_runs(study.cfg), finetune_specs(study))),
+    ("baselines", evaluate_baselines),
     ("retrieval", lambda study: evaluate_retrieval(study, extra_runs(study.cfg), finetune_specs(study))),
     ("attention", evaluate_attention),
 )

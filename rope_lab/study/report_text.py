@@ -1,9 +1,10 @@
 """report.md from the study's rows and figures: setup, claim-by-claim table, numbers.
 
 Only the markdown is written here. Every number in the report is read from results.jsonl;
-the verdicts are the claims' rules (rope_lab.study.claims), stated in the table. Numbers
-are bits per byte on the evaluation split, as mean ± sample standard deviation over seeds
-(n in the table). Rows are grouped by plan id and shown by label.
+the verdicts are the claims' rules (rope_lab.study.claims), stated in the table, and the
+prose reading of the claims is generated from the same numbers. Number tables are bits per
+byte on the evaluation split, as mean ± sample standard deviation over seeds (n in the
+table). Rows are grouped by plan id and shown by label.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from rope_lab import results as results_lib
 from rope_lab.evaluate.plans import PI_MATCHED, TRAINED
 from rope_lab.study.claims import METRIC, evaluate_claims
+from rope_lab.study.figure_data import baseline_lines
 from rope_lab.study.runs import run_key, run_label
 
 
@@ -49,10 +51,30 @@ def plans_in_order(rows) -> list[tuple[str, str]]:
 
 
 def claims_table(rows, cfg) -> str:
-  """Every claim with its source, rule, measured numbers and verdict."""
-  return markdown_table(["claim", "source", "rule (per seed)", "measured", "verdict"],
+  """Every claim with its source, rule, measured value (95% interval, per seed) and verdict."""
+  return markdown_table(["claim", "source", "rule (fixed before the run)", "measured [95% interval]", "verdict"],
                         [[c.claim, c.source, c.rule, c.measured, f"**{c.verdict}**"]
                          for c in evaluate_claims(rows, cfg)])
+
+
+def claim_sentence(c) -> str:
+  """One sentence on a claim, written from its numbers only (a test re-derives them from the rows)."""
+  if c.value is None:
+    return f"- {c.claim}: {c.verdict} ({c.measured})."
+  unit = {"difference": "bits/byte", "relative": "relative change", "accuracy": "accuracy difference"}[c.statistic]
+  side = "below" if c.below else "above"
+  if c.interval is None:
+    return (f"- {c.claim}: measured {c.value:+.3f} ({unit}); the rule needs the interval {side} "
+            f"{c.threshold:+.3f}, and there is none, so {c.verdict}.")
+  where = ("wholly " + side if c.verdict == "agrees" else "wholly on the other side of" if c.verdict == "disagrees"
+           else "across")
+  return (f"- {c.claim}: measured {c.value:+.3f} ({unit}), 95% interval [{c.interval.low:+.3f}, "
+          f"{c.interval.high:+.3f}], {where} the threshold {c.threshold:+.3f}: {c.verdict}.")
+
+
+def claims_prose(rows, cfg) -> str:
+  """The reading of the claims, generated from the same numbers as the table."""
+  return "\n".join(claim_sentence(c) for c in evaluate_claims(rows, cfg))
 
 
 def retrieval_table(rows, kind: str = "passkey") -> str:
@@ -119,7 +141,14 @@ def write_report(rows, figures, cfg, path: str) -> str:
     metrics = choice[-1]["metrics"]
     parts += ["", f"Chosen on `{choice[-1]['split']}` (never on `{cfg.eval_split}`): fine-tuning learning rate "
               f"{metrics['chosen']:g} ({', '.join(f'{k}: {v:.3f} nats' for k, v in metrics.items() if k != 'chosen')})."]
-  parts += ["", "## Claims", "", claims_table(rows, cfg)]
+  lines = baseline_lines(rows, cfg)
+  parts += ["", "## Baselines on the same test text", "",
+            "; ".join(f"{label}: {value:.3f} bits/byte" for label, value in lines) + "."
+            if lines else "_not measured (rows written before the baselines)_"]
+  parts += ["", "## Claims", "", claims_table(rows, cfg), "", "## Reading the claims", "",
+            "Written by code from the numbers above: a verdict is agrees or disagrees only when the paired "
+            "block-bootstrap 95% interval (blocks of 8 consecutive windows, all seeds' windows pooled) clears the "
+            "rule's threshold.", "", claims_prose(rows, cfg)]
   parts += ["", "## Figures", ""]
   for figure in figures:
     parts += [f"![{figure.name}]({rel(figure)})", "", figure.caption, ""]
@@ -146,6 +175,11 @@ def write_report(rows, figures, cfg, path: str) -> str:
             "Passkey:", "", retrieval_table(rows, "passkey"), "",
             f"Passkey by depth at {cfg.middle_length} tokens (lost in the middle), all depths pooled:", "",
             retrieval_table(rows, "middle"), "", "Key-value lines:", "", retrieval_table(rows, "lines")]
+  if results_lib.select(rows, kind="short_passkey") or results_lib.select(rows, kind="mqar"):
+    parts += ["", f"Short tasks taught in pretraining ({100 * cfg.retrieval_mix:g}% of the base models' rows; "
+              f"{len(cfg.short_retrieval_depths) * cfg.short_retrieval_samples} examples per seed and cell):", "",
+              "Short passkey:", "", retrieval_table(rows, "short_passkey"), "",
+              "Multi-query associative recall (the last query's value):", "", retrieval_table(rows, "mqar")]
   attention = results_lib.select(rows, kind="attention")
   if attention:
     body = []
