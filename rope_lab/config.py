@@ -39,6 +39,7 @@ HF_SCHEME = "hf:"
 
 
 from rope_lab.errors import ConfigError, check  # noqa: E402  (one class for every config error)
+from rope_lab.typed_values import coerce  # noqa: E402  (the one coercer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,53 +221,6 @@ def dataclass_from_mapping(cls: type, values: Mapping[str, Any], where: str):
 def _admits_none(hint) -> bool:
   return hint is Any or (typing.get_origin(hint) in (Union, types.UnionType)
                          and type(None) in typing.get_args(hint))
-
-
-def coerce(value: Any, hint: Any, where: str) -> Any:
-  """Checks ``value`` against a type annotation; ints widen to float, lists to tuples."""
-  origin, args = typing.get_origin(hint), typing.get_args(hint)
-  if hint is Any or hint is typing.Any:
-    return value
-  if origin in (Union, types.UnionType):
-    if value is None and type(None) in args:
-      return None
-    for option in (a for a in args if a is not type(None)):
-      try:
-        return coerce(value, option, where)
-      except ConfigError:
-        pass
-    raise ConfigError(f"{where} must be {_describe(hint)}, got {value!r}")
-  if origin is Literal:
-    if value in args:
-      return value
-    raise ConfigError(f"{where} must be one of {args}, got {value!r}")
-  if origin is tuple or hint is tuple:
-    if not isinstance(value, (tuple, list)):
-      raise ConfigError(f"{where} must be {_describe(hint)}, got {value!r}")
-    if not args or (len(args) == 2 and args[1] is Ellipsis):
-      item = args[0] if args else Any
-      return tuple(coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if len(args) != len(value):
-      raise ConfigError(f"{where} must have {len(args)} entries, got {value!r}")
-    return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-  if hint is float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-  elif hint is int:
-    if isinstance(value, int) and not isinstance(value, bool):
-      return value
-  elif isinstance(hint, type):
-    if isinstance(value, hint):
-      return value
-  else:
-    return value
-  raise ConfigError(f"{where} must be {_describe(hint)}, got {value!r} ({type(value).__name__})")
-
-
-def _describe(hint) -> str:
-  if isinstance(hint, type):
-    return hint.__name__
-  return str(hint).replace("typing.", "")
 
 
 def _base_type(hint) -> type:

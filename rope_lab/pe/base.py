@@ -12,6 +12,7 @@ structure (rotary dimension, pairing layout, which absolute table).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, ClassVar
 
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ def register(cls):
 
 from rope_lab import errors  # noqa: E402
 from rope_lab.errors import ConfigError  # noqa: E402  (one class for every config error)
+from rope_lab.typed_values import coerce  # noqa: E402  (the one coercer)
 
 
 def check(condition: bool, method: str, field: str, valid: str, value: Any) -> None:
@@ -220,25 +222,18 @@ class Encoding:
               getattr(self, field.name))
 
   def _coerce_types(self):
-    """Accepts ints for float fields and lists for tuple fields (config files, JSON); rejects the rest."""
+    """Checks every set parameter against its annotation (rope_lab.typed_values.coerce:
+    ints widen to float, lists and arrays to tuples); the per-pair factor tuples hold floats."""
+    hints = typing.get_type_hints(type(self))
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
-      kind = str(field.type).split(" | ")[0]  # annotations are strings: "float | None" -> "float"
       if value is None:
         continue
-      ok = {
-          "float": isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool),
-          "int": isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-          or isinstance(value, float) and value.is_integer(),
-          "bool": isinstance(value, (bool, np.bool_)),
-          "str": isinstance(value, str),
-          "tuple": isinstance(value, (tuple, list, np.ndarray)),
-      }.get(kind, True)
-      if not ok:
-        raise ConfigError(f"{self.name}: parameter {field.name!r} must be {kind}, got {value!r}")
-      converted = {"float": float, "int": int, "bool": bool,
-                   "tuple": lambda v: tuple(float(x) for x in v)}.get(kind, lambda v: v)(value)
-      object.__setattr__(self, field.name, converted)
+      hint = hints[field.name]
+      if tuple in typing.get_args(hint) or hint is tuple:
+        hint = tuple[float, ...]
+      object.__setattr__(self, field.name,
+                         coerce(value, hint, f"{self.name}: parameter {field.name!r}"))
 
   def validate(self) -> None:
     """Raises ConfigError for an invalid parameter. Overridden per method."""
