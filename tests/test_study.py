@@ -221,9 +221,11 @@ def test_the_report_prose_numbers_match_results_jsonl():
       ("relative", ft("yarn", 128), base("rope", 128)),
       ("relative", ft("yarn", 1024), ft("yarn", 512)),
       ("difference", ft("pi", 1024, "pi_matched"), ft("pi", 1024)),
-      ("difference", ft("pi", 1024, "pi_matched"), base("dynamic_yarn", 1024)),
   ]
   for sentence, (statistic, a, b) in zip(prose, expected):
     measured = float(re.search(r"measured ([+-][0-9.]+)", sentence).group(1))
     assert measured == pytest.approx(_pooled_statistic(rows, statistic, a, b), abs=6e-4), sentence
+  # The committed rows hold no validation perplexity at 8x, so no best zero-shot method can be
+  # chosen without tuning on the test books: that claim is untestable, and so is LongEmbed's.
+  assert "untestable" in prose[len(expected)] and "validation" in prose[len(expected)]
   assert "untestable" in prose[-1]
