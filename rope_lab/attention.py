@@ -88,17 +88,25 @@ class Rotated(NamedTuple):
 
 def rotate(hooks: Hooks, q_BxLxHxD, k_BxLxKxD, positions_BxL) -> Rotated:
   """Rotates q and k at the mapped positions (and, for SelfExtend, at the grouped ones)."""
-  b, length, n_heads, head_dim = q_BxLxHxD.shape
-  n_kv = k_BxLxKxD.shape[2]
-  group = lambda q: q.reshape(b, length, n_kv, n_heads // n_kv, head_dim)
+  return rotate_cross(hooks, q_BxLxHxD, k_BxLxKxD, positions_BxL, positions_BxL)
+
+
+def rotate_cross(hooks: Hooks, q_BxLqxHxD, k_BxLkxKxD, q_positions_BxLq, k_positions_BxLk) -> Rotated:
+  """``rotate`` for query rows and key rows at their own positions (a KV cache's new tokens
+  against everything cached): every rotation the attention paths read, remap rules and
+  SelfExtend's grouped positions included."""
+  b, n_q, n_heads, head_dim = q_BxLqxHxD.shape
+  n_kv = k_BxLkxKxD.shape[2]
+  group = lambda q: q.reshape(b, n_q, n_kv, n_heads // n_kv, head_dim)
   if hooks.remap is not None:
-    qs, ks = pe_apply.rotate_remapped(hooks, q_BxLxHxD, k_BxLxKxD, positions_BxL, positions_BxL)
+    qs, ks = pe_apply.rotate_remapped(hooks, q_BxLqxHxD, k_BxLkxKxD, q_positions_BxLq, k_positions_BxLk)
     return Rotated(group(qs[0]), ks[0], remap_q=tuple(group(q) for q in qs[1:]), remap_k=ks[1:])
-  q, k = pe_apply.rotate_qk(hooks, q_BxLxHxD, k_BxLxKxD, positions_BxL, positions_BxL)
+  q, k = pe_apply.rotate_qk(hooks, q_BxLqxHxD, k_BxLkxKxD, q_positions_BxLq, k_positions_BxLk)
   if hooks.self_extend is None:
     return Rotated(group(q), k)
-  q_pos, k_pos = pe_apply.self_extend_positions(hooks.self_extend, positions_BxL)
-  q_far, k_far = pe_apply.rotate_qk(hooks, q_BxLxHxD, k_BxLxKxD, q_pos, k_pos)
+  q_grouped, _ = pe_apply.self_extend_positions(hooks.self_extend, q_positions_BxLq)
+  _, k_grouped = pe_apply.self_extend_positions(hooks.self_extend, k_positions_BxLk)
+  q_far, k_far = pe_apply.rotate_qk(hooks, q_BxLqxHxD, k_BxLkxKxD, q_grouped, k_grouped)
   return Rotated(group(q), k, group(q_far), k_far)
 
 

@@ -45,6 +45,10 @@ from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.rotary import cos_sin
 
 CACHE_MODES = ("exact", "rerotate", "frozen")
+# Prompts of at least this many tokens are prefilled with the chunked (memory-linear)
+# attention: the dense [T, capacity] scores of a 16K-token prompt would take gigabytes a layer.
+CHUNKED_PREFILL_FROM = 512
+PREFILL_CHUNK = 256
 
 
 @dataclasses.dataclass
@@ -62,23 +66,33 @@ class Model:
 Cache = dict
 
 
+def _pad_rows(tables: pe.RotaryTables, rows: int) -> pe.RotaryTables:
+  pad = rows - tables.cos_coarse.shape[-2]
+  if pad <= 0:
+    return tables
+  widths = [(0, 0)] * (tables.cos_coarse.ndim - 2) + [(0, pad), (0, 0)]
+  return tables.replace(cos_coarse=jnp.pad(tables.cos_coarse, widths), sin_coarse=jnp.pad(tables.sin_coarse, widths))
+
+
 def resolve_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity: int) -> pe.Hooks:
   """The encoding's hooks at ``length``, coarse rotary rows zero-padded to cover ``capacity``.
 
-  Padding keeps one table shape for a whole generation (one compilation); the padded rows
-  are never read, because every position stays below ``length``.
+  Padding keeps one table shape for a whole generation (one compilation, and static
+  encodings compare equal from step to step); the padded rows are never read by a real
+  token, because every position stays below ``length``. Remap rules with their own tables
+  (Leaky ReRoPE) are padded to the rows those tables have at ``capacity``.
   """
-  hooks = encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=length)
-  tables = hooks.rotary
-  if tables is None:
-    return hooks
-  rows = -(-max(capacity, encoding.max_rotary_position(capacity)) // tables.fine_size)
-  pad = rows - tables.cos_coarse.shape[-2]
-  if pad <= 0:
-    return hooks
-  widths = [(0, 0)] * (tables.cos_coarse.ndim - 2) + [(0, pad), (0, 0)]
-  tables = tables.replace(cos_coarse=jnp.pad(tables.cos_coarse, widths), sin_coarse=jnp.pad(tables.sin_coarse, widths))
-  return hooks.replace(rotary=tables)
+  resolve = lambda n: encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=n)
+  hooks = resolve(length)
+  if hooks.rotary is not None:
+    rows = -(-max(capacity, encoding.max_rotary_position(capacity)) // hooks.rotary.fine_size)
+    hooks = hooks.replace(rotary=_pad_rows(hooks.rotary, rows))
+  if hooks.remap is not None and any(rule.rotary is not None for rule in hooks.remap):
+    widest = resolve(capacity).remap
+    hooks = hooks.replace(remap=tuple(
+        rule if rule.rotary is None else rule.replace(rotary=_pad_rows(rule.rotary, wide.rotary.cos_coarse.shape[-2]))
+        for rule, wide in zip(hooks.remap, widest)))
+  return hooks
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
@@ -122,23 +136,20 @@ def _layer_attention(cfg: ModelConfig, p: dict, x_BxTxD, cache: Cache, layer: in
   write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), start, axis=1)
   cache["k"] = cache["k"].at[layer].set(write(cache["k"][layer], key))
   cache["v"] = cache["v"].at[layer].set(write(cache["v"][layer], value))
-  group = lambda x: x.reshape(b, t, k, h // k, dh)
   q_pos, all_pos = meta_new.positions, meta_all.positions
-  q_rot, k_rot = pe_apply.rotate_qk(hooks, q, cache["k"][layer], q_pos, all_pos)
-  q_far = k_far = None
-  if hooks.self_extend is not None:
-    q_se, _ = pe_apply.self_extend_positions(hooks.self_extend, q_pos)
-    _, k_se = pe_apply.self_extend_positions(hooks.self_extend, all_pos)
-    q_far, k_far = pe_apply.rotate_qk(hooks, q, cache["k"][layer], q_se, k_se)
-    q_far = group(q_far)
+  rot = attention.rotate_cross(hooks, q, cache["k"][layer], q_pos, all_pos)
   if frozen:  # keys rotated once, when written, with the hooks of that step
     new = lambda rotated: jax.lax.dynamic_slice_in_dim(rotated, start, t, axis=1)
-    cache["k_rot"] = cache["k_rot"].at[layer].set(write(cache["k_rot"][layer], new(k_rot)))
-    k_rot = cache["k_rot"][layer]
-    if k_far is not None:
-      cache["k_far"] = cache["k_far"].at[layer].set(write(cache["k_far"][layer], new(k_far)))
-      k_far = cache["k_far"][layer]
-  rot = attention.Rotated(group(q_rot), k_rot, q_far, k_far)
+    cache["k_rot"] = cache["k_rot"].at[layer].set(write(cache["k_rot"][layer], new(rot.k)))
+    rot = rot._replace(k=cache["k_rot"][layer])
+    if rot.k_far is not None:
+      cache["k_far"] = cache["k_far"].at[layer].set(write(cache["k_far"][layer], new(rot.k_far)))
+      rot = rot._replace(k_far=cache["k_far"][layer])
+  if t >= CHUNKED_PREFILL_FROM:  # a long prompt: never form its [T, capacity] scores
+    out = attention.chunked_cross(rot, meta_new, rot, cache["v"][layer], meta_all, hooks,
+                                  chunk_size=PREFILL_CHUNK, soft_cap=cfg.logit_soft_cap)
+    return Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=cfg.dtype).apply(
+        {"params": p["o"]}, out.astype(cfg.dtype))
   logits, _ = attention.block_logits(rot, meta_new, meta_all, hooks, cfg.logit_soft_cap)
   probs = jax.nn.softmax(logits, axis=-1).astype(cache["v"].dtype)  # [B, K, G, T, S]
   out = jnp.einsum("bkgts,bskd->btkgd", probs, cache["v"][layer], preferred_element_type=jnp.float32)
@@ -222,6 +233,10 @@ def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, tempera
                 hooks, jnp.int32(length - 1))
 
   cache_hooks = resolve_hooks(cfg, encoding, length, capacity)
+  if cache_mode == "frozen" and cache_hooks.remap is not None:
+    raise ConfigError("generate: cache 'frozen' keeps one rotation of each key, but relative-position remap "
+                      "rules (ReRoPE, STRING, Dual Chunk Attention) score keys at several; use cache='exact' "
+                      "or 'rerotate'")
   logits, cache = prefill(length, cache_hooks)
   done = np.zeros(b, bool)
   for _ in range(max_new_tokens):
