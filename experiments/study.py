@@ -1,9 +1,12 @@
-"""Run the reference context-extension study: train, fine-tune, evaluate, draw, report.
+"""Run a study: the reference context-extension study (train, fine-tune, evaluate, draw, report),
+or, with configs/study_real.py, the zero-shot study on a real pretrained model.
 
   python -m experiments.study --workdir=/tmp/rope_lab/study           # full (<= 45 min, 2 CPU cores)
   python -m experiments.study --workdir=/tmp/rope_lab/study_quick --quick
   python -m experiments.study --workdir=DIR --config=configs/study.py:quick --config.seeds=0,1
   python -m experiments.study --workdir=DIR --report_only   # redraw figures and report.md
+
+  python -m experiments.study --config=configs/study_real.py --workdir=DIR   # the real-model study
 
 Writes DIR/results.jsonl, DIR/figures/*.png and DIR/report.md. Running it again in the
 same directory resumes: finished training runs and measurements are not repeated.
@@ -44,10 +47,18 @@ def main(argv):
 def _run(workdir: str) -> None:
   from rope_lab import cli  # pylint: disable=g-import-not-at-top
   if _REPORT_ONLY.value:
-    from rope_lab import study  # pylint: disable=g-import-not-at-top
-    cli.say(f"report: {study.write_outputs(workdir)}")
+    import os  # pylint: disable=g-import-not-at-top
+    from rope_lab import study, zero_shot  # pylint: disable=g-import-not-at-top
+    real = os.path.exists(os.path.join(workdir, zero_shot.config.CONFIG_FILE))
+    cli.say(f"report: {(zero_shot if real else study).write_outputs(workdir)}")
     return
   config = _CONFIG.value
+  if config is not None and config.get("kind") == "zero_shot":  # configs/study_real.py
+    if _QUICK.value:
+      raise app.UsageError("--quick belongs to configs/study.py; configs/study_real.py has sizes (:size=ci|cpu|gpu)")
+    from rope_lab import zero_shot  # pylint: disable=g-import-not-at-top
+    cli.say(f"report: {zero_shot.run_study(zero_shot.config_from_dict(config), workdir, log=cli.say)}")
+    return
   if config is None:
     from configs import study as study_configs  # pylint: disable=g-import-not-at-top
     config = study_configs.get_config("quick" if _QUICK.value else None)

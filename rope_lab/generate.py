@@ -83,7 +83,9 @@ def resolve_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity
   (Leaky ReRoPE) are padded to the rows those tables have at ``capacity``.
   """
   resolve = lambda n: encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=n)
-  hooks = resolve(length)
+  # The hooks serve the whole buffer: they record ``capacity`` as their length (a static
+  # field), so every step has one jit signature and static encodings compare equal.
+  hooks = resolve(length).replace(seq_len=capacity)
   if hooks.rotary is not None:
     rows = -(-max(capacity, encoding.max_rotary_position(capacity)) // hooks.rotary.fine_size)
     hooks = hooks.replace(rotary=_pad_rows(hooks.rotary, rows))

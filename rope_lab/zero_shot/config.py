@@ -10,7 +10,7 @@ from rope_lab import pe
 from rope_lab import results as results_lib
 from rope_lab.errors import ConfigError, check
 
-CONFIG_FILE = "study_config.json"
+CONFIG_FILE = "zero_shot_config.json"
 DOCUMENT_SOURCES = ("essays", "kjv", "stdlib")
 
 
@@ -36,6 +36,7 @@ class ZeroShotConfig:
   """The zero-shot context-extension study on a pretrained model (``configs/study_real.py``)."""
 
   model: str = "smollm2"  # 'smollm2' (the asset store's GGUF) or a path to a llama GGUF file
+  layers: int = 0  # 0: every layer; n: only the first n (a pipeline check, not a result)
   methods: tuple[Method, ...] = ()
   # Perplexity: one window of ``max_length`` tokens from the start of each document; every
   # length of ``lengths`` is read from it (causal attention: tokens before L never see later
