@@ -22,6 +22,12 @@ act differently on the cached positions than the hooks the cache was built with:
 * ``"frozen"``: keys stay rotated as they were when computed (what caches that store
   rotated keys do; transformers issue #25104), so their effect can be measured.
 
+Relative-position remap rules (ReRoPE, STRING, StreamingLLM, ...) rotate the cached keys
+once per rule, and key windows (StreamingLLM's sinks and recent window, a model's sliding
+window) mask the cache as the full forward masks the sequence, so "exact" and "rerotate"
+match recomputation for them too; the cache still holds every token (StreamingLLM's
+evicted keys are masked, not freed). "frozen" refuses remap rules.
+
 Prompts of different lengths are decoded in groups of equal length (no padding, so each
 row's encoding is resolved at its own length, as it would be alone).
 """
@@ -124,6 +130,10 @@ def _layer_attention(cfg: ModelConfig, p: dict, x_BxTxD, cache: Cache, layer: in
   cache["v"] = cache["v"].at[layer].set(write(cache["v"][layer], value))
   group = lambda x: x.reshape(b, t, k, h // k, dh)
   q_pos, all_pos = meta_new.positions, meta_all.positions
+  if hooks.remap is not None:  # one rotation per remap rule (ReRoPE, STRING, StreamingLLM, ...)
+    qs, ks = pe_apply.rotate_remapped(hooks, q, cache["k"][layer], q_pos, all_pos)
+    rot = attention.Rotated(group(qs[0]), ks[0], remap_q=tuple(group(x) for x in qs[1:]), remap_k=ks[1:])
+    return _attend_cache(cfg, p, rot, cache, layer, meta_new, meta_all, hooks, b, t)
   q_rot, k_rot = pe_apply.rotate_qk(hooks, q, cache["k"][layer], q_pos, all_pos)
   q_far = k_far = None
   if hooks.self_extend is not None:
@@ -139,6 +149,13 @@ def _layer_attention(cfg: ModelConfig, p: dict, x_BxTxD, cache: Cache, layer: in
       cache["k_far"] = cache["k_far"].at[layer].set(write(cache["k_far"][layer], new(k_far)))
       k_far = cache["k_far"][layer]
   rot = attention.Rotated(group(q_rot), k_rot, q_far, k_far)
+  return _attend_cache(cfg, p, rot, cache, layer, meta_new, meta_all, hooks, b, t)
+
+
+def _attend_cache(cfg: ModelConfig, p: dict, rot: attention.Rotated, cache: Cache, layer: int,
+                  meta_new: attention.TokenMeta, meta_all: attention.TokenMeta, hooks: pe.Hooks, b: int, t: int):
+  """Softmax attention of the rotated new queries over the cached keys, then the output projection."""
+  h, dh = cfg.n_heads, cfg.head_dim
   logits, _ = attention.block_logits(rot, meta_new, meta_all, hooks, cfg.logit_soft_cap)
   probs = jax.nn.softmax(logits, axis=-1).astype(cache["v"].dtype)  # [B, K, G, T, S]
   out = jnp.einsum("bkgts,bskd->btkgd", probs, cache["v"][layer], preferred_element_type=jnp.float32)
@@ -167,6 +184,7 @@ def cached_forward(cfg: ModelConfig, params: dict, tokens_BxT, cache: Cache, sta
   if absolute is not None:
     x = x + absolute.astype(cfg.dtype)
   norm = lambda scope, y: Norm(cfg.norm, cfg.norm_eps, cfg.dtype).apply({"params": scope}, y)
+  hooks = pe_apply.with_sliding_window(hooks, cfg.sliding_window)
   for i in range(cfg.n_layers):
     p = params[f"layers_{i}"]
     x = x + _layer_attention(cfg, p["attn"], norm(p["attn_norm"], x), cache, i, start, hooks, meta_new, meta_all,
@@ -222,6 +240,9 @@ def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, tempera
                 hooks, jnp.int32(length - 1))
 
   cache_hooks = resolve_hooks(cfg, encoding, length, capacity)
+  if cache_mode == "frozen" and cache_hooks.remap is not None:
+    raise ConfigError(f"generate: cache='frozen' stores keys rotated once, which cannot carry the relative-position "
+                      f"remap rules of encoding {encoding.name!r} (several rotations per pair); use cache='exact'")
   logits, cache = prefill(length, cache_hooks)
   done = np.zeros(b, bool)
   for _ in range(max_new_tokens):
