@@ -22,8 +22,9 @@ so causality hides them, and padded query rows are dropped. Under a mesh they ru
 What no kernel expresses falls back to ``chunked`` with a one-line notice: SelfExtend
 (two rotations merged per pair), relative-position remap rules (ReRoPE, STRING, Dual Chunk
 Attention, StreamingLLM: several rotations merged per pair), key windows (StreamingLLM's
-sinks and recent window, Mistral's sliding window: a traced hook), absolute-table encodings (their parallel context windows
-are a traced hook, so the window mask cannot be ruled out when the program is built),
+sinks and recent window, Mistral's sliding window: a traced hook), absolute-table
+encodings (their parallel context windows are a traced hook, so the window mask cannot be
+ruled out when the program is built),
 ALiBi on TPU (splash takes no bias), the soft cap on GPU, ALiBi in float32 on GPU (cuDNN
 takes only 16-bit inputs) and any platform without a kernel (CPU). Forcing a kernel (``ModelConfig.fused_kernel``) that cannot express the
 hooks is an error naming the reason; forcing a Pallas kernel on another platform runs it
@@ -88,7 +89,8 @@ def _unsupported(kernel: str, f: Features) -> str | None:
   if f.self_extend:
     return "SelfExtend merges two rotations per pair"
   if f.remap:
-    return "relative-position remapping (ReRoPE, STRING, Dual Chunk Attention) merges several rotations per pair"
+    return ("relative-position remapping (ReRoPE, STRING, Dual Chunk Attention, StreamingLLM) merges several "
+            "rotations per pair")
   if f.key_window:
     return "a key window (StreamingLLM's sinks and recent window, a sliding window) is a traced hook"
   if f.windows_possible:
