@@ -33,9 +33,9 @@ Implementations (``IMPLEMENTATIONS``), all honouring every hook:
   expressed; ``ModelConfig`` rejects that combination.
 * ``chunked``: blockwise attention with an online softmax (Milakov & Gimelshein 2018; Dao
   et al. 2022): a scan over query blocks and, for each, a scan over key blocks in which
-  blocks wholly in the future are skipped by ``lax.cond``. Logits, bias, masks, the
-  remap rules and the SelfExtend merge are computed per [C, C] block from the token metadata, so memory grows
-  linearly with L. Each query block is rematerialised in the backward pass
+  blocks wholly in the future (or, with a key window, wholly outside it and its sinks) are
+  skipped by ``lax.cond``. Logits, bias, masks, the remap rules and the SelfExtend merge
+  are computed per [C, C] block from the token metadata, so memory grows linearly with L. Each query block is rematerialised in the backward pass
   (``jax.checkpoint``), so gradients also stay linear in memory.
 * ``fused``: the platform's fused kernel (cuDNN or Pallas on GPU, splash on TPU), chosen
   per call by ``rope_lab.attention_fused``, which falls back to ``chunked`` for what no
