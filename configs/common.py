@@ -128,6 +128,7 @@ PE_PARAMETERS: dict[str, dict[str, Any]] = {
     "sinusoidal": {**_APE_EXTENSION, "layout": "interleaved", "min_timescale": 1.0,
                    "max_timescale": 10000.0},
     "string": {**_ROTARY, "shifted_offset": int, "local_value": 128},
+    "streaming_llm": {**_ROTARY, "sinks": 4, "window": int},
     "truncated": {**_ROTARY, "factor": 1.0, "cutoff_wavelength": float, "zero_ratio": 8.0,
                   "rho_ratio": 16.0},
     "xpos": {**_ROTARY, "layout": "interleaved", "scale_base": 512.0, "gamma": 0.4},

@@ -10,12 +10,14 @@ heads, head h reading kv head h // (H / K), as Hugging Face's ``repeat_kv``)::
 * SelfExtend (Jin et al. 2024): s_ij uses q/k rotated at the normal positions when
   p_i - p_j < W and q/k rotated at the grouped positions (``pe.apply.self_extend_positions``)
   otherwise (``pe.apply.self_extend_use_normal``).
-* Relative-position remapping (ReRoPE, STRING, Dual Chunk Attention): s_ij uses q/k
+* Relative-position remapping (ReRoPE, STRING, Dual Chunk Attention, StreamingLLM): s_ij uses q/k
   rotated at the positions of the first remap rule whose condition holds for (p_i, p_j)
   (``pe.apply.rotate_remapped``, ``pe.apply.remap_applies``); SelfExtend is the two-rule case.
 * bias_ij: ALiBi's -m_h |p_i - p_j| (``pe.apply.alibi_bias``) when the hooks carry slopes.
 * j is allowed when j <= i (token index, never the mapped position, which may wrap or
-  restart), segment_i == segment_j and window_i == window_j (parallel context windows).
+  restart), segment_i == segment_j and window_i == window_j (parallel context windows),
+  and, with a key window (``hooks.key_window``: Mistral's sliding window, StreamingLLM's
+  sinks and recent window), when i - j < size or p_j < sinks.
 
 Implementations (``IMPLEMENTATIONS``), all honouring every hook:
 
@@ -31,9 +33,9 @@ Implementations (``IMPLEMENTATIONS``), all honouring every hook:
   expressed; ``ModelConfig`` rejects that combination.
 * ``chunked``: blockwise attention with an online softmax (Milakov & Gimelshein 2018; Dao
   et al. 2022): a scan over query blocks and, for each, a scan over key blocks in which
-  blocks wholly in the future are skipped by ``lax.cond``. Logits, bias, masks, the
-  remap rules and the SelfExtend merge are computed per [C, C] block from the token metadata, so memory grows
-  linearly with L. Each query block is rematerialised in the backward pass
+  blocks wholly in the future (or, with a key window, wholly outside it and its sinks) are
+  skipped by ``lax.cond``. Logits, bias, masks, the remap rules and the SelfExtend merge
+  are computed per [C, C] block from the token metadata, so memory grows linearly with L. Each query block is rematerialised in the backward pass
   (``jax.checkpoint``), so gradients also stay linear in memory.
 * ``fused``: the platform's fused kernel (cuDNN or Pallas on GPU, splash on TPU), chosen
   per call by ``rope_lab.attention_fused``, which falls back to ``chunked`` for what no
@@ -52,7 +54,7 @@ from absl import logging
 from rope_lab import attention_fused
 from rope_lab.pe import apply as pe_apply
 from rope_lab.errors import ConfigError
-from rope_lab.pe.base import Hooks
+from rope_lab.pe.base import Hooks, KeyWindow
 
 IMPLEMENTATIONS = ("reference", "dot_product", "chunked", "fused")
 
@@ -110,13 +112,16 @@ def rotate_cross(hooks: Hooks, q_BxLqxHxD, k_BxLkxKxD, q_positions_BxLq, k_posit
   return Rotated(group(q), k, group(q_far), k_far)
 
 
-def allowed(q_meta: TokenMeta, k_meta: TokenMeta) -> jnp.ndarray:
-  """bool [B, Lq, Lk]: causal, same segment, same window."""
+def allowed(q_meta: TokenMeta, k_meta: TokenMeta, key_window: KeyWindow | None = None) -> jnp.ndarray:
+  """bool [B, Lq, Lk]: causal, same segment, same window, and inside the key window if any."""
   pair = lambda a, b: (a[:, :, None], b[:, None, :])
   qi, ki = pair(q_meta.index, k_meta.index)
   qs, ks = pair(q_meta.segments, k_meta.segments)
   qw, kw = pair(q_meta.windows, k_meta.windows)
-  return (qi >= ki) & (qs == ks) & (qw == kw)
+  mask = (qi >= ki) & (qs == ks) & (qw == kw)
+  if key_window is not None:
+    mask &= (qi - ki < key_window.size) | (k_meta.positions[:, None, :] < key_window.sinks)
+  return mask
 
 
 # The two attention products fold the G query heads sharing a kv head into the query
@@ -165,7 +170,7 @@ def block_logits(
   if hooks.alibi_slopes is not None:
     bias = pe_apply.alibi_bias(hooks.alibi_slopes, q_meta.positions, k_meta.positions)
     s = s + bias.reshape(bias.shape[0], n_kv, n_group, *bias.shape[2:])
-  mask = allowed(q_meta, k_meta)[:, None, None]
+  mask = allowed(q_meta, k_meta, hooks.key_window)[:, None, None]
   return jnp.where(mask, s, NEG_INF), mask
 
 
@@ -195,10 +200,10 @@ def dot_product(
     raise ValueError("attention 'dot_product' cannot apply a logit soft cap; use 'reference' or 'chunked'")
   if hooks.remap is not None:
     raise ConfigError("attention 'dot_product' cannot merge relative-position remap rules (ReRoPE, "
-                      "STRING, Dual Chunk Attention); use 'reference' or 'chunked'")
+                      "STRING, Dual Chunk Attention, StreamingLLM); use 'reference' or 'chunked'")
   b, length, n_kv, n_group, head_dim = rot.q.shape
   q = rot.q.reshape(b, length, n_kv * n_group, head_dim)
-  mask = allowed(meta, meta)[:, None]  # [B, 1, L, L]
+  mask = allowed(meta, meta, hooks.key_window)[:, None]  # [B, 1, L, L]
   bias = None
   if hooks.alibi_slopes is not None:
     bias = pe_apply.alibi_bias(hooks.alibi_slopes, meta.positions, meta.positions)
@@ -281,6 +286,17 @@ def chunked_cross(
   q_meta_blocks, k_meta_blocks = meta_blocks(q_meta, q_blocks_of), meta_blocks(k_meta, k_blocks_of)
   # Padded query rows carry _PAD_INDEX too; their key range must not widen the block's.
   q_last = lambda idx: jnp.where(idx == _PAD_INDEX, -1, idx).max()
+  key_window = hooks.key_window
+
+  def needed(q_meta, k_meta, last_query):
+    """False when every key of the block is in the future of, or outside the key window of,
+    every query of the block: its work is skipped."""
+    need = k_meta.index.min() <= last_query
+    if key_window is not None:
+      last_key = jnp.where(k_meta.index == _PAD_INDEX, -1, k_meta.index).max()
+      in_window = q_meta.index.min() - last_key < key_window.size
+      need &= in_window | (k_meta.positions.min() < key_window.sinks)
+    return need
 
   def query_block(args):
     q, q_far, remap_q, q_meta = args
@@ -298,8 +314,7 @@ def chunked_cross(
         l = l * correction + p.sum(axis=-1)
         return m_new, l, acc * correction[..., None] + _weighted_sum(p, v)
 
-      # Key blocks wholly in the future of every query of the block: skip their work.
-      return jax.lax.cond(k_meta.index.min() <= last_query, update, lambda c: c, carry), None
+      return jax.lax.cond(needed(q_meta, k_meta, last_query), update, lambda c: c, carry), None
 
     stats = (b, n_kv, n_group, chunk)
     init = (jnp.full(stats, NEG_INF), jnp.zeros(stats), jnp.zeros(stats + (head_dim,)))
@@ -342,7 +357,7 @@ def attend(
   if context_parallel.sequence_parallelism() > 1:
     if hooks.remap is not None:
       raise ConfigError("context-parallel attention (a 'sequence' mesh axis) does not carry relative-"
-                        "position remap rules (ReRoPE, STRING, Dual Chunk Attention); use a mesh "
+                        "position remap rules (ReRoPE, STRING, Dual Chunk Attention, StreamingLLM); use a mesh "
                         "without a sequence split")
     return context_parallel.attend(rot, v_BxLxKxD, meta, hooks, chunk_size=chunk_size, soft_cap=soft_cap)
   if implementation == "fused":
@@ -357,7 +372,7 @@ def attend(
     implementation = attention_fused.FALLBACK
   if implementation == "dot_product" and hooks.remap is not None:
     logging.log_first_n(logging.WARNING, "attention 'dot_product' falls back to 'chunked': relative-"
-                        "position remap rules (ReRoPE, STRING, Dual Chunk Attention) merge several "
+                        "position remap rules (ReRoPE, STRING, Dual Chunk Attention, StreamingLLM) merge several "
                         "rotations per pair", 1)
     implementation = "chunked"
   if implementation == "reference":

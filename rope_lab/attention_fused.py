@@ -21,8 +21,10 @@ so causality hides them, and padded query rows are dropped. Under a mesh they ru
 
 What no kernel expresses falls back to ``chunked`` with a one-line notice: SelfExtend
 (two rotations merged per pair), relative-position remap rules (ReRoPE, STRING, Dual Chunk
-Attention: several rotations merged per pair), absolute-table encodings (their parallel context windows
-are a traced hook, so the window mask cannot be ruled out when the program is built),
+Attention, StreamingLLM: several rotations merged per pair), key windows (StreamingLLM's
+sinks and recent window, Mistral's sliding window: a traced hook), absolute-table
+encodings (their parallel context windows are a traced hook, so the window mask cannot be
+ruled out when the program is built),
 ALiBi on TPU (splash takes no bias), the soft cap on GPU, ALiBi in float32 on GPU (cuDNN
 takes only 16-bit inputs) and any platform without a kernel (CPU). Forcing a kernel (``ModelConfig.fused_kernel``) that cannot express the
 hooks is an error naming the reason; forcing a Pallas kernel on another platform runs it
@@ -61,6 +63,7 @@ class Features(NamedTuple):
   soft_cap: bool
   half_precision: bool = True  # q/k/v in bfloat16 or float16 (cuDNN takes nothing else)
   remap: bool = False  # relative-position remap rules (ReRoPE, STRING, Dual Chunk Attention)
+  key_window: bool = False  # a local key window (StreamingLLM sinks, Mistral sliding window)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,7 @@ CHOICES: list[KernelChoice] = []  # appended each time a call is traced
 def features_of(hooks: Hooks, *, packed: bool, soft_cap: float | None, dtype=jnp.bfloat16) -> Features:
   return Features(packed=packed, alibi=hooks.alibi_slopes is not None,
                   self_extend=hooks.self_extend is not None, remap=hooks.remap is not None,
+                  key_window=hooks.key_window is not None,
                   windows_possible=hooks.absolute != "none", soft_cap=soft_cap is not None,
                   half_precision=jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)))
 
@@ -85,7 +89,10 @@ def _unsupported(kernel: str, f: Features) -> str | None:
   if f.self_extend:
     return "SelfExtend merges two rotations per pair"
   if f.remap:
-    return "relative-position remapping (ReRoPE, STRING, Dual Chunk Attention) merges several rotations per pair"
+    return ("relative-position remapping (ReRoPE, STRING, Dual Chunk Attention, StreamingLLM) merges several "
+            "rotations per pair")
+  if f.key_window:
+    return "a key window (StreamingLLM's sinks and recent window, a sliding window) is a traced hook"
   if f.windows_possible:
     return "absolute-table encodings may mask parallel context windows (a traced hook)"
   if kernel == "cudnn" and f.soft_cap:

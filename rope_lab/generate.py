@@ -22,6 +22,12 @@ act differently on the cached positions than the hooks the cache was built with:
 * ``"frozen"``: keys stay rotated as they were when computed (what caches that store
   rotated keys do; transformers issue #25104), so their effect can be measured.
 
+Relative-position remap rules (ReRoPE, STRING, StreamingLLM, ...) rotate the cached keys
+once per rule, and key windows (StreamingLLM's sinks and recent window, a model's sliding
+window) mask the cache as the full forward masks the sequence, so "exact" and "rerotate"
+match recomputation for them too; the cache still holds every token (StreamingLLM's
+evicted keys are masked, not freed). "frozen" refuses remap rules.
+
 Prompts of different lengths are decoded in groups of equal length (no padding, so each
 row's encoding is resolved at its own length, as it would be alone).
 """
@@ -180,6 +186,7 @@ def cached_forward(cfg: ModelConfig, params: dict, tokens_BxT, cache: Cache, sta
   if absolute is not None:
     x = x + absolute.astype(cfg.dtype)
   norm = lambda scope, y: Norm(cfg.norm, cfg.norm_eps, cfg.dtype).apply({"params": scope}, y)
+  hooks = pe_apply.with_sliding_window(hooks, cfg.sliding_window)
   for i in range(cfg.n_layers):
     p = params[f"layers_{i}"]
     x = x + _layer_attention(cfg, p["attn"], norm(p["attn_norm"], x), cache, i, start, hooks, meta_new, meta_all,
@@ -236,9 +243,8 @@ def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, tempera
 
   cache_hooks = resolve_hooks(cfg, encoding, length, capacity)
   if cache_mode == "frozen" and cache_hooks.remap is not None:
-    raise ConfigError("generate: cache 'frozen' keeps one rotation of each key, but relative-position remap "
-                      "rules (ReRoPE, STRING, Dual Chunk Attention) score keys at several; use cache='exact' "
-                      "or 'rerotate'")
+    raise ConfigError(f"generate: cache='frozen' stores keys rotated once, which cannot carry the relative-position "
+                      f"remap rules of encoding {encoding.name!r} (several rotations per pair); use cache='exact' or 'rerotate'")
   logits, cache = prefill(length, cache_hooks)
   done = np.zeros(b, bool)
   for _ in range(max_new_tokens):

@@ -97,6 +97,9 @@ class ModelConfig:
   compute_dtype: str = "float32"  # "float32" or "bfloat16"; parameters stay float32
   segment_masking: bool = True  # no attention across packed segments
   init_std: float = 0.02  # stddev of the normal initialiser of every kernel and embedding
+  # Mistral/Qwen2's sliding_window W: a query sees itself and the W - 1 tokens before it
+  # (transformers' convention); None: every earlier token.
+  sliding_window: int | None = None
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim", "chunk_size"):
@@ -129,6 +132,9 @@ class ModelConfig:
     for name in ("tied_embeddings", "qkv_bias", "segment_masking"):
       check(isinstance(getattr(self, name), bool), f"ModelConfig.{name}", "a bool", getattr(self, name),
             ModelConfigError)
+    if self.sliding_window is not None:
+      check(_is_int(self.sliding_window) and self.sliding_window >= 1, "ModelConfig.sliding_window",
+            "None or an int >= 1", self.sliding_window, ModelConfigError)
     if self.logit_soft_cap is not None:
       check(_is_real(self.logit_soft_cap) and self.logit_soft_cap > 0, "ModelConfig.logit_soft_cap", "> 0 or None",
             self.logit_soft_cap, ModelConfigError)
@@ -326,8 +332,8 @@ class Transformer(nn.Module):
     for i in range(cfg.n_layers):
       # Static: whether segment ids may mask (the fused kernels pick segment-aware kernels).
       packed = segment_ids is not None and cfg.segment_masking
-      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, pe_apply.hooks_for_layer(hooks, i), return_attention,
-                                                packed)
+      layer_hooks = pe_apply.with_sliding_window(pe_apply.hooks_for_layer(hooks, i), cfg.sliding_window)
+      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, layer_hooks, return_attention, packed)
       all_probs.append(probs)
     x = Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name="final_norm")(x)
 

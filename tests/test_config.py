@@ -184,6 +184,7 @@ REQUIRED = {  # the parameters without a default, for the table test above
     "hope": dict(original_max_position_embeddings=16), "logn": dict(original_max_position_embeddings=16),
     "per_layer": dict(layer_pattern="LLG"),
     "string": dict(shifted_offset=1024), "dual_chunk": dict(original_max_position_embeddings=16),
+    "streaming_llm": dict(window=64),
 }
 
 

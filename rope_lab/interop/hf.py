@@ -71,7 +71,7 @@ def model_config_from_hf(config: dict[str, Any], **overrides) -> ModelConfig:
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         qkv_bias=model_type == "qwen2",
-        **overrides,
+        **{"sliding_window": model_sliding_window(config), **overrides},
     )
   except KeyError as e:
     raise HFConfigError(f"config: field {e.args[0]!r} is required") from None
@@ -85,10 +85,34 @@ def model_config_for_run(model_dir: str, run_model: ModelConfig) -> ModelConfig:
 
 
 def sliding_window(config: dict[str, Any]) -> int | None:
-  """The attention window transformers would apply, or None (the skeleton has no window)."""
+  """The attention window W transformers would apply (a query sees itself and W - 1 earlier
+  tokens), or None. MistralConfig's default is 4096 when config.json omits the field."""
   if config.get("model_type") == "qwen2" and not config.get("use_sliding_window", False):
     return None
+  if config.get("model_type") == "mistral":
+    return config.get("sliding_window", 4096)
   return config.get("sliding_window")
+
+
+def window_layers(config: dict[str, Any]) -> list[bool]:
+  """Per layer, whether transformers applies the sliding window there: every Mistral layer;
+  Qwen2's ``layer_types`` (default: the layers from ``max_window_layers`` on)."""
+  n_layers = int(config["num_hidden_layers"])
+  if sliding_window(config) is None:
+    return [False] * n_layers
+  if config.get("model_type") != "qwen2":
+    return [True] * n_layers
+  types = config.get("layer_types")
+  if types is None:
+    return [i >= int(config.get("max_window_layers", 28)) for i in range(n_layers)]
+  return [t == "sliding_attention" for t in types]
+
+
+def model_sliding_window(config: dict[str, Any]) -> int | None:
+  """The window for ``ModelConfig.sliding_window``: W when every layer slides, else None
+  (a window on some layers only is not expressed; ``HFModel.logits`` refuses inputs beyond it)."""
+  layers = window_layers(config)
+  return sliding_window(config) if layers and all(layers) else None
 
 
 # ----------------------------------------------------------------------------- weights
@@ -273,9 +297,10 @@ class HFModel:
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be int32 [batch, length], got shape {tokens.shape}")
     window = sliding_window(self.hf_config)
-    if window is not None and tokens.shape[1] > window:
-      raise ValueError(f"length {tokens.shape[1]} exceeds the checkpoint's sliding_window {window}; "
-                       "the skeleton has full attention only")
+    if window is not None and model_sliding_window(self.hf_config) is None and tokens.shape[1] > window:
+      raise ValueError(f"length {tokens.shape[1]} exceeds the checkpoint's sliding_window {window}, which "
+                       "transformers applies on some layers only (Qwen2 max_window_layers / layer_types); "
+                       "the skeleton applies a window on every layer or none")
     return _forward(self.config)(self.params, tokens, self.hooks(tokens.shape[1]))
 
 
@@ -309,11 +334,12 @@ def load(model_dir: str, *, encoding: pe.Encoding | None = None, shardings=None,
 
 def save_pretrained(out_dir: str, cfg: ModelConfig, params: dict, encoding: pe.Encoding, *,
                     max_position_embeddings: int) -> None:
-  """Writes config.json + model.safetensors that transformers loads as Llama (Qwen2 with qkv bias)."""
+  """Writes config.json + model.safetensors that transformers loads as Llama (Qwen2 with qkv
+  bias; Mistral with a sliding window and no qkv bias)."""
   if cfg.norm != "rms" or cfg.mlp != "swiglu" or cfg.logit_soft_cap is not None:
     raise HFConfigError("export needs norm='rms', mlp='swiglu' and no logit_soft_cap (a Llama-shaped model)")
   rope = encoding_to_hf(encoding, max_position_embeddings=max_position_embeddings)
-  model_type = "qwen2" if cfg.qkv_bias else "llama"
+  model_type = "qwen2" if cfg.qkv_bias else ("mistral" if cfg.sliding_window is not None else "llama")
   config = {
       "architectures": [ARCHITECTURES[model_type]], "model_type": model_type,
       "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.mlp_dim,
@@ -324,10 +350,14 @@ def save_pretrained(out_dir: str, cfg: ModelConfig, params: dict, encoding: pe.E
       "torch_dtype": "float32", "dtype": "float32",
   }
   if model_type == "qwen2":
-    config["use_sliding_window"] = False
+    config["use_sliding_window"] = cfg.sliding_window is not None
+    config["sliding_window"] = cfg.sliding_window
+    config["max_window_layers"] = 0  # the window, if any, on every layer as in the skeleton
   else:
     config["attention_bias"] = False
     config["mlp_bias"] = False
+  if model_type == "mistral":
+    config["sliding_window"] = cfg.sliding_window
   tensors = {}
   for path, (hf_name, _) in weight_map(cfg).items():
     value = np.asarray(_get(params, path), np.float32)

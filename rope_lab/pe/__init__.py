@@ -12,6 +12,7 @@ from rope_lab.pe.base import (  # noqa: F401
     Hooks,
     PositionMap,
     IndexMap,
+    KeyWindow,
     QueryScale,
     RemapRule,
     RotaryTables,
@@ -26,6 +27,7 @@ from rope_lab.pe.base import (  # noqa: F401
 from rope_lab.pe import (  # noqa: F401,E402
     absolute,
     alibi,
+    attention_sinks,
     frequency_scalings,
     longrope,
     per_layer,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rope_lab.pe.base import Hooks, IndexMap, PositionMap, QueryScale, RemapRule, SelfExtend, XposScales
+from rope_lab.pe.base import Hooks, IndexMap, KeyWindow, PositionMap, QueryScale, RemapRule, SelfExtend, XposScales
 from rope_lab.errors import ConfigError
 from rope_lab.pe.rotary import apply_rotary, check_positions_fit, cos_sin
 
@@ -17,6 +17,17 @@ from rope_lab.pe.rotary import apply_rotary, check_positions_fit, cos_sin
 def hooks_for_layer(hooks: Hooks, layer: int) -> Hooks:
   """The hooks attention uses in ``layer``: the per-layer entry, cycling, or ``hooks`` itself."""
   return hooks if hooks.layers is None else hooks.layers[layer % len(hooks.layers)]
+
+
+def with_sliding_window(hooks: Hooks, size: int | None) -> Hooks:
+  """``hooks`` with keys limited to the last ``size`` tokens (a model's sliding window, None:
+  unchanged), intersected with the encoding's own key window; its sinks stay visible."""
+  if size is None:
+    return hooks
+  own = hooks.key_window
+  if own is None:
+    return hooks.replace(key_window=KeyWindow(size=jnp.int32(size), sinks=jnp.int32(0)))
+  return hooks.replace(key_window=own.replace(size=jnp.minimum(own.size, size)))
 
 
 def check_sequence_length(hooks: Hooks, length: int) -> None:

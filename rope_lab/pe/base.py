@@ -119,6 +119,22 @@ class SelfExtend:
   window: jnp.ndarray  # int32 scalar W
 
 
+@struct.dataclass
+class KeyWindow:
+  """Which earlier keys a query may see: the last ``size`` tokens (itself included) and
+  the keys at positions below ``sinks``.
+
+  Query i sees key j <= i when index_i - index_j < size or position_j < sinks. The window
+  counts tokens (their index in the row), as transformers' ``sliding_window`` does; the
+  sinks count mapped positions, so in packed rows (positions restarting per document)
+  each document keeps its own first tokens. One mask for Mistral's sliding window
+  (sinks 0) and StreamingLLM's attention sinks plus recent window.
+  """
+
+  size: jnp.ndarray  # int32 scalar, >= 1
+  sinks: jnp.ndarray  # int32 scalar, >= 0
+
+
 NO_BOUND = int(np.iinfo(np.int32).max)  # an open end of a remap rule's condition
 
 
@@ -163,6 +179,9 @@ class Hooks:
   # Relative-position remapping (ReRoPE, STRING, Dual Chunk Attention): a tuple of
   # RemapRule, the first whose condition holds for a pair sets its rotations.
   remap: tuple | None = None
+  # A local key window with optional always-visible first tokens (StreamingLLM's sinks,
+  # Mistral's sliding window); None: every earlier key is visible.
+  key_window: KeyWindow | None = None
   # Absolute table added to token embeddings: "none", "sinusoidal" or "learned".
   absolute: str = struct.field(pytree_node=False, default="none")
   sinusoid_inv_freq: jnp.ndarray | None = None  # [d_model // 2]
