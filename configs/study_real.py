@@ -7,10 +7,10 @@
 Sizes (``--config=configs/study_real.py:size=...``; any field can then be overridden, e.g.
 ``--config.lengths=2048,4096,8192``):
 
-  cpu  (default, <= 60 min on 2 CPU cores) one 16K-token window of the essays; twelve
+  cpu  (default, <= 60 min on 2 CPU cores) one 16K-token window of the essays; thirteen
        training-free methods at 2x (static factors s = 2); every length 2K-16K read from
        that window; attention mass at 1x and 2x; passkey at 4K and 12K (two depths) and the
-       needle at 12K under RoPE, PI, YaRN and SelfExtend.
+       needle at 12K under RoPE, YaRN and SelfExtend.
        Cut for time (each 16K forward pass takes about 1.5 min on 2 cores): 32K, the KJV and
        standard-library documents, LongRoPE (its factor search), more depths and samples.
   gpu  the full protocol: essays, KJV and the longest standard-library files at 2K-32K with
@@ -47,6 +47,8 @@ def methods(factor: int, max_length: int) -> tuple[str, ...]:
       f"string=string:shifted_offset={string_offset}:local_value=128",
       "dual_chunk=dual_chunk",
       "logn=logn",
+      # StreamingLLM: 4 sinks and a recent window that keeps every cache position below 8192.
+      "streaming_llm=streaming_llm:sinks=4:window=8187",
   )
 
 
@@ -98,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.lengths = (2048, 4096, 8192, 12288, 16384)
   config.attention_lengths = (8192, 16384)
   config.attention_queries = 64
-  config.retrieval_methods = ("rope", "pi", "yarn", "self_extend")
+  config.retrieval_methods = ("rope", "yarn", "self_extend")
   config.passkey_lengths = (4096, 12288)
   config.passkey_depths = (0.25, 0.75)
   config.passkey_samples = 1

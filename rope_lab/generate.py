@@ -55,6 +55,7 @@ CACHE_MODES = ("exact", "rerotate", "frozen")
 # attention: the dense [T, capacity] scores of a 16K-token prompt would take gigabytes a layer.
 CHUNKED_PREFILL_FROM = 512
 PREFILL_CHUNK = 256
+CAPACITY_STEP = 128
 
 
 @dataclasses.dataclass
@@ -229,7 +230,8 @@ def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, tempera
                     stop: set[int], cache_mode: str) -> np.ndarray:
   cfg, params, encoding = model.config, model.params, model.encoding
   b, prompt_len = prompts_BxP.shape
-  capacity = prompt_len + max_new_tokens
+  # Buffers in whole CAPACITY_STEP units: prompts of nearby lengths share compiled programs.
+  capacity = -(-(prompt_len + max_new_tokens) // CAPACITY_STEP) * CAPACITY_STEP
   step = _compiled(cfg, cache_mode == "frozen")
   sequence = np.zeros((b, capacity), np.int64)
   sequence[:, :prompt_len] = prompts_BxP
@@ -253,7 +255,7 @@ def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, tempera
     sequence[:, length] = token
     done |= np.isin(token, list(stop))
     length += 1
-    if done.all() or length == capacity:
+    if done.all() or length == prompt_len + max_new_tokens:
       break
     hooks = resolve_hooks(cfg, encoding, length, capacity)
     cached = length - 1  # tokens whose keys and values the cache holds
