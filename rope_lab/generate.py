@@ -81,13 +81,18 @@ def _pad_rows(tables: pe.RotaryTables, rows: int) -> pe.RotaryTables:
   return tables.replace(cos_coarse=jnp.pad(tables.cos_coarse, widths), sin_coarse=jnp.pad(tables.sin_coarse, widths))
 
 
+def _covered(tables: pe.RotaryTables) -> int:
+  """Positions a coarse/fine table pair covers (its fine size may differ at another length)."""
+  return tables.cos_coarse.shape[-2] * tables.fine_size
+
+
 def resolve_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity: int) -> pe.Hooks:
   """The encoding's hooks at ``length``, coarse rotary rows zero-padded to cover ``capacity``.
 
   Padding keeps one table shape for a whole generation (one compilation, and static
   encodings compare equal from step to step); the padded rows are never read by a real
   token, because every position stays below ``length``. Remap rules with their own tables
-  (Leaky ReRoPE) are padded to the rows those tables have at ``capacity``.
+  (Leaky ReRoPE) are padded to the positions those tables cover at ``capacity``.
   """
   resolve = lambda n: encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=n)
   # The hooks serve the whole buffer: they record ``capacity`` as their length (a static
@@ -99,7 +104,8 @@ def resolve_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity
   if hooks.remap is not None and any(rule.rotary is not None for rule in hooks.remap):
     widest = resolve(capacity).remap
     hooks = hooks.replace(remap=tuple(
-        rule if rule.rotary is None else rule.replace(rotary=_pad_rows(rule.rotary, wide.rotary.cos_coarse.shape[-2]))
+        rule if rule.rotary is None else rule.replace(rotary=_pad_rows(rule.rotary, -(-_covered(wide.rotary)
+                                                                               // rule.rotary.fine_size)))
         for rule, wide in zip(hooks.remap, widest)))
   return hooks
 

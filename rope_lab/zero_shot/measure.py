@@ -27,6 +27,7 @@ from rope_lab.evaluate.attention_maps import distance_bins
 from rope_lab.evaluate.perplexity import eval_model_config
 from rope_lab.forward import encoding_hooks, token_losses
 from rope_lab.model import ModelConfig, Transformer, token_meta
+from rope_lab.pe.rotary import cos_sin
 
 
 def _is_qk(module, method_name: str) -> bool:
@@ -91,19 +92,32 @@ def score_window(cfg: ModelConfig, params, tokens: np.ndarray, hooks: pe.Hooks, 
                      attention={end: np.asarray(m, np.float64) for end, m in zip(query_ends, masses)})
 
 
-def padded_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity: int) -> pe.Hooks:
-  """Hooks at ``length`` with tables padded to ``capacity`` (comparable across lengths)."""
-  encoding_hooks(cfg, encoding, length)  # the range checks of an evaluation at this length
-  return generate.resolve_hooks(cfg, encoding, length, capacity)
+# Angles computed at two lengths go through differently sized coarse/fine tables, so they
+# agree to float32 rounding, not bit for bit.
+ANGLE_TOLERANCE = 1e-6
 
 
-def acts_alike(cfg: ModelConfig, a: pe.Encoding, length_a: int, b: pe.Encoding, length_b: int, prefix: int,
-               capacity: int) -> bool:
+def acts_alike(cfg: ModelConfig, a: pe.Encoding, length_a: int, b: pe.Encoding, length_b: int, prefix: int) -> bool:
   """Whether encoding ``a`` resolved at ``length_a`` and ``b`` at ``length_b`` score the first
-  ``prefix`` tokens identically (so one forward pass serves both)."""
-  reach = max(prefix, a.max_rotary_position(prefix), b.max_rotary_position(prefix))
-  return generate.same_on_prefix(padded_hooks(cfg, a, length_a, capacity), padded_hooks(cfg, b, length_b, capacity),
-                                 reach)
+  ``prefix`` tokens alike: the same rotation angles (to float32 rounding) at every position
+  those tokens are rotated at, and identical other hooks (scales, maps, remap rules, masks).
+  Then one forward pass serves both."""
+  ha = encoding_hooks(cfg, a, length_a).replace(seq_len=0)
+  hb = encoding_hooks(cfg, b, length_b).replace(seq_len=0)
+  if (ha.rotary is None) != (hb.rotary is None):
+    return False
+  if ha.rotary is not None:
+    reach = max(prefix, a.max_rotary_position(prefix), b.max_rotary_position(prefix))
+    covered = lambda t: t.cos_coarse.shape[-2] * t.fine_size
+    if ha.rotary.layout != hb.rotary.layout or reach > min(covered(ha.rotary), covered(hb.rotary)):
+      return False
+    positions = jnp.arange(reach, dtype=jnp.int32)
+    for x, y in zip(cos_sin(ha.rotary, positions), cos_sin(hb.rotary, positions)):
+      if not np.allclose(np.asarray(x), np.asarray(y), rtol=0, atol=ANGLE_TOLERANCE):
+        return False
+  (leaves_a, tree_a), (leaves_b, tree_b) = (jax.tree_util.tree_flatten(h.replace(rotary=None)) for h in (ha, hb))
+  return tree_a == tree_b and all(np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y))
+                                  for x, y in zip(leaves_a, leaves_b))
 
 
 # ----------------------------------------------------------------------------- retrieval

@@ -102,8 +102,7 @@ class Study:
 
   def _serving_forward(self, forwards, encoding, length):
     for f in forwards:
-      if f.length >= length and measure.acts_alike(self.model.config, encoding, length, f.encoding, f.length, length,
-                                                   self.cfg.max_length):
+      if f.length >= length and measure.acts_alike(self.model.config, encoding, length, f.encoding, f.length, length):
         return f
     return None
 
