@@ -45,6 +45,13 @@ def _paired(a: Units, b: Units) -> Units:
   return Units(nll=np.concatenate([a.nll, b.nll]), bytes=np.concatenate([a.bytes, b.bytes]))
 
 
+def bootstrap(units: Units, statistic: str, cfg) -> Interval:
+  """The study's interval: moving blocks of about n^(1/3) consecutive units (the usual rate;
+  a fixed block as long as a short row would resample nothing)."""
+  block = max(1, round(units.nll.shape[1] ** (1 / 3)))
+  return statistics.interval(units, statistic, block=block, resamples=cfg.resamples, seed=cfg.seed)
+
+
 def _verdict(found: Interval, threshold: float = 0.0, *, below: bool = True) -> str:
   return statistics.verdict(found, threshold, below=below)
 
@@ -84,8 +91,7 @@ def rope_rises(rows: Rows) -> Claim:
   after, before = _pooled_tail_units(rows, "rope", n, top), _pooled_tail_units(rows, "rope", n - span, n)
   if after is None or before is None:
     return Claim(claim, source, rule, f"no RoPE row at {top}", UNTESTABLE)
-  found = statistics.interval(_paired(after, before), "difference", resamples=rows.cfg.resamples,
-                              seed=rows.cfg.seed)
+  found = bootstrap(_paired(after, before), "difference", rows.cfg)
   return Claim(claim, source, rule, f"{found.format()} bits/byte", _verdict(found, below=False))
 
 
@@ -102,7 +108,7 @@ def extensions_hold(rows: Rows) -> list[Claim]:
     if rope is None or mine is None or top <= n:
       out.append(Claim(claim, source, rule, f"no {label} or RoPE rows beyond {n}", UNTESTABLE))
       continue
-    found = statistics.interval(_paired(mine, rope), "difference", resamples=rows.cfg.resamples, seed=rows.cfg.seed)
+    found = bootstrap(_paired(mine, rope), "difference", rows.cfg)
     out.append(Claim(claim, source, rule, f"{found.format()} bits/byte", _verdict(found)))
   return out
 
@@ -116,10 +122,8 @@ def yarn_order(rows: Rows) -> Claim:
   units = {label: _pooled_tail_units(rows, label, 0, top) for label in ("yarn", "ntk", "pi")}
   if any(u is None for u in units.values()):
     return Claim(claim, source, rule, "a row of yarn, ntk or pi is missing", UNTESTABLE)
-  first = statistics.interval(_paired(units["yarn"], units["ntk"]), "difference", resamples=rows.cfg.resamples,
-                              seed=rows.cfg.seed)
-  second = statistics.interval(_paired(units["ntk"], units["pi"]), "difference", resamples=rows.cfg.resamples,
-                               seed=rows.cfg.seed)
+  first = bootstrap(_paired(units["yarn"], units["ntk"]), "difference", rows.cfg)
+  second = bootstrap(_paired(units["ntk"], units["pi"]), "difference", rows.cfg)
   verdicts = {_verdict(first), _verdict(second)}
   verdict = "disagrees" if "disagrees" in verdicts else "agrees" if verdicts == {"agrees"} else "inconclusive"
   return Claim(claim, source, rule, f"YaRN - NTK {first.format()}; NTK - PI {second.format()}", verdict)

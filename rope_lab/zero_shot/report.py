@@ -48,7 +48,7 @@ def _bpb_interval(rows, method, length, cfg):
   units = statistics.aligned_units(*parts) if len(parts) == 1 else statistics.Units(
       nll=np.concatenate([np.asarray(r["windows"]["nll"], np.float64)[None] for r in parts], axis=1),
       bytes=np.concatenate([np.asarray(r["windows"]["bytes"], np.float64)[None] for r in parts], axis=1))
-  return statistics.interval(units, "bpb", resamples=cfg.resamples, seed=cfg.seed)
+  return claims_lib.bootstrap(units, "bpb", cfg)
 
 
 def perplexity_figure(rows, cfg, training_length, figures_dir) -> str:
@@ -122,7 +122,7 @@ def retrieval_figure(rows, cfg, figures_dir) -> str | None:
   kinds = [k for k in ("passkey", "needle") if results_lib.select(rows, kind=k)]
   if not kinds:
     return None
-  fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.8), squeeze=False)
+  fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.8), squeeze=False, layout="constrained")
   for ax, kind in zip(axes[0], kinds):
     found = results_lib.select(rows, kind=kind)
     methods = [m for m in cfg.retrieval_methods if results_lib.select(found, method=m)]
@@ -169,7 +169,8 @@ def heatmap_figure(rows, cfg, figures_dir) -> str | None:
 def _save(fig, figures_dir: str, name: str) -> str:
   os.makedirs(figures_dir, exist_ok=True)
   path = os.path.join(figures_dir, name)
-  fig.tight_layout()
+  if fig.get_layout_engine() is None:
+    fig.tight_layout()
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
   return path
