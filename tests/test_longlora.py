@@ -86,3 +86,155 @@ def test_s2_attention_matches_the_reference_algorithm(implementation, n_kv):
   # Beyond the first group the unshifted heads no longer see every earlier token.
   full = np.asarray(attention.attend(as_f32(q), as_f32(k), as_f32(v), meta, hooks, implementation="reference"))
   assert np.abs(full[:, group:, : heads // 2] - got[:, group:, : heads // 2]).max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+import os  # noqa: E402
+import warnings  # noqa: E402
+
+import torch  # noqa: E402
+from flax import traverse_util  # noqa: E402
+
+from rope_lab import config as config_lib  # noqa: E402
+from rope_lab import lora, train  # noqa: E402
+from rope_lab.errors import ConfigError, WorkdirError  # noqa: E402
+from rope_lab.evaluate import perplexity, runs  # noqa: E402
+from rope_lab.forward import encoding_hooks  # noqa: E402
+from rope_lab.model import Dense, ModelConfig, Transformer, init_params  # noqa: E402
+from rope_lab.train_step import build_program  # noqa: E402
+from tests import train_helpers as th  # noqa: E402
+
+_MODEL = ModelConfig(vocab_size=40, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=32)
+_SPEC = lora.LoraSpec(rank=2, alpha=4.0, targets=("q", "k", "v", "o"), extras=lora.TRAINABLE_EXTRAS)
+
+
+def _model_and_params():
+  hooks = pe.make("rope").hooks(head_dim=4, n_heads=4, d_model=16, seq_len=8)
+  params = init_params(_MODEL, hooks, jax.random.key(0))
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 40, (2, 8)), jnp.int32)
+  return Transformer(_MODEL), params, hooks, tokens
+
+
+def test_fresh_adapters_leave_the_base_model_and_merged_weights_match_the_unmerged_forward():
+  model, params, hooks, tokens = _model_and_params()
+  base = model.apply({"params": params}, tokens, hooks=hooks)
+  adapters = lora.init_adapters(jax.random.key(3), params, _SPEC)
+  with lora.unmerged(adapters, _SPEC.scale):  # b = 0: the adapters add exactly nothing
+    np.testing.assert_array_equal(model.apply({"params": params}, tokens, hooks=hooks), base)
+
+  trained = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(4), x.shape), adapters)
+  with lora.unmerged(trained, _SPEC.scale):
+    unmerged = model.apply({"params": params}, tokens, hooks=hooks)
+  merged = model.apply({"params": lora.merge(params, trained, _SPEC.scale)}, tokens, hooks=hooks)
+  assert np.abs(np.asarray(unmerged - base)).max() > 1e-2
+  np.testing.assert_allclose(merged, unmerged, atol=1e-5)
+
+
+def test_adapted_projections_compute_what_a_peft_lora_linear_computes():
+  """torch: y = x W^T + (alpha / r) (x A^T) B^T with lora_A [r, in], lora_B [out, r]."""
+  model, params, hooks, _ = _model_and_params()
+  adapters = jax.tree.map(lambda x: x + 0.1, lora.init_adapters(jax.random.key(3), params, _SPEC))
+  x = np.random.default_rng(2).normal(size=(3, 5, 4, 4)).astype(np.float32)  # o's input [.., H, Dh]
+  for name, n_in, inputs in (("q", 1, x.reshape(3, 5, 16)), ("o", 2, x)):
+    kernel = np.asarray(params["layers_1"]["attn"][name]["kernel"])
+    a, b = (np.asarray(adapters["layers_1"]["attn"][name][k]) for k in ("a", "b"))
+    fan_in = int(np.prod(kernel.shape[:n_in]))
+    weight, lora_a, lora_b = (torch.tensor(m) for m in (kernel.reshape(fan_in, -1).T, a.reshape(fan_in, -1).T,
+                                                          b.reshape(_SPEC.rank, -1).T))
+    x_t = torch.tensor(inputs.reshape(-1, fan_in))
+    expected = (x_t @ weight.T + _SPEC.scale * (x_t @ lora_a.T) @ lora_b.T).numpy()
+    merged = lora.merge(params, adapters, _SPEC.scale)["layers_1"]["attn"][name]["kernel"]
+    dense = Dense(kernel.shape[n_in:], (None,) * kernel.ndim, n_in=n_in)
+    got = dense.apply({"params": {"kernel": merged}}, jnp.asarray(inputs))
+    np.testing.assert_allclose(np.asarray(got).reshape(expected.shape), expected, atol=1e-5, err_msg=name)
+
+
+def _flat(tree):
+  return {"/".join(map(str, k)): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def test_a_train_step_moves_only_adapters_embeddings_and_norms():
+  exp = th.tiny_experiment(lora_rank=4, s2_attn_group_fraction=0.25, warmup_steps=0)
+  program = build_program(exp)
+  base = program.init_state(0)
+  before_params, before_adapters = _flat(base.params), _flat(base.adapters)
+  batch = next(train.rope_lab_data_source(exp.data)("train", seq_len=16, global_batch_size=8, seed=0,
+                                                    process_index=0, process_count=1))
+  state, metrics = program.train_step(base, {k: jnp.asarray(v) for k, v in batch.items()}, program.setup.hooks)
+  after = _flat(state.params)
+  assert np.isfinite(float(metrics["loss"]))
+  for key, value in before_params.items():
+    trained = key.startswith("embed/") or "norm/" in key
+    moved = not np.array_equal(after[key], value)
+    assert moved == trained, key
+  assert all(not np.array_equal(_flat(state.adapters)[k], v) for k, v in before_adapters.items())
+
+
+def test_lora_config_fields_are_checked_where_they_are_set():
+  with pytest.raises(ConfigError, match="config.lora_targets"):
+    th.tiny_experiment(lora_rank=4, lora_targets=("q", "attn"))
+  with pytest.raises(ConfigError, match="config.lora_trainable"):
+    th.tiny_experiment(lora_trainable=("heads",))
+  with pytest.raises(ConfigError, match="config.lora_rank"):
+    th.tiny_experiment(lora_rank=-1)
+  with pytest.raises(ConfigError, match="config.s2_attn_group_fraction"):
+    th.tiny_experiment(s2_attn_group_fraction=0.1)  # G = int(1.6) = 1
+  with pytest.raises(ConfigError, match="config.s2_attn_group_fraction"):
+    th.tiny_experiment(seq_len=20, s2_attn_group_fraction=0.3)  # G = 6 does not divide 20
+
+
+def _longlora_experiment(base: str, **fields):
+  config = th.tiny_config.get_config()
+  config.update({**dict(seq_len=32, steps=4, init_from=base, lr_schedule="constant", warmup_steps=0,
+                         weight_decay=0.0, lora_rank=4, lora_alpha=8.0, s2_attn_group_fraction=0.25,
+                         checkpoint_every=2), **fields})
+  return config_lib.experiment_from_config_dict(config)
+
+
+def test_longlora_finetune_resumes_exactly_and_its_checkpoint_evaluates_as_merged_weights(tmp_path):
+  base, straight, interrupted = (str(tmp_path / name) for name in ("base", "straight", "interrupted"))
+  train.run(th.tiny_experiment(steps=3), base)
+  exp = _longlora_experiment(base)
+  assert train.run(exp, straight).step == 4
+  first = train.run(exp, interrupted, data_source=th.wrapped_source(exp, th.sigterm_on_batch(3)))
+  assert (first.status, first.step) == ("preempted", 3)
+  assert train.run(exp, interrupted).step == 4
+  a, b = th.saved_params(straight, 4), th.saved_params(interrupted, 4)
+  for key in a:  # the resumed run continued from the very same adapters, base and moments
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  losses = lambda d: [(r["step"], r["loss"]) for r in th.read_metrics(d)]
+  assert losses(straight) == losses(interrupted) and len(losses(straight)) == 4
+
+  # What evaluation reads: the merged weights. Parameters outside the adapters and the
+  # extras are the base run's; the merged kernels are base + (alpha / r) a b.
+  base_params, tuned = th.saved_params(base, 3), th.saved_params(straight, 4)
+  for key in base_params:
+    if key.startswith("/embed/") or "norm/" in key or "/attn/" in key:
+      continue
+    np.testing.assert_array_equal(tuned[key], base_params[key], err_msg=key)
+  run = runs.load_run(straight)
+  with warnings.catch_warnings():  # "sharding info not provided": host arrays are wanted
+    warnings.simplefilter("ignore", UserWarning)
+    stored = th.ocp.PyTreeCheckpointer().restore(os.path.join(straight, "checkpoints", "4", "optimizer"))
+  lora_state = stored["adapters"]
+  frozen = _flat(lora_state["frozen"])
+  for key, kernel in frozen.items():
+    np.testing.assert_array_equal(kernel, base_params["/" + key], err_msg=key)
+  tokens = np.random.default_rng(0).integers(0, 256, (2, 32))
+  evaluated = perplexity.logits_fn(run.model, run.params, run.encoding)(tokens)
+  model = Transformer(perplexity.eval_model_config(run.model, 32))
+  hooks = encoding_hooks(run.model, run.encoding, 32)
+  unmerged_params = lora.replace_leaves(run.params, lora_state["frozen"])
+  with lora.unmerged(lora_state["adapters"], 8.0 / 4):
+    expected = model.apply({"params": unmerged_params}, jnp.asarray(tokens), hooks=hooks)
+  np.testing.assert_allclose(np.asarray(evaluated), np.asarray(expected), atol=1e-4)
+  assert np.abs(np.asarray(_flat(lora_state["adapters"])["layers_0/attn/q/b"])).max() > 0
+
+
+def test_a_longlora_run_resumes_only_with_the_same_adapters(tmp_path):
+  base, tuned = str(tmp_path / "base"), str(tmp_path / "tuned")
+  train.run(th.tiny_experiment(steps=1), base)
+  train.run(_longlora_experiment(base, steps=1), tuned)
+  with pytest.raises(WorkdirError, match="train.lora_rank"):
+    train.run(_longlora_experiment(base, steps=2, lora_rank=8), tuned)
