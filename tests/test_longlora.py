@@ -171,6 +171,21 @@ def test_a_train_step_moves_only_adapters_embeddings_and_norms():
   assert all(not np.array_equal(_flat(state.adapters)[k], v) for k, v in before_adapters.items())
 
 
+def test_s2_attention_shapes_the_training_loss_only():
+  """At step 0 (b = 0) the training loss equals the evaluation loss on the same batch,
+  unless S2-Attn restricts the training forward."""
+  for fraction, same in ((0.0, True), (0.25, False)):
+    program = build_program(th.tiny_experiment(lora_rank=4, s2_attn_group_fraction=fraction))
+    exp = program.setup.exp
+    batch = next(train.rope_lab_data_source(th.tiny_experiment().data)("train", seq_len=16, global_batch_size=8,
+                                                                      seed=0, process_index=0, process_count=1))
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    state = program.init_state(exp.train.seed)
+    loss_sum, count = program.eval_step(program.model_params(state), batch, program.setup.hooks)
+    _, metrics = program.train_step(state, batch, program.setup.hooks)
+    assert np.isclose(float(metrics["loss"]), float(loss_sum / count), rtol=1e-6) == same, fraction
+
+
 def test_lora_config_fields_are_checked_where_they_are_set():
   with pytest.raises(ConfigError, match="config.lora_targets"):
     th.tiny_experiment(lora_rank=4, lora_targets=("q", "attn"))
