@@ -88,20 +88,25 @@ def extra_params(params, spec: LoraSpec) -> dict:
 def replace_leaves(params, subtree) -> dict:
   """``params`` with the leaves of ``subtree`` (same paths) put in their place."""
   flat = dict(_flat(params))
-  for path, leaf in _flat(subtree).items():
-    assert path in flat, path
-    flat[path] = leaf
+  unknown = sorted(set(_flat(subtree)) - set(flat))
+  if unknown:
+    raise ValueError(f"paths not in the parameters: {unknown[:5]}")
+  flat.update(_flat(subtree))
   return traverse_util.unflatten_dict(flat)
+
+
+def _by_module(adapters) -> dict[tuple, dict[str, Any]]:
+  """{module path: {"a": ..., "b": ...}}."""
+  modules: dict[tuple, dict[str, Any]] = {}
+  for path, leaf in _flat(adapters).items():
+    modules.setdefault(tuple(path[:-1]), {})[path[-1]] = leaf
+  return modules
 
 
 def frozen_kernels(params, adapters) -> dict:
   """The base kernels the adapters sit on (what a resumed run must add them to again)."""
   flat = _flat(params)
-  return traverse_util.unflatten_dict({m + ("kernel",): flat[m + ("kernel",)] for m in _adapted(adapters)})
-
-
-def _adapted(adapters) -> list[tuple]:
-  return sorted({path[:-1] for path in _flat(adapters)})
+  return traverse_util.unflatten_dict({m + ("kernel",): flat[m + ("kernel",)] for m in _by_module(adapters)})
 
 
 def delta(a, b, scale: float) -> jax.Array:
@@ -112,10 +117,8 @@ def delta(a, b, scale: float) -> jax.Array:
 def merge(params, adapters, scale: float) -> dict:
   """``params`` with every adapted kernel replaced by W + (alpha / r) a b."""
   flat = dict(_flat(params))
-  for module in _adapted(adapters):
-    node = traverse_util.unflatten_dict({k[len(module):]: v for k, v in _flat(adapters).items()
-                                         if k[:len(module)] == module})
-    flat[module + ("kernel",)] = flat[module + ("kernel",)] + delta(node["a"], node["b"], scale)
+  for module, adapter in _by_module(adapters).items():
+    flat[module + ("kernel",)] = flat[module + ("kernel",)] + delta(adapter["a"], adapter["b"], scale)
   return traverse_util.unflatten_dict(flat)
 
 
@@ -124,9 +127,7 @@ def unmerged(adapters, scale: float):
   """Within this context every adapted Dense adds (alpha / r) (x a) b to its output."""
   from rope_lab.model import Dense  # the model imports nothing from here
 
-  by_module = {}
-  for path, leaf in _flat(adapters).items():
-    by_module.setdefault(tuple(path[:-1]), {})[path[-1]] = leaf
+  by_module = _by_module(adapters)
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
