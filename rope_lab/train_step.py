@@ -4,6 +4,11 @@ Init follows eval_shape -> shardings -> jit(init, out_shardings): the parameters
 created directly in their final layout, never gathered on one device. The steps are
 jitted with explicit in/out shardings and donate the old state, so parameters and
 optimizer moments are updated in place.
+
+A LoRA run (``config.lora_rank``, ``rope_lab.lora``) differentiates and updates only its
+trainable values (the adapters and the extras: embeddings, norms); the optimizer state
+covers those alone, and the frozen kernels pass through the step unchanged. Its
+checkpoints hold the merged weights (:func:`make_checkpoint_conversions`).
 """
 
 from __future__ import annotations
