@@ -380,3 +380,49 @@ def attend_with_probs(
   """Reference attention returning (out [B, L, H, Dh], probabilities float32 [B, H, L, L])."""
   rot = rotate(hooks, q_BxLxHxD, k_BxLxKxD, meta.positions)
   return reference(rot, v_BxLxKxD, meta, hooks, soft_cap=soft_cap)
+
+
+# ----------------------------------------------------------------------------- shifted sparse attention
+
+
+def shifted_group_meta(meta: TokenMeta, group_size: int, shifted: bool) -> TokenMeta:
+  """``meta`` whose windows also separate S2-Attn groups of ``group_size`` tokens.
+
+  Token i joins group i // G, or (i + G // 2) // G when ``shifted``: then the first G // 2
+  tokens form a group of their own and so do the last G // 2 ones. This is what the
+  LongLoRA reference trains with (``forward_flashattn`` cuts the shifted half's rows at
+  G/2, 3G/2, ... with ``cu_seqlens``). Its ``roll``-based version instead wraps the first
+  G/2 tokens behind the last ones, where they see the end of the row, i.e. the future.
+  """
+  offset = group_size // 2 if shifted else 0
+  groups = (meta.index + offset) // group_size
+  per_window = meta.index.shape[1] // group_size + 2  # more group ids than any row has
+  return meta._replace(windows=meta.windows * per_window + groups)
+
+
+def attend_shifted_groups(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, meta: TokenMeta, hooks: Hooks, *,
+                          group_size: int, implementation: str = "reference",
+                          **kwargs) -> jnp.ndarray:
+  """Shifted sparse attention (S2-Attn, LongLoRA: Chen et al. 2023), a training-time pattern:
+  heads [0, H/2) attend causally within groups of ``group_size`` tokens, heads [H/2, H)
+  within groups shifted by half a group (``shifted_group_meta``), on top of every other
+  mask. Same contract as :func:`attend`; ``kwargs`` are its keyword arguments.
+  """
+  n_heads, n_kv = q_BxLxHxD.shape[2], k_BxLxKxD.shape[2]
+  if n_heads % 2:
+    raise ConfigError(f"shifted sparse attention splits the heads in two halves; n_heads={n_heads} is odd")
+  if n_kv % 2:  # the halves cannot split the kv heads: give every query head its own copy
+    k_BxLxKxD = jnp.repeat(k_BxLxKxD, n_heads // n_kv, axis=2)
+    v_BxLxKxD = jnp.repeat(v_BxLxKxD, n_heads // n_kv, axis=2)
+    n_kv = n_heads
+  if implementation == "fused":  # the fused kernels do not read the windows that hold the groups
+    implementation = attention_fused.FALLBACK
+  outs = []
+  for half, shifted in ((0, False), (1, True)):
+    heads = slice(half * n_heads // 2, (half + 1) * n_heads // 2)
+    kv_heads = slice(half * n_kv // 2, (half + 1) * n_kv // 2)
+    half_hooks = hooks if hooks.alibi_slopes is None else hooks.replace(alibi_slopes=hooks.alibi_slopes[heads])
+    outs.append(attend(q_BxLxHxD[:, :, heads], k_BxLxKxD[:, :, kv_heads], v_BxLxKxD[:, :, kv_heads],
+                       shifted_group_meta(meta, group_size, shifted), half_hooks,
+                       implementation=implementation, **kwargs))
+  return jnp.concatenate(outs, axis=2)
