@@ -132,10 +132,9 @@ def _weighted_sum(p_BxKxGxQxS, v_BxSxKxD) -> jnp.ndarray:
   return out.reshape(b, n_kv, n_group, n_q, -1)
 
 
-def block_logits(
-    rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks, soft_cap: float | None
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(masked float32 logits [B, K, G, Lq, Lk], allowed [B, 1, 1, Lq, Lk]) for one block.
+def block_scores(rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks,
+                 soft_cap: float | None) -> jnp.ndarray:
+  """Unmasked float32 logits [B, K, G, Lq, Lk] for one block (``block_logits`` before the mask).
 
   ``rot`` holds the query rows of the block in q/q_far and its key rows in k/k_far.
   """
@@ -157,8 +156,24 @@ def block_logits(
   if hooks.alibi_slopes is not None:
     bias = pe_apply.alibi_bias(hooks.alibi_slopes, q_meta.positions, k_meta.positions)
     s = s + bias.reshape(bias.shape[0], n_kv, n_group, *bias.shape[2:])
+  return s
+
+
+def block_logits(
+    rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks, soft_cap: float | None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(masked float32 logits [B, K, G, Lq, Lk], allowed [B, 1, 1, Lq, Lk]) for one block."""
+  s = block_scores(rot, q_meta, k_meta, hooks, soft_cap)
   mask = allowed(q_meta, k_meta)[:, None, None]
   return jnp.where(mask, s, NEG_INF), mask
+
+
+def wholly_allowed(q_meta: TokenMeta, k_meta: TokenMeta) -> jnp.ndarray:
+  """bool []: every (query, key) pair of the block is allowed (what ``allowed`` would say of
+  each), because every key precedes every query and all share one segment and one window."""
+  one_value = lambda a, b: (a.min() == a.max()) & (b.min() == b.max()) & (a.min() == b.min())
+  return ((k_meta.index.max() <= q_meta.index.min()) & one_value(q_meta.segments, k_meta.segments)
+          & one_value(q_meta.windows, k_meta.windows))
 
 
 # ----------------------------------------------------------------------------- reference
@@ -281,17 +296,29 @@ def chunked_cross(
     def key_block(carry, xs):
       k, k_far, remap_k, v, k_meta = xs
 
-      def update(carry):
+      rot = Rotated(q, k, q_far, k_far, remap_q, remap_k)
+
+      def update(carry, masked: bool):
         m, l, acc = carry
-        s, mask = block_logits(Rotated(q, k, q_far, k_far, remap_q, remap_k), q_meta, k_meta, hooks, soft_cap)
+        if masked:
+          s, mask = block_logits(rot, q_meta, k_meta, hooks, soft_cap)
+        else:  # every pair allowed: the same numbers without building and applying the mask
+          s = block_scores(rot, q_meta, k_meta, hooks, soft_cap)
         m_new = jnp.maximum(m, s.max(axis=-1))
         correction = jnp.exp(m - m_new)
-        p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+        p = jnp.exp(s - m_new[..., None])
+        if masked:  # a wholly masked row has m_new = NEG_INF, where exp(s - m_new) = 1
+          p = jnp.where(mask, p, 0.0)
         l = l * correction + p.sum(axis=-1)
         return m_new, l, acc * correction[..., None] + _weighted_sum(p, v)
 
-      # Key blocks wholly in the future of every query of the block: skip their work.
-      return jax.lax.cond(k_meta.index.min() <= last_query, update, lambda c: c, carry), None
+      # 0: key block wholly in the future of every query of the block (skipped); 1: some
+      # pairs masked (the diagonal, segment or window edges); 2: none masked, which is most
+      # blocks of a long window.
+      branch = jnp.where(k_meta.index.min() > last_query, 0,
+                         jnp.where(wholly_allowed(q_meta, k_meta), 2, 1))
+      return jax.lax.switch(branch, [lambda c: c, lambda c: update(c, True), lambda c: update(c, False)],
+                            carry), None
 
     stats = (b, n_kv, n_group, chunk)
     init = (jnp.full(stats, NEG_INF), jnp.zeros(stats), jnp.zeros(stats + (head_dim,)))
