@@ -132,14 +132,27 @@ def _weighted_sum(p_BxKxGxQxS, v_BxSxKxD) -> jnp.ndarray:
   return out.reshape(b, n_kv, n_group, n_q, -1)
 
 
+def logit_scale(hooks: Hooks, head_dim: int):
+  """The factor of q . k in the logits: the encoding's logit scale over sqrt(Dh)."""
+  return hooks.logit_scale / math.sqrt(head_dim)
+
+
+def scale_queries(rot: Rotated, hooks: Hooks) -> Rotated:
+  """``rot`` with every query rotation multiplied by ``logit_scale``, for
+  ``block_scores(..., queries_scaled=True)``: once per query instead of once per pair."""
+  scale = lambda q: None if q is None else q * jnp.asarray(logit_scale(hooks, q.shape[-1]), q.dtype)
+  return rot._replace(q=scale(rot.q), q_far=scale(rot.q_far), remap_q=tuple(map(scale, rot.remap_q)))
+
+
 def block_scores(rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks,
-                 soft_cap: float | None) -> jnp.ndarray:
+                 soft_cap: float | None, *, queries_scaled: bool = False) -> jnp.ndarray:
   """Unmasked float32 logits [B, K, G, Lq, Lk] for one block (``block_logits`` before the mask).
 
-  ``rot`` holds the query rows of the block in q/q_far and its key rows in k/k_far.
+  ``rot`` holds the query rows of the block in q/q_far and its key rows in k/k_far;
+  ``queries_scaled``: its queries already carry the logit scale (``scale_queries``).
   """
   _, _, n_kv, n_group, head_dim = rot.q.shape
-  scale = hooks.logit_scale / math.sqrt(head_dim)
+  scale = 1.0 if queries_scaled else logit_scale(hooks, head_dim)
   if hooks.remap is None:
     s = _scores(rot.q, rot.k) * scale
   else:  # each pair scored with the first remap rule whose condition holds
@@ -276,6 +289,8 @@ def chunked_cross(
   """
   b, n_q, n_kv, n_group, head_dim = q_rot.q.shape
   n_k = k_rot.k.shape[1]
+  # Scaling each query once saves a pass over every [C, C] block of logits.
+  q_rot = scale_queries(q_rot, hooks)
   chunk = min(chunk_size, max(n_q, n_k))
   nq_blocks, nk_blocks = -(-n_q // chunk), -(-n_k // chunk)
   q_blocks_of = lambda x, fill=0: None if x is None else _to_blocks(x, nq_blocks, chunk, fill)
@@ -300,10 +315,11 @@ def chunked_cross(
 
       def update(carry, masked: bool):
         m, l, acc = carry
+        s = block_scores(rot, q_meta, k_meta, hooks, soft_cap, queries_scaled=True)
         if masked:
-          s, mask = block_logits(rot, q_meta, k_meta, hooks, soft_cap)
-        else:  # every pair allowed: the same numbers without building and applying the mask
-          s = block_scores(rot, q_meta, k_meta, hooks, soft_cap)
+          mask = allowed(q_meta, k_meta)[:, None, None]
+          s = jnp.where(mask, s, NEG_INF)
+        # else every pair is allowed: the same numbers without building and applying the mask
         m_new = jnp.maximum(m, s.max(axis=-1))
         correction = jnp.exp(m - m_new)
         p = jnp.exp(s - m_new[..., None])
