@@ -10,7 +10,9 @@ params and windows, one Hooks value per candidate.
 
 Long windows use the chunked (memory-linear, flash-style) attention: the [L, L] logits
 of a 32K-token window would not fit in memory otherwise, and on CPU small blocks are
-also the fastest path (see benchmarks/long_eval.py).
+also the fastest path (see benchmarks/long_eval.py). For the same reason the loss is
+taken from the final hidden states ``LOSS_BLOCK_TOKENS`` at a time
+(``forward.blockwise_token_losses``): the [L, V] logits are never formed.
 """
 
 from __future__ import annotations
