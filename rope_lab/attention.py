@@ -137,15 +137,27 @@ def _weighted_sum(p_BxKxGxQxS, v_BxSxKxD) -> jnp.ndarray:
   return out.reshape(b, n_kv, n_group, n_q, -1)
 
 
-def block_logits(
-    rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks, soft_cap: float | None
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(masked float32 logits [B, K, G, Lq, Lk], allowed [B, 1, 1, Lq, Lk]) for one block.
+def logit_scale(hooks: Hooks, head_dim: int):
+  """The factor of q . k in the logits: the encoding's logit scale over sqrt(Dh)."""
+  return hooks.logit_scale / math.sqrt(head_dim)
 
-  ``rot`` holds the query rows of the block in q/q_far and its key rows in k/k_far.
+
+def scale_queries(rot: Rotated, hooks: Hooks) -> Rotated:
+  """``rot`` with every query rotation multiplied by ``logit_scale``, for
+  ``block_scores(..., queries_scaled=True)``: once per query instead of once per pair."""
+  scale = lambda q: None if q is None else q * jnp.asarray(logit_scale(hooks, q.shape[-1]), q.dtype)
+  return rot._replace(q=scale(rot.q), q_far=scale(rot.q_far), remap_q=tuple(map(scale, rot.remap_q)))
+
+
+def block_scores(rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks,
+                 soft_cap: float | None, *, queries_scaled: bool = False) -> jnp.ndarray:
+  """Unmasked float32 logits [B, K, G, Lq, Lk] for one block (``block_logits`` before the mask).
+
+  ``rot`` holds the query rows of the block in q/q_far and its key rows in k/k_far;
+  ``queries_scaled``: its queries already carry the logit scale (``scale_queries``).
   """
   _, _, n_kv, n_group, head_dim = rot.q.shape
-  scale = hooks.logit_scale / math.sqrt(head_dim)
+  scale = 1.0 if queries_scaled else logit_scale(hooks, head_dim)
   if hooks.remap is None:
     s = _scores(rot.q, rot.k) * scale
   else:  # each pair scored with the first remap rule whose condition holds
@@ -162,8 +174,29 @@ def block_logits(
   if hooks.alibi_slopes is not None:
     bias = pe_apply.alibi_bias(hooks.alibi_slopes, q_meta.positions, k_meta.positions)
     s = s + bias.reshape(bias.shape[0], n_kv, n_group, *bias.shape[2:])
+  return s
+
+
+def block_logits(
+    rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks, soft_cap: float | None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(masked float32 logits [B, K, G, Lq, Lk], allowed [B, 1, 1, Lq, Lk]) for one block."""
+  s = block_scores(rot, q_meta, k_meta, hooks, soft_cap)
   mask = allowed(q_meta, k_meta, hooks.key_window)[:, None, None]
   return jnp.where(mask, s, NEG_INF), mask
+
+
+def wholly_allowed(q_meta: TokenMeta, k_meta: TokenMeta, key_window: KeyWindow | None = None) -> jnp.ndarray:
+  """bool []: every (query, key) pair of the block is allowed (what ``allowed`` would say of
+  each), because every key precedes every query, all share one segment and one window, and
+  every key is inside every query's key window (or a sink)."""
+  one_value = lambda a, b: (a.min() == a.max()) & (b.min() == b.max()) & (a.min() == b.min())
+  whole = ((k_meta.index.max() <= q_meta.index.min()) & one_value(q_meta.segments, k_meta.segments)
+           & one_value(q_meta.windows, k_meta.windows))
+  if key_window is not None:
+    whole &= ((q_meta.index.max() - k_meta.index.min() < key_window.size)
+              | (k_meta.positions.max() < key_window.sinks))
+  return whole
 
 
 # ----------------------------------------------------------------------------- reference
@@ -266,6 +299,8 @@ def chunked_cross(
   """
   b, n_q, n_kv, n_group, head_dim = q_rot.q.shape
   n_k = k_rot.k.shape[1]
+  # Scaling each query once saves a pass over every [C, C] block of logits.
+  q_rot = scale_queries(q_rot, hooks)
   chunk = min(chunk_size, max(n_q, n_k))
   nq_blocks, nk_blocks = -(-n_q // chunk), -(-n_k // chunk)
   q_blocks_of = lambda x, fill=0: None if x is None else _to_blocks(x, nq_blocks, chunk, fill)
@@ -297,16 +332,30 @@ def chunked_cross(
     def key_block(carry, xs):
       k, k_far, remap_k, v, k_meta = xs
 
-      def update(carry):
+      rot = Rotated(q, k, q_far, k_far, remap_q, remap_k)
+
+      def update(carry, masked: bool):
         m, l, acc = carry
-        s, mask = block_logits(Rotated(q, k, q_far, k_far, remap_q, remap_k), q_meta, k_meta, hooks, soft_cap)
+        s = block_scores(rot, q_meta, k_meta, hooks, soft_cap, queries_scaled=True)
+        if masked:
+          mask = allowed(q_meta, k_meta, key_window)[:, None, None]
+          s = jnp.where(mask, s, NEG_INF)
+        # else every pair is allowed: the same numbers without building and applying the mask
         m_new = jnp.maximum(m, s.max(axis=-1))
         correction = jnp.exp(m - m_new)
-        p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+        p = jnp.exp(s - m_new[..., None])
+        if masked:  # a wholly masked row has m_new = NEG_INF, where exp(s - m_new) = 1
+          p = jnp.where(mask, p, 0.0)
         l = l * correction + p.sum(axis=-1)
         return m_new, l, acc * correction[..., None] + _weighted_sum(p, v)
 
-      return jax.lax.cond(needed(q_meta, k_meta, last_query), update, lambda c: c, carry), None
+      # 0: key block wholly in the future of every query of the block, or outside its key
+      # window (skipped); 1: some pairs masked (the diagonal, segment or window edges); 2:
+      # none masked, which is most blocks of a long window.
+      branch = jnp.where(~needed(q_meta, k_meta, last_query), 0,
+                         jnp.where(wholly_allowed(q_meta, k_meta, key_window), 2, 1))
+      return jax.lax.switch(branch, [lambda c: c, lambda c: update(c, True), lambda c: update(c, False)],
+                            carry), None
 
     stats = (b, n_kv, n_group, chunk)
     init = (jnp.full(stats, NEG_INF), jnp.zeros(stats), jnp.zeros(stats + (head_dim,)))

@@ -310,13 +310,16 @@ class Transformer(nn.Module):
       G / 2. 0 (evaluation): full causal attention.
     return_attention: also return float32 attention probabilities [n_layers, B, H, L, L]
       (computed on the reference path whatever ``cfg.attention``; for analysis at small L).
+    return_hidden: return the final-norm hidden states [B, L, D] instead of the logits;
+      ``output_logits`` turns any slice of them into exactly those logits (a long window's
+      loss can then be taken a block of tokens at a time, never forming [L, V]).
   """
 
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BxL, *, hooks: Hooks, positions=None, segment_ids=None, rng=None,
-               return_attention: bool = False, shifted_group_size: int = 0):
+               return_attention: bool = False, shifted_group_size: int = 0, return_hidden: bool = False):
     cfg = self.cfg
     check_hooks(cfg, hooks)
     pe_apply.check_sequence_length(hooks, tokens_BxL.shape[1])
@@ -344,12 +347,12 @@ class Transformer(nn.Module):
       x, probs = Block(cfg, name=f"layers_{i}")(x, meta, layer_hooks, return_attention, packed, shifted_group_size)
       all_probs.append(probs)
     x = Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name="final_norm")(x)
+    if return_hidden and not self.is_initializing():
+      return x
 
     # Compute-dtype inputs, float32 accumulation and output: logits and the loss stay float32.
     if cfg.tied_embeddings:
-      x_2d = x.reshape(-1, cfg.d_model)  # 2-D GEMM, as in Dense
-      logits = jnp.dot(x_2d, embed.embedding.astype(cfg.dtype).T, preferred_element_type=jnp.float32)
-      logits = logits.reshape(x.shape[:-1] + (cfg.vocab_size,))
+      logits = output_logits(cfg, {"embed": {"embedding": embed.embedding}}, x)
     else:
       logits = Dense((cfg.vocab_size,), ("embed", "vocab"), dtype=cfg.dtype, out_dtype=jnp.float32,
                      init_std=cfg.init_std, name="lm_head")(x)
@@ -357,6 +360,20 @@ class Transformer(nn.Module):
     if return_attention:
       return logits, jnp.stack(all_probs)
     return logits
+
+
+def output_logits(cfg: ModelConfig, params, x_BxLxD) -> jnp.ndarray:
+  """Float32 logits [B, L, V] of final-norm hidden states (``return_hidden``), computed as
+  the model's output layer computes them: x . embed^T when tied, else x . lm_head/kernel,
+  compute-dtype inputs, float32 accumulation, one 2-D GEMM over the tokens."""
+  params = nn.meta.unbox(params)
+  if cfg.tied_embeddings:
+    w_DxV = params["embed"]["embedding"].astype(cfg.dtype).T
+  else:
+    w_DxV = params["lm_head"]["kernel"].astype(cfg.dtype)
+  x_2d = x_BxLxD.astype(cfg.dtype).reshape(-1, cfg.d_model)
+  logits = jnp.dot(x_2d, w_DxV, preferred_element_type=jnp.float32)
+  return logits.reshape(x_BxLxD.shape[:-1] + (cfg.vocab_size,))
 
 
 def _init_fn(cfg: ModelConfig):
