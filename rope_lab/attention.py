@@ -145,15 +145,27 @@ def _weighted_sum(p_BxKxGxQxS, v_BxSxKxD) -> jnp.ndarray:
   return out.reshape(b, n_kv, n_group, n_q, -1)
 
 
-def block_logits(
-    rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks, soft_cap: float | None
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(masked float32 logits [B, K, G, Lq, Lk], allowed [B, 1, 1, Lq, Lk]) for one block.
+def logit_scale(hooks: Hooks, head_dim: int):
+  """The factor of q . k in the logits: the encoding's logit scale over sqrt(Dh)."""
+  return hooks.logit_scale / math.sqrt(head_dim)
 
-  ``rot`` holds the query rows of the block in q/q_far and its key rows in k/k_far.
+
+def scale_queries(rot: Rotated, hooks: Hooks) -> Rotated:
+  """``rot`` with every query rotation multiplied by ``logit_scale``, for
+  ``block_scores(..., queries_scaled=True)``: once per query instead of once per pair."""
+  scale = lambda q: None if q is None else q * jnp.asarray(logit_scale(hooks, q.shape[-1]), q.dtype)
+  return rot._replace(q=scale(rot.q), q_far=scale(rot.q_far), remap_q=tuple(map(scale, rot.remap_q)))
+
+
+def block_scores(rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks,
+                 soft_cap: float | None, *, queries_scaled: bool = False) -> jnp.ndarray:
+  """Unmasked float32 logits [B, K, G, Lq, Lk] for one block (``block_logits`` before the mask).
+
+  ``rot`` holds the query rows of the block in q/q_far and its key rows in k/k_far;
+  ``queries_scaled``: its queries already carry the logit scale (``scale_queries``).
   """
   _, _, n_kv, n_group, head_dim = rot.q.shape
-  scale = hooks.logit_scale / math.sqrt(head_dim)
+  scale = 1.0 if queries_scaled else logit_scale(hooks, head_dim)
   if hooks.remap is None:
     s = _scores(rot.q, rot.k) * scale
   else:  # each pair scored with the first remap rule whose condition holds
@@ -170,8 +182,29 @@ def block_logits(
   if hooks.alibi_slopes is not None:
     bias = pe_apply.alibi_bias(hooks.alibi_slopes, q_meta.positions, k_meta.positions)
     s = s + bias.reshape(bias.shape[0], n_kv, n_group, *bias.shape[2:])
+  return s
+
+
+def block_logits(
+    rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks, soft_cap: float | None
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(masked float32 logits [B, K, G, Lq, Lk], allowed [B, 1, 1, Lq, Lk]) for one block."""
+  s = block_scores(rot, q_meta, k_meta, hooks, soft_cap)
   mask = allowed(q_meta, k_meta, hooks.key_window)[:, None, None]
   return jnp.where(mask, s, NEG_INF), mask
+
+
+def wholly_allowed(q_meta: TokenMeta, k_meta: TokenMeta, key_window: KeyWindow | None = None) -> jnp.ndarray:
+  """bool []: every (query, key) pair of the block is allowed (what ``allowed`` would say of
+  each), because every key precedes every query, all share one segment and one window, and
+  every key is inside every query's key window (or a sink)."""
+  one_value = lambda a, b: (a.min() == a.max()) & (b.min() == b.max()) & (a.min() == b.min())
+  whole = ((k_meta.index.max() <= q_meta.index.min()) & one_value(q_meta.segments, k_meta.segments)
+           & one_value(q_meta.windows, k_meta.windows))
+  if key_window is not None:
+    whole &= ((q_meta.index.max() - k_meta.index.min() < key_window.size)
+              | (k_meta.positions.max() < key_window.sinks))
+  return whole
 
 
 # ----------------------------------------------------------------------------- reference
@@ -274,6 +307,8 @@ def chunked_cross(
   """
   b, n_q, n_kv, n_group, head_dim = q_rot.q.shape
   n_k = k_rot.k.shape[1]
+  # Scaling each query once saves a pass over every [C, C] block of logits.
+  q_rot = scale_queries(q_rot, hooks)
   chunk = min(chunk_size, max(n_q, n_k))
   nq_blocks, nk_blocks = -(-n_q // chunk), -(-n_k // chunk)
   q_blocks_of = lambda x, fill=0: None if x is None else _to_blocks(x, nq_blocks, chunk, fill)
@@ -305,16 +340,30 @@ def chunked_cross(
     def key_block(carry, xs):
       k, k_far, remap_k, v, k_meta = xs
 
-      def update(carry):
+      rot = Rotated(q, k, q_far, k_far, remap_q, remap_k)
+
+      def update(carry, masked: bool):
         m, l, acc = carry
-        s, mask = block_logits(Rotated(q, k, q_far, k_far, remap_q, remap_k), q_meta, k_meta, hooks, soft_cap)
+        s = block_scores(rot, q_meta, k_meta, hooks, soft_cap, queries_scaled=True)
+        if masked:
+          mask = allowed(q_meta, k_meta, key_window)[:, None, None]
+          s = jnp.where(mask, s, NEG_INF)
+        # else every pair is allowed: the same numbers without building and applying the mask
         m_new = jnp.maximum(m, s.max(axis=-1))
         correction = jnp.exp(m - m_new)
-        p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+        p = jnp.exp(s - m_new[..., None])
+        if masked:  # a wholly masked row has m_new = NEG_INF, where exp(s - m_new) = 1
+          p = jnp.where(mask, p, 0.0)
         l = l * correction + p.sum(axis=-1)
         return m_new, l, acc * correction[..., None] + _weighted_sum(p, v)
 
-      return jax.lax.cond(needed(q_meta, k_meta, last_query), update, lambda c: c, carry), None
+      # 0: key block wholly in the future of every query of the block, or outside its key
+      # window (skipped); 1: some pairs masked (the diagonal, segment or window edges); 2:
+      # none masked, which is most blocks of a long window.
+      branch = jnp.where(~needed(q_meta, k_meta, last_query), 0,
+                         jnp.where(wholly_allowed(q_meta, k_meta, key_window), 2, 1))
+      return jax.lax.switch(branch, [lambda c: c, lambda c: update(c, True), lambda c: update(c, False)],
+                            carry), None
 
     stats = (b, n_kv, n_group, chunk)
     init = (jnp.full(stats, NEG_INF), jnp.zeros(stats), jnp.zeros(stats + (head_dim,)))
@@ -388,3 +437,49 @@ def attend_with_probs(
   """Reference attention returning (out [B, L, H, Dh], probabilities float32 [B, H, L, L])."""
   rot = rotate(hooks, q_BxLxHxD, k_BxLxKxD, meta.positions)
   return reference(rot, v_BxLxKxD, meta, hooks, soft_cap=soft_cap)
+
+
+# ----------------------------------------------------------------------------- shifted sparse attention
+
+
+def shifted_group_meta(meta: TokenMeta, group_size: int, shifted: bool) -> TokenMeta:
+  """``meta`` whose windows also separate S2-Attn groups of ``group_size`` tokens.
+
+  Token i joins group i // G, or (i + G // 2) // G when ``shifted``: then the first G // 2
+  tokens form a group of their own and so do the last G // 2 ones. This is what the
+  LongLoRA reference trains with (``forward_flashattn`` cuts the shifted half's rows at
+  G/2, 3G/2, ... with ``cu_seqlens``). Its ``roll``-based version instead wraps the first
+  G/2 tokens behind the last ones, where they see the end of the row, i.e. the future.
+  """
+  offset = group_size // 2 if shifted else 0
+  groups = (meta.index + offset) // group_size
+  per_window = meta.index.shape[1] // group_size + 2  # more group ids than any row has
+  return meta._replace(windows=meta.windows * per_window + groups)
+
+
+def attend_shifted_groups(q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, meta: TokenMeta, hooks: Hooks, *,
+                          group_size: int, implementation: str = "reference",
+                          **kwargs) -> jnp.ndarray:
+  """Shifted sparse attention (S2-Attn, LongLoRA: Chen et al. 2023), a training-time pattern:
+  heads [0, H/2) attend causally within groups of ``group_size`` tokens, heads [H/2, H)
+  within groups shifted by half a group (``shifted_group_meta``), on top of every other
+  mask. Same contract as :func:`attend`; ``kwargs`` are its keyword arguments.
+  """
+  n_heads, n_kv = q_BxLxHxD.shape[2], k_BxLxKxD.shape[2]
+  if n_heads % 2:
+    raise ConfigError(f"shifted sparse attention splits the heads in two halves; n_heads={n_heads} is odd")
+  if n_kv % 2:  # the halves cannot split the kv heads: give every query head its own copy
+    k_BxLxKxD = jnp.repeat(k_BxLxKxD, n_heads // n_kv, axis=2)
+    v_BxLxKxD = jnp.repeat(v_BxLxKxD, n_heads // n_kv, axis=2)
+    n_kv = n_heads
+  if implementation == "fused":  # the fused kernels do not read the windows that hold the groups
+    implementation = attention_fused.FALLBACK
+  outs = []
+  for half, shifted in ((0, False), (1, True)):
+    heads = slice(half * n_heads // 2, (half + 1) * n_heads // 2)
+    kv_heads = slice(half * n_kv // 2, (half + 1) * n_kv // 2)
+    half_hooks = hooks if hooks.alibi_slopes is None else hooks.replace(alibi_slopes=hooks.alibi_slopes[heads])
+    outs.append(attend(q_BxLxHxD[:, :, heads], k_BxLxKxD[:, :, kv_heads], v_BxLxKxD[:, :, kv_heads],
+                       shifted_group_meta(meta, group_size, shifted), half_hooks,
+                       implementation=implementation, **kwargs))
+  return jnp.concatenate(outs, axis=2)

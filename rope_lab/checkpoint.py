@@ -3,7 +3,8 @@
 A checkpoint step holds three items:
 
 * ``params``: the parameters (also what a fine-tuning run reads, see :func:`restore_params`);
-* ``optimizer``: the step counter and the optimizer state;
+* ``optimizer``: the step counter and the optimizer state (and, for a LoRA run, its
+  adapters and the frozen kernels under them: ``rope_lab.train_step.TrainState``);
 * ``data``: one JSON file per process with its iterator's ``get_state()``.
 
 Orbax writes each step into a temporary directory and renames it when every item and
@@ -141,11 +142,14 @@ class Checkpointer:
 
   def save(self, step: int, state, data_state: Any) -> None:
     """Saves ``state`` (a TrainState) and this process's iterator state as ``step``."""
+    optimizer = {"step": state.step, "opt_state": state.opt_state}
+    if state.adapters is not None:
+      optimizer["adapters"] = state.adapters
     self._manager.save(
         step,
         args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
-            optimizer=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+            optimizer=ocp.args.StandardSave(optimizer),
             data=DataStateSave(data_state),
         ),
         force=True,
@@ -153,18 +157,21 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state):
     """-> (state with the shardings of ``abstract_state``, this process's iterator state)."""
+    abstract_optimizer = {"step": abstract_state.step, "opt_state": abstract_state.opt_state}
+    if abstract_state.adapters is not None:
+      abstract_optimizer["adapters"] = abstract_state.adapters
     restored = self._manager.restore(
         step,
         args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_state.params),
-            optimizer=ocp.args.StandardRestore(
-                {"step": abstract_state.step, "opt_state": abstract_state.opt_state}),
+            optimizer=ocp.args.StandardRestore(abstract_optimizer),
             data=DataStateRestore(),
         ),
     )
     optimizer = restored["optimizer"]
     state = abstract_state.replace(
-        step=optimizer["step"], params=restored["params"], opt_state=optimizer["opt_state"])
+        step=optimizer["step"], params=restored["params"], opt_state=optimizer["opt_state"],
+        adapters=optimizer.get("adapters"))
     return state, restored["data"]
 
   def wait(self) -> None:

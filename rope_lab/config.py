@@ -26,7 +26,7 @@ from typing import Any, Literal, Union
 import ml_collections
 from ml_collections import config_dict
 
-from rope_lab import pe
+from rope_lab import lora, pe
 from rope_lab.data import DataConfig
 from rope_lab.model import ModelConfig
 from rope_lab.sharding import DEFAULT_RULES, MESH_AXES
@@ -81,6 +81,16 @@ class TrainConfig:
       tokens at positions skipped to span this length N (each packed segment: a first
       chunk at its own positions, the rest shifted by a random skip), so the fine-tune
       covers distances up to N - 1; the encoding is resolved for N. 0: plain positions.
+    lora_rank: LongLoRA / LoRA (``rope_lab.lora``): rank r of the adapters on the
+      ``lora_targets`` projections, whose base kernels (and every parameter not named by
+      ``lora_trainable``) stay frozen; checkpoints hold the merged weights. 0: train all.
+    lora_alpha: the adapters' output is scaled by lora_alpha / lora_rank.
+    lora_targets: Dense modules given adapters, from ``rope_lab.lora.TARGETS``.
+    lora_trainable: parameters trained besides the adapters, from
+      ``rope_lab.lora.TRAINABLE_EXTRAS`` (LongLoRA: embeddings and norms).
+    s2_attn_group_fraction: shifted sparse attention (LongLoRA's S2-Attn) while training:
+      groups of G = int(seq_len * fraction) tokens, half the heads shifted by G / 2;
+      evaluation keeps full attention. The paper uses 1/4. 0: full attention.
   """
 
   seq_len: int = 128
@@ -109,6 +119,16 @@ class TrainConfig:
   logical_rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = DEFAULT_RULES
   tensorboard: bool = True
   pose_target_length: int = 0
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ("q", "k", "v", "o")
+  lora_trainable: tuple[str, ...] = lora.TRAINABLE_EXTRAS
+  s2_attn_group_fraction: float = 0.0
+
+  @property
+  def s2_attn_group_size(self) -> int:
+    """G of shifted sparse attention in training rows; 0 when it is off."""
+    return int(self.seq_len * self.s2_attn_group_fraction)
 
   def __post_init__(self):
     for name in ("seq_len", "global_batch_size", "steps", "grad_accum_steps", "log_every",
@@ -144,6 +164,20 @@ class TrainConfig:
             f"pairs mapping to mesh axes in {MESH_AXES} (rule for {logical!r})", mesh_axes)
     if self.init_from is not None:
       check_init_from(self.init_from)
+    check(self.lora_rank >= 0, "config.lora_rank", "an int >= 0 (0: no adapters)", self.lora_rank)
+    check(self.lora_alpha > 0, "config.lora_alpha", "> 0", self.lora_alpha)
+    check(len(self.lora_targets) >= 1 and set(self.lora_targets) <= set(lora.TARGETS)
+          and len(set(self.lora_targets)) == len(self.lora_targets),
+          "config.lora_targets", f"distinct names from {lora.TARGETS}", self.lora_targets)
+    check(set(self.lora_trainable) <= set(lora.TRAINABLE_EXTRAS)
+          and len(set(self.lora_trainable)) == len(self.lora_trainable),
+          "config.lora_trainable", f"distinct names from {lora.TRAINABLE_EXTRAS}", self.lora_trainable)
+    group = self.s2_attn_group_size
+    check(self.s2_attn_group_fraction == 0 or (0 < self.s2_attn_group_fraction <= 1 and group >= 2
+                                               and self.seq_len % group == 0),
+          "config.s2_attn_group_fraction",
+          f"0 (off) or a fraction of seq_len={self.seq_len} giving a group G = int(seq_len * fraction) "
+          f">= 2 that divides seq_len (the paper: 0.25)", self.s2_attn_group_fraction)
 
 
 def check_init_from(path: str) -> None:

@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from rope_lab import pe, sharding
 from rope_lab.encoding_range import check_xpos_length
-from rope_lab.model import ModelConfig, Transformer
+from rope_lab.model import ModelConfig, Transformer, output_logits
 
 
 def encoding_hooks(model: ModelConfig, encoding: pe.Encoding, seq_len: int, *,
@@ -34,6 +34,22 @@ def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
   logits = logits.astype(jnp.float32)
   target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return jax.nn.logsumexp(logits, axis=-1) - target_logits
+
+
+def blockwise_token_losses(cfg: ModelConfig, params, hidden_BxLxD: jax.Array, targets_BxL: jax.Array, *,
+                           block_tokens: int) -> jax.Array:
+  """``token_losses(output_logits(...), targets)`` [B, L] from final-norm hidden states,
+  ``block_tokens`` positions at a time: the [B, L, V] logits of a long window (6 GiB at
+  32K tokens and a 49K vocabulary) never exist at once, only [B, block, V]."""
+  b, length, _ = hidden_BxLxD.shape
+  block = max(1, min(block_tokens, length))
+  n_blocks = -(-length // block)
+  pad = n_blocks * block - length
+  blocks_of = lambda x: jnp.moveaxis(  # [B, L, ...] -> [n_blocks, B, block, ...]
+      jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)).reshape(b, n_blocks, block, *x.shape[2:]), 1, 0)
+  losses = jax.lax.map(lambda xt: token_losses(output_logits(cfg, params, xt[0]), xt[1]),
+                       (blocks_of(hidden_BxLxD), blocks_of(targets_BxL)))
+  return jnp.moveaxis(losses, 0, 1).reshape(b, n_blocks * block)[:, :length]
 
 
 def param_initializer(model: nn.Module, hooks: pe.Hooks, seq_len: int):

@@ -236,7 +236,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxLxD, meta: attention.TokenMeta, hooks: Hooks, return_probs: bool = False,
-               packed: bool = True):
+               packed: bool = True, shifted_group_size: int = 0):
     cfg = self.cfg
     h, k, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     proj = lambda name, heads, axes: Dense(
@@ -250,9 +250,12 @@ class Attention(nn.Module):
     if return_probs:
       out, probs = attention.attend_with_probs(q, key, value, meta, hooks, soft_cap=cfg.logit_soft_cap)
     else:
-      out = attention.attend(q, key, value, meta, hooks, implementation=cfg.attention,
-                             chunk_size=cfg.chunk_size, soft_cap=cfg.logit_soft_cap,
-                             fused_kernel=cfg.fused_kernel, packed=packed)
+      options = dict(implementation=cfg.attention, chunk_size=cfg.chunk_size, soft_cap=cfg.logit_soft_cap,
+                     fused_kernel=cfg.fused_kernel, packed=packed)
+      if shifted_group_size:
+        out = attention.attend_shifted_groups(q, key, value, meta, hooks, group_size=shifted_group_size, **options)
+      else:
+        out = attention.attend(q, key, value, meta, hooks, **options)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
     o = Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=cfg.dtype,
               init_std=cfg.init_std, name="o")
@@ -282,10 +285,12 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, meta, hooks, return_probs: bool = False, packed: bool = True):
+  def __call__(self, x_BxLxD, meta, hooks, return_probs: bool = False, packed: bool = True,
+               shifted_group_size: int = 0):
     cfg = self.cfg
     norm = lambda name: Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name=name)
-    y, probs = Attention(cfg, name="attn")(norm("attn_norm")(x_BxLxD), meta, hooks, return_probs, packed)
+    y, probs = Attention(cfg, name="attn")(norm("attn_norm")(x_BxLxD), meta, hooks, return_probs, packed,
+                                           shifted_group_size)
     x_BxLxD = x_BxLxD + y
     x_BxLxD = x_BxLxD + MLP(cfg, name="mlp")(norm("mlp_norm")(x_BxLxD))
     return nn.with_logical_constraint(x_BxLxD, ("batch", "length", "embed")), probs
@@ -300,15 +305,21 @@ class Transformer(nn.Module):
     positions: int [B, L] token positions (restarting per packed segment); None: arange(L).
     segment_ids: int [B, L] packed-segment ids, 0 for padding; None: one segment.
     rng: a jax key enabling training-time randomized positions; None at evaluation.
+    shifted_group_size: G > 0 trains with shifted sparse attention (LongLoRA's S2-Attn,
+      ``attention.attend_shifted_groups``): groups of G tokens, half the heads shifted by
+      G / 2. 0 (evaluation): full causal attention.
     return_attention: also return float32 attention probabilities [n_layers, B, H, L, L]
       (computed on the reference path whatever ``cfg.attention``; for analysis at small L).
+    return_hidden: return the final-norm hidden states [B, L, D] instead of the logits;
+      ``output_logits`` turns any slice of them into exactly those logits (a long window's
+      loss can then be taken a block of tokens at a time, never forming [L, V]).
   """
 
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BxL, *, hooks: Hooks, positions=None, segment_ids=None, rng=None,
-               return_attention: bool = False):
+               return_attention: bool = False, shifted_group_size: int = 0, return_hidden: bool = False):
     cfg = self.cfg
     check_hooks(cfg, hooks)
     pe_apply.check_sequence_length(hooks, tokens_BxL.shape[1])
@@ -333,15 +344,15 @@ class Transformer(nn.Module):
       # Static: whether segment ids may mask (the fused kernels pick segment-aware kernels).
       packed = segment_ids is not None and cfg.segment_masking
       layer_hooks = pe_apply.with_sliding_window(pe_apply.hooks_for_layer(hooks, i), cfg.sliding_window)
-      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, layer_hooks, return_attention, packed)
+      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, layer_hooks, return_attention, packed, shifted_group_size)
       all_probs.append(probs)
     x = Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name="final_norm")(x)
+    if return_hidden and not self.is_initializing():
+      return x
 
     # Compute-dtype inputs, float32 accumulation and output: logits and the loss stay float32.
     if cfg.tied_embeddings:
-      x_2d = x.reshape(-1, cfg.d_model)  # 2-D GEMM, as in Dense
-      logits = jnp.dot(x_2d, embed.embedding.astype(cfg.dtype).T, preferred_element_type=jnp.float32)
-      logits = logits.reshape(x.shape[:-1] + (cfg.vocab_size,))
+      logits = output_logits(cfg, {"embed": {"embedding": embed.embedding}}, x)
     else:
       logits = Dense((cfg.vocab_size,), ("embed", "vocab"), dtype=cfg.dtype, out_dtype=jnp.float32,
                      init_std=cfg.init_std, name="lm_head")(x)
@@ -349,6 +360,20 @@ class Transformer(nn.Module):
     if return_attention:
       return logits, jnp.stack(all_probs)
     return logits
+
+
+def output_logits(cfg: ModelConfig, params, x_BxLxD) -> jnp.ndarray:
+  """Float32 logits [B, L, V] of final-norm hidden states (``return_hidden``), computed as
+  the model's output layer computes them: x . embed^T when tied, else x . lm_head/kernel,
+  compute-dtype inputs, float32 accumulation, one 2-D GEMM over the tokens."""
+  params = nn.meta.unbox(params)
+  if cfg.tied_embeddings:
+    w_DxV = params["embed"]["embedding"].astype(cfg.dtype).T
+  else:
+    w_DxV = params["lm_head"]["kernel"].astype(cfg.dtype)
+  x_2d = x_BxLxD.astype(cfg.dtype).reshape(-1, cfg.d_model)
+  logits = jnp.dot(x_2d, w_DxV, preferred_element_type=jnp.float32)
+  return logits.reshape(x_BxLxD.shape[:-1] + (cfg.vocab_size,))
 
 
 def _init_fn(cfg: ModelConfig):

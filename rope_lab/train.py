@@ -189,10 +189,10 @@ def _start_state(program: Program, checkpointer: Checkpointer, cfg: TrainConfig,
   setup = program.setup
   latest = checkpointer.latest_step()
   if latest is not None:
-    state, data_state = checkpointer.restore(latest, setup.abstract_state)
+    stored, data_state = checkpointer.restore(latest, setup.abstract_checkpoint)
     train_iter.set_state(data_state)
     progress.message(f"resumed from {checkpointer.directory} at step {latest}")
-    return state
+    return program.from_checkpoint(stored)
   if cfg.init_from is not None and cfg.init_from.startswith(HF_SCHEME):
     shardings = jax.tree_util.tree_map(lambda leaf: leaf.sharding, setup.abstract_state.params)
     params = hf.load_params(cfg.init_from[len(HF_SCHEME):], setup.exp.model, setup.hooks, shardings)
@@ -310,12 +310,12 @@ def _train(program: Program, cfg: TrainConfig, state: TrainState, train_iter: Da
       if sync or stopping:
         loop.flush()
       if evaluate:
-        eval_loss = _evaluate(setup, program.eval_step, state.params, eval_batches)
+        eval_loss = _evaluate(setup, program.eval_step, program.model_params(state), eval_batches)
         loop.log.write(step, "eval", {"loss": eval_loss,
                                       "perplexity": math.exp(min(eval_loss, 50.0))})
         loop.progress.message(f"step {step}: eval loss {eval_loss:.4f}")
       if save or stopping:
-        loop.save(step, state, train_iter.get_state())
+        loop.save(step, program.to_checkpoint(state), train_iter.get_state())
       if evaluate or save:
         loop.restart_window()  # tokens/s measures training, not evaluation or saving
       if stopping:

@@ -4,6 +4,11 @@ Init follows eval_shape -> shardings -> jit(init, out_shardings): the parameters
 created directly in their final layout, never gathered on one device. The steps are
 jitted with explicit in/out shardings and donate the old state, so parameters and
 optimizer moments are updated in place.
+
+A LoRA run (``config.lora_rank``, ``rope_lab.lora``) differentiates and updates only its
+trainable values (the adapters and the extras: embeddings, norms); the optimizer state
+covers those alone, and the frozen kernels pass through the step unchanged. Its
+checkpoints hold the merged weights (:func:`make_checkpoint_conversions`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rope_lab import lora as lora_lib
 from rope_lab import sharding
 from rope_lab.config import ConfigError, ExperimentConfig
 from rope_lab.forward import encoding_hooks, param_initializer, param_layout, token_losses
@@ -32,8 +38,12 @@ Batch = dict[str, jax.Array]
 @struct.dataclass
 class TrainState:
   step: jax.Array  # int32 scalar: optimizer updates applied so far
-  params: Any
-  opt_state: Any
+  params: Any  # with LoRA: the frozen base kernels and the trained embeddings/norms
+  opt_state: Any  # of the trainable values (see TrainSetup.trainable_of)
+  # LoRA adapters (rope_lab.lora), None without. In the checkpoint form of a state
+  # (Program.to_checkpoint) params are the merged weights and this holds
+  # {"adapters": ..., "frozen": the base kernels under them}.
+  adapters: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +61,21 @@ class TrainSetup:
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings
   state_shardings: TrainState
   batch_sharding: NamedSharding
+  lora: lora_lib.LoraSpec | None = None  # None: every parameter trains
+  trainable_shardings: Any = None  # of trainable_of(state)
+  abstract_checkpoint: TrainState | None = None  # what a checkpoint of this run holds
+
+  def trainable_of(self, state: TrainState):
+    """What the optimizer updates: all parameters, or the adapters and the extras."""
+    if self.lora is None:
+      return state.params
+    return {"adapters": state.adapters, "extras": lora_lib.extra_params(state.params, self.lora)}
+
+  def with_trainable(self, state: TrainState, trainable) -> tuple[Any, Any]:
+    """(params, adapters) of ``state`` with ``trainable`` put back."""
+    if self.lora is None:
+      return trainable, None
+    return lora_lib.replace_leaves(state.params, trainable["extras"]), trainable["adapters"]
 
   @property
   def replicated(self) -> NamedSharding:
@@ -76,20 +101,42 @@ def build_setup(exp: ExperimentConfig, devices=None) -> TrainSetup:
                          else (cfg.seq_len, "config.seq_len"))
   # (A learned table shorter than that is refused there, naming its max_length.)
   hooks = jax.device_put(encoding_hooks(exp.model, exp.encoding, hooks_length, where=where), replicated)
+  if cfg.s2_attn_group_fraction and exp.model.n_heads % 2:
+    raise ConfigError(f"config.s2_attn_group_fraction={cfg.s2_attn_group_fraction}: shifted sparse "
+                      f"attention shifts half of the heads; config.model.n_heads={exp.model.n_heads} is odd")
   abstract_params, param_shardings = param_layout(exp.model, hooks, cfg.seq_len, mesh, cfg.logical_rules)
-  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  spec = lora_lib.spec_of(cfg)
+  abstract_adapters = adapter_shardings = None
+  abstract_trainable, trainable_shardings = abstract_params, param_shardings
+  if spec is not None:
+    abstract_adapters = jax.eval_shape(
+        lambda p: lora_lib.init_adapters(jax.random.key(0), p, spec), abstract_params)
+    # Adapters are small (r x (in + out) per kernel): replicated.
+    adapter_shardings = jax.tree.map(lambda _: replicated, abstract_adapters)
+    abstract_trainable = {"adapters": abstract_adapters,
+                          "extras": lora_lib.extra_params(abstract_params, spec)}
+    trainable_shardings = {"adapters": adapter_shardings,
+                           "extras": lora_lib.extra_params(param_shardings, spec)}
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_trainable)
   opt_shardings = optax.tree_map_params(
-      optimizer, lambda _, s: s, abstract_opt, param_shardings,
+      optimizer, lambda _, s: s, abstract_opt, trainable_shardings,
       transform_non_params=lambda _: replicated)
-  state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+  state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                               adapters=adapter_shardings)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-                        opt_state=abstract_opt)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, state_shardings)
+                        opt_state=abstract_opt, adapters=abstract_adapters)
+  with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+  abstract = jax.tree.map(with_sharding, abstract, state_shardings)
+  abstract_checkpoint = abstract
+  if spec is not None:
+    abstract_checkpoint = abstract.replace(adapters={
+        "adapters": abstract.adapters, "frozen": lora_lib.frozen_kernels(abstract.params, abstract.adapters)})
   return TrainSetup(exp=exp, mesh=mesh, rules=tuple(cfg.logical_rules), model=model,
                     optimizer=optimizer, hooks=hooks, abstract_state=abstract,
                     state_shardings=state_shardings,
-                    batch_sharding=sharding.batch_sharding(mesh))
+                    batch_sharding=sharding.batch_sharding(mesh), lora=spec,
+                    trainable_shardings=trainable_shardings,
+                    abstract_checkpoint=abstract_checkpoint)
 
 
 def make_init(setup: TrainSetup) -> Callable[[int], TrainState]:
@@ -97,9 +144,7 @@ def make_init(setup: TrainSetup) -> Callable[[int], TrainState]:
   init_params = param_initializer(setup.model, setup.hooks, setup.exp.train.seq_len)
 
   def init(rng):
-    params = nn.meta.unbox(init_params(rng))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=setup.optimizer.init(params))
+    return _fresh_state(setup, nn.meta.unbox(init_params(rng)))
 
   init_jit = jax.jit(init, out_shardings=setup.state_shardings)
 
@@ -115,10 +160,22 @@ def make_state_from_params(setup: TrainSetup) -> Callable[[Any], TrainState]:
   Skips the random initialisation (and its compilation) that would be thrown away.
   """
   def from_params(params):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=setup.optimizer.init(params))
+    return _fresh_state(setup, params)
   return jax.jit(from_params, in_shardings=(setup.state_shardings.params,),
                  out_shardings=setup.state_shardings)
+
+
+def _fresh_state(setup: TrainSetup, params) -> TrainState:
+  """Step 0 on ``params``: new adapters (LoRA) and a fresh optimizer state."""
+  adapters = None
+  if setup.lora is not None:
+    adapters = lora_lib.init_adapters(_adapter_key(setup.exp.train.seed), params, setup.lora)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None, adapters=adapters)
+  return state.replace(opt_state=setup.optimizer.init(setup.trainable_of(state)))
+
+
+def _adapter_key(seed: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), 2)
 
 
 def _init_key(seed: int) -> jax.Array:
@@ -129,10 +186,23 @@ def _step_key(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), 1)
 
 
-def _apply(setup: TrainSetup, params, batch: Batch, hooks: Hooks, rng) -> jax.Array:
+def _apply(setup: TrainSetup, params, batch: Batch, hooks: Hooks, rng,
+           shifted_group_size: int = 0) -> jax.Array:
   return setup.model.apply({"params": params}, batch["inputs"], hooks=hooks,
                            positions=batch["positions"], segment_ids=batch["segment_ids"],
-                           rng=rng)
+                           rng=rng, shifted_group_size=shifted_group_size)
+
+
+def _train_forward(setup: TrainSetup, state: TrainState, trainable, batch: Batch, hooks: Hooks,
+                   rng) -> jax.Array:
+  """Training logits: S2-Attn when configured; with LoRA the adapters run unmerged beside
+  the frozen kernels, which therefore get no gradient."""
+  group = setup.exp.train.s2_attn_group_size
+  params, adapters = setup.with_trainable(state, trainable)
+  if adapters is None:
+    return _apply(setup, params, batch, hooks, rng, group)
+  with lora_lib.unmerged(adapters, setup.lora.scale):
+    return _apply(setup, params, batch, hooks, rng, group)
 
 
 def _micro_batches(batch: Batch, count: int, mesh: Mesh) -> Batch:
@@ -155,7 +225,7 @@ def make_train_step(setup: TrainSetup) -> Callable[[TrainState, Batch, Hooks], t
   schedule = learning_rate_schedule(cfg)
   step_key = _step_key(cfg.seed)
   accum = cfg.grad_accum_steps
-  param_shardings = setup.state_shardings.params
+  trainable_shardings = setup.trainable_shardings
 
   def step(state: TrainState, batch: Batch, hooks: Hooks):
     rng = jax.random.fold_in(step_key, state.step)
@@ -163,28 +233,29 @@ def make_train_step(setup: TrainSetup) -> Callable[[TrainState, Batch, Hooks], t
     # gradients sum to exactly the full-batch gradient.
     total_tokens = jnp.maximum(batch["loss_mask"].sum(), 1.0)
 
-    def loss_fn(params, micro, key):
-      logits = _apply(setup, params, micro, hooks, key)
+    def loss_fn(trainable, micro, key):
+      logits = _train_forward(setup, state, trainable, micro, hooks, key)
       return (token_losses(logits, micro["targets"]) * micro["loss_mask"]).sum() / total_tokens
 
     grad_fn = jax.value_and_grad(loss_fn)
+    trainable = setup.trainable_of(state)
     if accum == 1:
-      loss, grads = grad_fn(state.params, batch, rng)
+      loss, grads = grad_fn(trainable, batch, rng)
     else:
       def body(carry, xs):
         micro, index = xs
-        loss_i, grads_i = grad_fn(state.params, micro, jax.random.fold_in(rng, index))
+        loss_i, grads_i = grad_fn(trainable, micro, jax.random.fold_in(rng, index))
         loss_sum, grad_sum = carry
         grad_sum = jax.tree.map(jnp.add, grad_sum, grads_i)
-        return (loss_sum + loss_i, jax.lax.with_sharding_constraint(grad_sum, param_shardings)), None
+        return (loss_sum + loss_i, jax.lax.with_sharding_constraint(grad_sum, trainable_shardings)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      zeros = jax.tree.map(jnp.zeros_like, trainable)
       micros = _micro_batches(batch, accum, setup.mesh)
       (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros),
                                       (micros, jnp.arange(accum)))
-    updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           opt_state=opt_state)
+    updates, opt_state = setup.optimizer.update(grads, state.opt_state, trainable)
+    params, adapters = setup.with_trainable(state, optax.apply_updates(trainable, updates))
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, adapters=adapters)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
                "learning_rate": schedule(state.step), "tokens": total_tokens}
     return new_state, metrics
@@ -208,6 +279,38 @@ def make_eval_step(setup: TrainSetup) -> Callable[[Any, Batch, Hooks], tuple]:
                  out_shardings=(setup.replicated, setup.replicated))
 
 
+def make_checkpoint_conversions(setup: TrainSetup) -> tuple[Callable, Callable, Callable]:
+  """(model_params, to_checkpoint, from_checkpoint) of a run's states.
+
+  model_params(state): the weights the model runs with (LoRA: merged), what evaluation
+  and the checkpoint's ``params`` item hold, so readers of a checkpoint need not know
+  about adapters. to/from_checkpoint convert a state to what a checkpoint stores and back:
+  with LoRA, the merged weights plus the adapters and the frozen kernels under them (so
+  a resume restores the base weights exactly rather than subtracting the update again).
+  """
+  spec = setup.lora
+  if spec is None:
+    identity = lambda state: state
+    return (lambda state: state.params), identity, identity
+  checkpoint_shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_checkpoint)
+
+  def model_params(state):
+    return lora_lib.merge(state.params, state.adapters, spec.scale)
+
+  def to_checkpoint(state):
+    return state.replace(params=model_params(state), adapters={
+        "adapters": state.adapters, "frozen": lora_lib.frozen_kernels(state.params, state.adapters)})
+
+  def from_checkpoint(stored):
+    params = lora_lib.replace_leaves(stored.params, stored.adapters["frozen"])
+    return stored.replace(params=params, adapters=stored.adapters["adapters"])
+
+  return (jax.jit(model_params, in_shardings=(setup.state_shardings,),
+                  out_shardings=setup.state_shardings.params),
+          jax.jit(to_checkpoint, in_shardings=(setup.state_shardings,), out_shardings=checkpoint_shardings),
+          jax.jit(from_checkpoint, in_shardings=(checkpoint_shardings,), out_shardings=setup.state_shardings))
+
+
 @dataclasses.dataclass(frozen=True)
 class Program:
   """A run's setup with its jitted functions (compiled on first call)."""
@@ -217,6 +320,9 @@ class Program:
   state_from_params: Callable[[Any], TrainState]
   train_step: Callable
   eval_step: Callable
+  model_params: Callable[[TrainState], Any]  # the weights to evaluate (LoRA: merged)
+  to_checkpoint: Callable[[TrainState], TrainState]
+  from_checkpoint: Callable[[TrainState], TrainState]
 
 
 # TrainConfig fields that only steer the loop around the steps; they do not change what
@@ -240,6 +346,9 @@ def build_program(exp: ExperimentConfig, devices=None) -> Program:
 @functools.lru_cache(maxsize=4)
 def _cached_program(exp: ExperimentConfig, devices) -> Program:
   setup = build_setup(exp, devices)
+  model_params, to_checkpoint, from_checkpoint = make_checkpoint_conversions(setup)
   return Program(setup=setup, init_state=make_init(setup),
                  state_from_params=make_state_from_params(setup),
-                 train_step=make_train_step(setup), eval_step=make_eval_step(setup))
+                 train_step=make_train_step(setup), eval_step=make_eval_step(setup),
+                 model_params=model_params, to_checkpoint=to_checkpoint,
+                 from_checkpoint=from_checkpoint)

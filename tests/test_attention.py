@@ -96,6 +96,52 @@ def test_every_path_matches_reference(case):
     np.testing.assert_allclose(run(q, k, v, meta, hooks, impl), want, atol=ATOL, err_msg=impl)
 
 
+@pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[6]], ids=case_id)
+def test_chunked_unmasked_blocks_of_unpacked_rows_match_reference(case):
+  # One segment per row: most key blocks of the chunked path are wholly in the past and
+  # take its unmasked branch (5 query blocks of 8: 10 such blocks, 5 diagonal ones).
+  name, params, (n_heads, n_kv) = case
+  hooks = hooks_for(name, params, n_heads, length=40)
+  q, k, v = qkv(5, n_heads, n_kv, length=40)
+  meta = meta_for(hooks, length=40, packed=False)
+  want = run(q, k, v, meta, hooks, "reference")
+  np.testing.assert_allclose(run(q, k, v, meta, hooks, "chunked"), want, atol=ATOL)
+
+
+def test_wholly_allowed_agrees_with_the_pairwise_mask():
+  rs = np.random.RandomState(0)
+  seen = set()
+  for _ in range(200):
+    start_q, start_k = rs.randint(0, 12, size=2)
+    draw = lambda n, high: jnp.asarray(rs.randint(0, high, size=(2, n)) if rs.rand() < 0.5
+                                       else np.full((2, n), 1), jnp.int32)
+    q_meta = attention.TokenMeta(jnp.asarray(np.tile(np.arange(start_q, start_q + 4), (2, 1))), None,
+                                 draw(4, 2), draw(4, 2))
+    k_meta = attention.TokenMeta(jnp.asarray(np.tile(np.arange(start_k, start_k + 3), (2, 1))), None,
+                                 draw(3, 2), draw(3, 2))
+    expected = bool(attention.allowed(q_meta, k_meta).all())
+    assert bool(attention.wholly_allowed(q_meta, k_meta)) == expected
+    seen.add(expected)
+  assert seen == {True, False}
+
+
+def test_wholly_allowed_agrees_with_the_pairwise_mask_under_key_windows():
+  from rope_lab.pe.base import KeyWindow  # pylint: disable=g-import-not-at-top
+  rs = np.random.RandomState(1)
+  seen = set()
+  for _ in range(200):
+    start_q, start_k = rs.randint(0, 16, size=2)
+    window = KeyWindow(size=jnp.int32(rs.randint(1, 12)), sinks=jnp.int32(rs.randint(0, 4)))
+    index = lambda start, n: jnp.asarray(np.tile(np.arange(start, start + n), (1, 1)))
+    ones = lambda n: jnp.zeros((1, n), jnp.int32)
+    q_meta = attention.TokenMeta(index(start_q, 4), index(start_q, 4), ones(4), ones(4))
+    k_meta = attention.TokenMeta(index(start_k, 3), index(start_k, 3), ones(3), ones(3))
+    expected = bool(attention.allowed(q_meta, k_meta, window).all())
+    assert bool(attention.wholly_allowed(q_meta, k_meta, window)) == expected
+    seen.add(expected)
+  assert seen == {True, False}
+
+
 def test_pcw_windows_block_attention_across_windows():
   hooks = hooks_for("learned", PCW)
   meta = meta_for(hooks, packed=False)

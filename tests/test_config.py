@@ -122,6 +122,7 @@ def test_command_line_config_errors_stop_before_anything_is_compiled(tmp_path, o
 @pytest.mark.parametrize("path, arg", [
     ("configs/tiny_cpu.py", None), ("configs/tiny_cpu.py", "smoke"),
     ("configs/tiny_cpu.py", "finetune"), ("configs/tiny_cpu.py", "finetune,pe=pi"),
+    ("configs/tiny_cpu.py", "longlora"),
     ("configs/tiny_cpu.py", "pe=alibi,seq=256"), ("configs/gpu_125m.py", None),
     ("configs/gpu_125m.py", "finetune_8k"), ("configs/tpu_pod.py", None),
 ])

@@ -13,7 +13,7 @@ from rope_lab import pe
 from rope_lab.data import (ByteTokenizer, LongDocument, RetrievalExample, answer_log_likelihood,
                            greedy_exact_match, passkey_example)
 from rope_lab.model import ModelConfig, Transformer, init_params
-from rope_lab.forward import token_losses
+from rope_lab.forward import blockwise_token_losses, token_losses
 
 CFG = ModelConfig(vocab_size=258, d_model=32, n_layers=1, n_heads=2, mlp_dim=64, attention="dot_product",
                   init_std=0.2)  # a large init makes the random model's predictions position-sensitive
@@ -65,6 +65,26 @@ def test_window_batches_padded_with_masked_rows_give_the_same_total(params):
   five = ev.window_nll(CFG, params, windows, hooks, batch_size=5)  # 12 windows: last batch padded
   assert one.tokens == five.tokens == 199
   assert one.total == pytest.approx(five.total, rel=1e-5)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_blockwise_loss_from_hidden_states_equals_torch_cross_entropy_of_the_logits(tied):
+  import torch  # pylint: disable=g-import-not-at-top
+  cfg = dataclasses.replace(CFG, tied_embeddings=tied)
+  hooks = pe.make("rope").hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=13)
+  p = init_params(cfg, hooks, jax.random.key(1))
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, 258, size=(2, 14)), jnp.int32)
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  model = Transformer(cfg)
+  logits = model.apply({"params": p}, inputs, hooks=hooks)
+  hidden = model.apply({"params": p}, inputs, hooks=hooks, return_hidden=True)
+  assert hidden.shape == (2, 13, cfg.d_model)
+  expected = torch.nn.functional.cross_entropy(torch.from_numpy(np.asarray(logits)).reshape(-1, 258),
+                                               torch.from_numpy(np.asarray(targets)).long().reshape(-1),
+                                               reduction="none").reshape(2, 13).numpy()
+  for block in (1, 5, 13, 64):  # 5 leaves a padded last block
+    losses = blockwise_token_losses(cfg, p, hidden, targets, block_tokens=block)
+    np.testing.assert_allclose(np.asarray(losses), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_switching_frequency_and_scale_encodings_does_not_recompile(params):

@@ -10,7 +10,9 @@ params and windows, one Hooks value per candidate.
 
 Long windows use the chunked (memory-linear, flash-style) attention: the [L, L] logits
 of a 32K-token window would not fit in memory otherwise, and on CPU small blocks are
-also the fastest path (see benchmarks/long_eval.py).
+also the fastest path (see benchmarks/long_eval.py). For the same reason the loss is
+taken from the final hidden states ``LOSS_BLOCK_TOKENS`` at a time
+(``forward.blockwise_token_losses``): the [L, V] logits are never formed.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ import numpy as np
 
 from rope_lab import pe
 from rope_lab.data import LongDocument, Window, bits_per_byte, sliding_windows
-from rope_lab.forward import encoding_hooks, token_losses
+from rope_lab.forward import blockwise_token_losses, encoding_hooks
 from rope_lab.model import ModelConfig, Transformer
 
 # Windows at least this long use the chunked attention (shorter ones the fused XLA path).
 CHUNKED_FROM = 512
 DEFAULT_CHUNK = 256
 DEFAULT_BATCH_TOKENS = 16384
+# The loss is taken this many tokens (rows x positions) at a time from the hidden states:
+# a 49K vocabulary's logits are then 200 MB, not 6 GiB at 32K tokens.
+LOSS_BLOCK_TOKENS = 1024
 
 # How often each scorer has been traced (a Python side effect runs only while tracing).
 _TRACES: collections.Counter = collections.Counter()
@@ -60,8 +65,9 @@ def _nll_program(cfg: ModelConfig):
 
   def nll(params, inputs, targets, mask, hooks):
     _TRACES[cfg] += 1
-    logits = model.apply({"params": params}, inputs, hooks=hooks)
-    losses = token_losses(logits, targets) * mask
+    hidden = model.apply({"params": params}, inputs, hooks=hooks, return_hidden=True)
+    block = max(1, LOSS_BLOCK_TOKENS // inputs.shape[0])
+    losses = blockwise_token_losses(cfg, params, hidden, targets, block_tokens=block) * mask
     # Per-window sums (not one batch total): the study's intervals resample windows.
     return losses.sum(axis=1), mask.sum(axis=1)
 
