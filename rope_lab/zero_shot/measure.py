@@ -24,8 +24,8 @@ import numpy as np
 from rope_lab import attention, generate, pe
 from rope_lab.data import synthetic
 from rope_lab.evaluate.attention_maps import distance_bins
-from rope_lab.evaluate.perplexity import eval_model_config
-from rope_lab.forward import encoding_hooks, token_losses
+from rope_lab.evaluate.perplexity import LOSS_BLOCK_TOKENS, eval_model_config
+from rope_lab.forward import blockwise_token_losses, encoding_hooks
 from rope_lab.model import ModelConfig, Transformer, token_meta
 from rope_lab.pe.rotary import cos_sin
 
@@ -40,10 +40,9 @@ def _window_program(cfg: ModelConfig, query_ends: tuple[int, ...], n_queries: in
   edges_arr = np.asarray(edges)
 
   def score(params, inputs_1xL, targets_1xL, hooks):
-    logits, state = model.apply({"params": params}, inputs_1xL, hooks=hooks, capture_intermediates=_is_qk,
-                                mutable=["intermediates"])
-    losses = token_losses(logits, targets_1xL)[0]
-    del logits
+    hidden, state = model.apply({"params": params}, inputs_1xL, hooks=hooks, capture_intermediates=_is_qk,
+                                mutable=["intermediates"], return_hidden=True)
+    losses = blockwise_token_losses(cfg, params, hidden, targets_1xL, block_tokens=LOSS_BLOCK_TOKENS)[0]
     layers = state["intermediates"]
     length = inputs_1xL.shape[1]
     meta, _ = token_meta(hooks, jnp.arange(length, dtype=jnp.int32)[None], None, segment_masking=False, rng=None)
