@@ -63,6 +63,35 @@ def test_interleaved_layout_equals_unpermuted_half_layout(tmp_path):
     interleaved.with_encoding(pe.make("yarn", **yarn))
 
 
+def test_first_n_layers_equal_transformers_cut_to_those_layers(tmp_path):
+  model = tiny_llama()
+  path = str(tmp_path / "tiny.gguf")
+  write_gguf(model, path)
+  first = gguf_io.load(path, n_layers=1)  # strict: the unread blk.1 tensors are not "unused"
+  assert first.config.n_layers == 1 and sorted(k for k in first.params if k.startswith("layers_")) == ["layers_0"]
+  cut = tiny_llama()
+  cut.load_state_dict(model.state_dict())
+  cut.model.layers = cut.model.layers[:1]
+  cut.config.num_hidden_layers = 1
+  assert np.abs(np.asarray(first.logits(TOKENS)) - torch_logits(cut)).max() <= 1e-5
+  assert np.abs(np.asarray(first.logits(TOKENS)) - torch_logits(model)).max() > 1e-3  # the cut matters
+  for bad in (0, 3, 1.0, True):
+    with pytest.raises(ConfigError, match=r"parameter n_layers must be an int in \[1, 2\].*" + repr(bad)):
+      gguf_io.load(path, n_layers=bad)
+
+
+def test_keyword_overrides_are_checked_by_name(tmp_path):
+  model = tiny_llama()
+  path = str(tmp_path / "tiny.gguf")
+  write_gguf(model, path)
+  chunked = gguf_io.load(path, attention="chunked", chunk_size=8)
+  assert chunked.config.attention == "chunked" and chunked.config.chunk_size == 8
+  with pytest.raises(ConfigError, match="unknown parameter 'n_layer'.*attention"):
+    gguf_io.load(path, n_layer=1)
+  with pytest.raises(ConfigError, match="parameter 'd_model' is read from the file"):
+    gguf_io.load(path, d_model=32)
+
+
 def test_unpermute_inverts_llama_cpp_permutation():
   w = np.arange(2 * 8 * 3).reshape(16, 3)  # 2 heads of head_dim 8
   permuted = gguf_io.permute_rows(w, 2)

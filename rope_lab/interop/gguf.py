@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from rope_lab import pe
-from rope_lab.errors import CheckpointError
+from rope_lab.errors import CheckpointError, ConfigError, check
 from rope_lab.interop import hf
 from rope_lab.interop.hf_rope import encoding_from_hf
+from rope_lab.model import ModelConfig
 
 ARCHITECTURES = ("llama",)
 ROTARY_LAYOUTS = ("half", "interleaved")
@@ -182,18 +183,53 @@ def hf_config(file: GGUFFile) -> dict[str, Any]:
   }
 
 
+# ModelConfig fields the file fixes; the others (attention path, chunk size, dtype, ...)
+# may be passed to ``load`` as keyword overrides.
+_FIELDS_FROM_FILE = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim", "mlp",
+                     "norm", "norm_eps", "tied_embeddings", "qkv_bias")
+
+
+def _check_overrides(config_overrides: dict[str, Any]) -> None:
+  """Keyword overrides must be ModelConfig fields the file does not fix (else a TypeError deep down)."""
+  settable = sorted(f.name for f in dataclasses.fields(ModelConfig) if f.name not in _FIELDS_FROM_FILE)
+  for name in config_overrides:
+    if name in _FIELDS_FROM_FILE:
+      raise ConfigError(f"gguf.load: parameter {name!r} is read from the file and cannot be overridden"
+                        + ("; pass n_layers=N to load only the first N blocks" if name == "n_layers" else ""))
+    if name not in settable:
+      raise ConfigError(f"gguf.load: unknown parameter {name!r}; keyword overrides of the model config are "
+                        f"{', '.join(settable)}")
+
+
+def _block_index(name: str) -> int | None:
+  """i for a tensor ``blk.{i}.*``, None for the global ones."""
+  parts = name.split(".")
+  return int(parts[1]) if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit() else None
+
+
 def load(path: str, *, encoding: pe.Encoding | None = None, rotary_layout: str = "half", strict: bool = True,
-         **config_overrides) -> hf.HFModel:
+         n_layers: int | None = None, **config_overrides) -> hf.HFModel:
   """Loads a llama-architecture GGUF file as ``hf.load`` loads a Hugging Face directory.
 
   ``encoding`` replaces the file's rope settings; with ``rotary_layout="interleaved"`` it
   must use the interleaved pairing (the default encoding from the file does).
   ``strict=False`` turns tensors the model does not read into a warning.
+  ``n_layers=N`` reads only the first N blocks (with the embedding, final norm and head):
+  a debugging and test aid (quick to load and compile; its outputs are not the model's),
+  the other blocks are neither read nor reported as unused.
+  Other keywords override ModelConfig fields the file does not fix (``attention``,
+  ``chunk_size``, ``compute_dtype``, ...); any other keyword is a ConfigError naming it.
   """
   if rotary_layout not in ROTARY_LAYOUTS:
     raise GGUFCheckpointError(f"rotary_layout must be one of {ROTARY_LAYOUTS}, got {rotary_layout!r}")
+  _check_overrides(config_overrides)
   file = read_file(path)
   config = hf_config(file)
+  if n_layers is not None:
+    blocks = config["num_hidden_layers"]
+    check(isinstance(n_layers, int) and not isinstance(n_layers, bool) and 1 <= n_layers <= blocks,
+          "gguf.load: parameter n_layers", f"an int in [1, {blocks}] (the file's block count)", n_layers)
+    config = {**config, "num_hidden_layers": n_layers}
   cfg = hf.model_config_from_hf(config, **config_overrides)
   if encoding is None:
     encoding = encoding_from_hf(config)
@@ -215,8 +251,9 @@ def load(path: str, *, encoding: pe.Encoding | None = None, rotary_layout: str =
       return unpermute_rows(value, heads[kind])
     return value
 
-  params = hf.assemble_params(path, file.tensors, read, cfg, hooks, mapping, strict=strict,
-                              error=GGUFCheckpointError)
+  skipped = range(cfg.n_layers, int(file.field(f"{config['model_type']}.block_count")))  # n_layers < the file's
+  names = [name for name in file.tensors if _block_index(name) not in skipped]
+  params = hf.assemble_params(path, names, read, cfg, hooks, mapping, strict=strict, error=GGUFCheckpointError)
   return hf.HFModel(cfg, params, encoding, config, rotary_layout=rotary_layout)
 
 
