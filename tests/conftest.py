@@ -8,16 +8,26 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+def _without_optimizations():
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.fixture(scope="module")
 def fast_compiles():
   """XLA's optimisation passes dominate tiny programs' cost; the numbers do not need them.
 
   Modules opt in with ``pytestmark = pytest.mark.usefixtures("fast_compiles")``.
   """
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+  yield from _without_optimizations()
+
+
+@pytest.fixture
+def fast_compiles_in_test():
+  """``fast_compiles`` for one test (its module's other programs keep the optimisations)."""
+  yield from _without_optimizations()
 
 
 # Modules whose tests take the longest (tens of seconds to minutes each on 2 cores), in
