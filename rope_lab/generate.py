@@ -66,7 +66,9 @@ def resolve_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity
   """The encoding's hooks at ``length``, coarse rotary rows zero-padded to cover ``capacity``.
 
   Padding keeps one table shape for a whole generation (one compilation); the padded rows
-  are never read, because every position stays below ``length``.
+  are never read, because every position stays below ``length``. For the same reason the
+  static bounds of the length checks (the hooks' ``seq_len``, the tables' ``length``)
+  become ``capacity``: left at ``length`` they would recompile the model at every step.
   """
   hooks = encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=length)
   tables = hooks.rotary
@@ -74,11 +76,12 @@ def resolve_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity
     return hooks
   rows = -(-max(capacity, encoding.max_rotary_position(capacity)) // tables.fine_size)
   pad = rows - tables.cos_coarse.shape[-2]
-  if pad <= 0:
-    return hooks
-  widths = [(0, 0)] * (tables.cos_coarse.ndim - 2) + [(0, pad), (0, 0)]
-  tables = tables.replace(cos_coarse=jnp.pad(tables.cos_coarse, widths), sin_coarse=jnp.pad(tables.sin_coarse, widths))
-  return hooks.replace(rotary=tables)
+  if pad > 0:
+    widths = [(0, 0)] * (tables.cos_coarse.ndim - 2) + [(0, pad), (0, 0)]
+    tables = tables.replace(cos_coarse=jnp.pad(tables.cos_coarse, widths),
+                            sin_coarse=jnp.pad(tables.sin_coarse, widths))
+  tables = tables.replace(length=max(tables.length, capacity))
+  return hooks.replace(rotary=tables, seq_len=max(hooks.seq_len, capacity))
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
