@@ -74,11 +74,13 @@ Cache = dict
 
 
 def _pad_rows(tables: pe.RotaryTables, rows: int) -> pe.RotaryTables:
+  """``tables`` with zero coarse rows up to ``rows``, their static ``length`` raised to match."""
   pad = rows - tables.cos_coarse.shape[-2]
-  if pad <= 0:
-    return tables
-  widths = [(0, 0)] * (tables.cos_coarse.ndim - 2) + [(0, pad), (0, 0)]
-  return tables.replace(cos_coarse=jnp.pad(tables.cos_coarse, widths), sin_coarse=jnp.pad(tables.sin_coarse, widths))
+  if pad > 0:
+    widths = [(0, 0)] * (tables.cos_coarse.ndim - 2) + [(0, pad), (0, 0)]
+    tables = tables.replace(cos_coarse=jnp.pad(tables.cos_coarse, widths),
+                            sin_coarse=jnp.pad(tables.sin_coarse, widths))
+  return tables.replace(length=max(tables.length, _covered(tables)))
 
 
 def _covered(tables: pe.RotaryTables) -> int:
@@ -91,13 +93,15 @@ def resolve_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity
 
   Padding keeps one table shape for a whole generation (one compilation, and static
   encodings compare equal from step to step); the padded rows are never read by a real
-  token, because every position stays below ``length``. Remap rules with their own tables
-  (Leaky ReRoPE) are padded to the positions those tables cover at ``capacity``.
+  token, because every position stays below ``length``. For the same reason the static
+  bounds of the length checks (the hooks' ``seq_len``, the tables' ``length``) become
+  ``capacity``: left at ``length`` they would recompile the model at every step. Remap
+  rules with their own tables (Leaky ReRoPE) are padded to the positions those tables
+  cover at ``capacity``.
   """
   resolve = lambda n: encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=n)
-  # The hooks serve the whole buffer: they record ``capacity`` as their length (a static
-  # field), so every step has one jit signature and static encodings compare equal.
-  hooks = resolve(length).replace(seq_len=capacity)
+  hooks = resolve(length)
+  hooks = hooks.replace(seq_len=max(hooks.seq_len, capacity))
   if hooks.rotary is not None:
     rows = -(-max(capacity, encoding.max_rotary_position(capacity)) // hooks.rotary.fine_size)
     hooks = hooks.replace(rotary=_pad_rows(hooks.rotary, rows))
