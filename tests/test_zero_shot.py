@@ -114,3 +114,14 @@ def test_the_study_runs_resumes_and_reports(small_model, tmp_path, monkeypatch):
   assert len(results.read_rows(os.path.join(workdir, "results.jsonl"))) == len(rows)
   with pytest.raises(ConfigError, match="another study"):
     zero_shot.run_study(ci_config(seed=1), workdir, log=lambda *a: None)
+
+
+def test_retrieval_intervals_match_published_examples():
+  from rope_lab.zero_shot.claims import newcombe, wilson  # pylint: disable=g-import-not-at-top
+  # Newcombe (1998), Statistics in Medicine 17:873, Table II: 56/70 vs 48/80, method 10.
+  found = newcombe(56, 70, 48, 80)
+  assert (round(found.low, 4), round(found.high, 4)) == (0.0524, 0.3339)
+  # Wilson intervals of the same paper's Table I: 81/263 -> (0.2553, 0.3662); 0/10 -> (0, 0.2775).
+  assert (round(wilson(81, 263).low, 4), round(wilson(81, 263).high, 4)) == (0.2553, 0.3662)
+  assert round(wilson(0, 10).high, 4) == 0.2775
+  assert wilson(2, 2).low > 0.3  # two of two is far from certain

@@ -189,9 +189,11 @@ def _perplexity_table(rows, cfg) -> str:
     for n in cfg.lengths:
       found = _bpb_interval(rows, m.label, n, cfg)
       cells.append("-" if found is None else found.format(3))
-    params = ", ".join(f"{k}={v}" for k, v in m.params) or "(the model's own)"
+    params = ", ".join(f"{k}={v}" for k, v in m.params) or "(its defaults)"
     body.append([f"{m.label}", f"`{m.name}` {params}", *cells])
-  return _table(["method", "encoding", *[str(n) for n in cfg.lengths]], body)
+  note = ("Every row also takes the model's rope base (1e5) and training length (8192) wherever the encoding has "
+          "those parameters and the row does not set them.\n\n")
+  return note + _table(["method", "encoding", *[str(n) for n in cfg.lengths]], body)
 
 
 def _retrieval_table(rows, cfg, kind) -> str:
