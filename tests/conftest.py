@@ -40,6 +40,7 @@ LONGEST_FIRST = (
     "test_notebooks.py",
     "test_generate.py",
     "test_context_parallel.py",
+    "test_zero_shot.py",
 )
 
 

@@ -22,6 +22,8 @@ from rope_lab.model import Dense, ModelConfig, Transformer, init_params, token_m
 from rope_lab.train_step import build_program
 from tests import train_helpers as th
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
+
 
 def _softmax_attention(q, k, v, mask):
   """q [n, D], k/v [m, D], mask bool [n, m] -> [n, D] in float64."""

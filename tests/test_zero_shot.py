@@ -18,6 +18,8 @@ from rope_lab.forward import encoding_hooks
 from rope_lab.zero_shot import config as config_lib
 from rope_lab.zero_shot import measure
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
+
 
 def ci_config(**overrides):
   config = study_real.get_config("size=ci")
