@@ -302,8 +302,9 @@ def chunked_cross(
   values (k/k_far of ``k_rot`` and v, [B, S, ...]): out [B, Lq, H, Dh].
 
   The masks read only the token metadata, so the query rows may be any subset of the
-  keys' row in any order (a context-parallel shard). A key block is skipped when its
-  smallest token index is after the largest one of the query block: wholly in the future.
+  keys' row in any order (a context-parallel shard). A key block is skipped when none of
+  its pairs can be allowed (``needed``: wholly in the future, outside the key window, or in
+  other segments or windows than every query of the block).
   """
   b, n_q, n_kv, n_group, head_dim = q_rot.q.shape
   n_k = k_rot.k.shape[1]
@@ -324,9 +325,14 @@ def chunked_cross(
   key_window = hooks.key_window
 
   def needed(q_meta, k_meta, last_query):
-    """False when every key of the block is in the future of, or outside the key window of,
-    every query of the block: its work is skipped."""
-    need = k_meta.index.min() <= last_query
+    """False when no pair of the block can be allowed: every key is in the future of, or
+    outside the key window of, every query, or the blocks' segment ids or window ids (packed
+    documents, parallel context windows, S2-Attn groups) have disjoint ranges, so no query
+    shares one with any key. Its work is skipped. Padded slots hold id 0, which only widens
+    a range (never a wrong skip)."""
+    overlap = lambda a, b: (a.min() <= b.max()) & (b.min() <= a.max())
+    need = ((k_meta.index.min() <= last_query) & overlap(q_meta.segments, k_meta.segments)
+            & overlap(q_meta.windows, k_meta.windows))
     if key_window is not None:
       last_key = jnp.where(k_meta.index == _PAD_INDEX, -1, k_meta.index).max()
       in_window = q_meta.index.min() - last_key < key_window.size

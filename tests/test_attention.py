@@ -251,3 +251,18 @@ def test_bfloat16_chunked_stays_close_to_float32_reference():
   got = run(*(x.astype(jnp.bfloat16) for x in (q, k, v)), meta, hooks, "chunked")
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=5e-2)
+
+
+def test_chunked_skips_blocks_of_other_segments_and_windows_exactly():
+  # Blocks of 8: the second (document 2) and the last two (document 3, two parallel-context
+  # windows) share no segment or window id with earlier key blocks, so those are skipped.
+  hooks = pe.make("rope").hooks(head_dim=8, n_heads=2, d_model=16, seq_len=32)
+  rs = np.random.RandomState(0)
+  q, k, v = (jnp.asarray(rs.randn(1, 32, 2, 8), jnp.float32) for _ in range(3))
+  segments = jnp.asarray([[1] * 8 + [2] * 8 + [3] * 16], jnp.int32)
+  positions = jnp.asarray([list(range(8)) * 2 + list(range(16))], jnp.int32)
+  windows = jnp.asarray([[0] * 16 + [1] * 8 + [2] * 8], jnp.int32)
+  meta = attention.TokenMeta(jnp.arange(32)[None], positions, segments, windows)
+  want = attention.attend(q, k, v, meta, hooks, implementation="reference")
+  got = attention.attend(q, k, v, meta, hooks, implementation="chunked", chunk_size=8)
+  np.testing.assert_allclose(got, want, atol=1e-6)
