@@ -84,7 +84,8 @@ def test_window_losses_and_attention_mass_match_independent_paths(small_model):
 
 def test_the_study_runs_resumes_and_reports(small_model, tmp_path, monkeypatch):
   monkeypatch.setattr(zero_shot.run.gguf, "load", lambda path, **unused: small_model)
-  cfg = ci_config()
+  cfg = ci_config(methods=("rope", "pi=pi:factor=2", "dynamic_ntk=dynamic_ntk:factor=2"), lengths=(256, 512),
+                  attention_lengths=(512,), retrieval_methods=("rope",))
   workdir = str(tmp_path / "study")
   report = zero_shot.run_study(cfg, workdir, log=lambda *a: None)
   rows = results.read_rows(os.path.join(workdir, "results.jsonl"))
@@ -93,17 +94,17 @@ def test_the_study_runs_resumes_and_reports(small_model, tmp_path, monkeypatch):
   by = {(r["method"], r["length"]): r for r in ppl}
   # Static PI reads every length from its longest window; Dynamic NTK below the training
   # length (8192) acts as RoPE, so RoPE's window serves it.
-  assert by[("pi", 256)]["served_by"] == "pi" and by[("pi", 256)]["forward_length"] == 1024
+  assert by[("pi", 256)]["served_by"] == "pi" and by[("pi", 256)]["forward_length"] == 512
   assert by[("dynamic_ntk", 512)]["served_by"] == "rope"
   assert by[("dynamic_ntk", 512)]["metrics"]["loss"] == by[("rope", 512)]["metrics"]["loss"]
   # A length read from a longer window equals a window of its own (evaluation path).
   study = zero_shot.run.Study(cfg, workdir, log=lambda *a: None)
-  doc = zero_shot.documents.load_document("essays", study.tokenizer, 513)
+  doc = zero_shot.documents.load_document("essays", study.tokenizer, 257)
   encoding = study.encodings["pi"]
-  window = Window(inputs=doc.tokens[:-1], targets=doc.tokens[1:], loss_mask=np.ones(512, np.float32))
-  own = window_nll(eval_model_config(small_model.config, 512), small_model.params, [window],
-                   encoding_hooks(small_model.config, encoding, 512))
-  np.testing.assert_allclose(by[("pi", 512)]["metrics"]["loss"], own.loss, rtol=1e-4)
+  window = Window(inputs=doc.tokens[:-1], targets=doc.tokens[1:], loss_mask=np.ones(256, np.float32))
+  own = window_nll(eval_model_config(small_model.config, 256), small_model.params, [window],
+                   encoding_hooks(small_model.config, encoding, 256))
+  np.testing.assert_allclose(by[("pi", 256)]["metrics"]["loss"], own.loss, rtol=1e-4)
   assert len(results.select(rows, kind="attention")) == len(cfg.methods) * len(cfg.attention_lengths)
   assert {r["method"] for r in results.select(rows, kind="passkey")} == set(cfg.retrieval_methods)
   assert len(results.select(rows, kind="heatmap")) == len(cfg.methods)
