@@ -88,7 +88,7 @@ def pool_map(layer_map: np.ndarray, size: int) -> np.ndarray:
   return cropped.reshape(*cropped.shape[:-2], size, block, size, block).mean(axis=(-3, -1))
 
 
-def _is_qk(module, method_name: str) -> bool:
+def is_qk_projection(module, method_name: str) -> bool:
   return method_name == "__call__" and module.name in ("q", "k")
 
 
@@ -97,7 +97,7 @@ def _qk_program(cfg: ModelConfig):
   model = Transformer(cfg)
 
   def capture(params, tokens, hooks):
-    _, state = model.apply({"params": params}, tokens, hooks=hooks, capture_intermediates=_is_qk,
+    _, state = model.apply({"params": params}, tokens, hooks=hooks, capture_intermediates=is_qk_projection,
                            mutable=["intermediates"])
     layers = state["intermediates"]
     q = jnp.stack([layers[f"layers_{i}"]["attn"]["q"]["__call__"][0].mean(axis=(0, 1))

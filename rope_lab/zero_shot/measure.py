@@ -23,15 +23,11 @@ import numpy as np
 
 from rope_lab import attention, generate, pe
 from rope_lab.data import synthetic
-from rope_lab.evaluate.attention_maps import distance_bins
+from rope_lab.evaluate.attention_maps import is_qk_projection, distance_bins
 from rope_lab.evaluate.perplexity import LOSS_BLOCK_TOKENS, eval_model_config
 from rope_lab.forward import blockwise_token_losses, encoding_hooks
 from rope_lab.model import ModelConfig, Transformer, token_meta
 from rope_lab.pe.rotary import cos_sin
-
-
-def _is_qk(module, method_name: str) -> bool:
-  return method_name == "__call__" and module.name in ("q", "k")
 
 
 @functools.lru_cache(maxsize=16)
@@ -40,7 +36,7 @@ def _window_program(cfg: ModelConfig, query_ends: tuple[int, ...], n_queries: in
   edges_arr = np.asarray(edges)
 
   def score(params, inputs_1xL, targets_1xL, hooks):
-    hidden, state = model.apply({"params": params}, inputs_1xL, hooks=hooks, capture_intermediates=_is_qk,
+    hidden, state = model.apply({"params": params}, inputs_1xL, hooks=hooks, capture_intermediates=is_qk_projection,
                                 mutable=["intermediates"], return_hidden=True)
     losses = blockwise_token_losses(cfg, params, hidden, targets_1xL, block_tokens=LOSS_BLOCK_TOKENS)[0]
     layers = state["intermediates"]

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 
 from rope_lab import results as results_lib  # noqa: E402
 from rope_lab.study import statistics  # noqa: E402
+from rope_lab.study.report_text import markdown_table  # noqa: E402
 from rope_lab.zero_shot import claims as claims_lib  # noqa: E402
 from rope_lab.zero_shot import config as config_lib  # noqa: E402
 
@@ -176,12 +177,6 @@ def _save(fig, figures_dir: str, name: str) -> str:
   return path
 
 
-def _table(header, body) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(str(c) for c in line) + " |" for line in body]
-  return "\n".join(lines)
-
-
 def _perplexity_table(rows, cfg) -> str:
   body = []
   for m in cfg.methods:
@@ -193,7 +188,7 @@ def _perplexity_table(rows, cfg) -> str:
     body.append([f"{m.label}", f"`{m.name}` {params}", *cells])
   note = ("Every row also takes the model's rope base (1e5) and training length (8192) wherever the encoding has "
           "those parameters and the row does not set them.\n\n")
-  return note + _table(["method", "encoding", *[str(n) for n in cfg.lengths]], body)
+  return note + markdown_table(["method", "encoding", *[str(n) for n in cfg.lengths]], body)
 
 
 def _retrieval_table(rows, cfg, kind) -> str:
@@ -213,7 +208,7 @@ def _retrieval_table(rows, cfg, kind) -> str:
       cells.append(" ".join(per_depth))
     body.append([m, *cells])
   return (f"Each cell: one mark per prompt, depths {', '.join(str(d) for d in depths)} left to right.\n\n"
-          + _table(["method", *[str(n) for n in lengths]], body))
+          + markdown_table(["method", *[str(n) for n in lengths]], body))
 
 
 def write_outputs(workdir: str) -> str:
@@ -240,7 +235,7 @@ def write_outputs(workdir: str) -> str:
       f"mode `{cfg.generation_cache}`), passkey correct when the key's digits appear in the continuation, needle "
       "correct when 'Dolores Park' does (Giraffe's presence accuracy).", "",
       "## Claims (rules fixed before the run)", "",
-      _table(["claim", "source", "rule", "measured", "verdict"],
+      markdown_table(["claim", "source", "rule", "measured", "verdict"],
              [[c.claim, c.source, c.rule, c.measured, f"**{c.verdict}**"] for c in claims]), "",
       "## Perplexity: bits per byte of the first L tokens", "", _perplexity_table(rows, cfg), "",
       "## Passkey retrieval", "", _retrieval_table(rows, cfg, "passkey"), "",
