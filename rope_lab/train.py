@@ -54,10 +54,10 @@ DataSource = Callable[..., DataIterator]
 
 
 def rope_lab_data_source(data: DataConfig) -> DataSource:
-  """The project's data pipeline; ``split`` replaces DataConfig.train_split."""
+  """The project's data pipeline: rows of ``split``, tokenized by ``data``'s tokenizer (a
+  SentencePiece model is trained on ``data.train_split`` whichever split is read)."""
   def make(split: str, **kwargs) -> DataIterator:
-    cfg = data if split == data.train_split else dataclasses.replace(data, train_split=split)
-    return make_train_iterator(cfg, **kwargs)
+    return make_train_iterator(data, split=split, **kwargs)
   return make
 
 

@@ -98,7 +98,7 @@ class TrainIterator:
 
 def make_train_iterator(cfg: DataConfig, *, seq_len: int, global_batch_size: int, seed: int,
                         process_index: int = 0, process_count: int = 1,
-                        prefetch_threads: int = 0) -> TrainIterator:
+                        prefetch_threads: int = 0, split: str | None = None) -> TrainIterator:
   """The training batches of ``cfg`` for this process.
 
   Args:
@@ -111,6 +111,9 @@ def make_train_iterator(cfg: DataConfig, *, seq_len: int, global_batch_size: int
     process_count: processes that read data (one per host).
     prefetch_threads: grain read-ahead threads; 0 reads on demand, which is
       already far faster than the model trains (see docs/data.md).
+    split: the split the rows come from (None: ``cfg.train_split``). The tokenizer is
+      always ``cfg``'s, trained on ``cfg.train_split``: held-out batches must be
+      tokenized exactly as the training rows were.
 
   Returns:
     An iterator of dicts with int32 ``inputs``, ``targets``, ``positions``,
@@ -127,11 +130,14 @@ def make_train_iterator(cfg: DataConfig, *, seq_len: int, global_batch_size: int
         and global_batch_size % process_count == 0, "make_train_iterator: global_batch_size",
         f"a positive multiple of process_count={process_count}", global_batch_size, DataConfigError)
   check(isinstance(seed, int) and seed >= 0, "make_train_iterator: seed", "a non-negative int", seed, DataConfigError)
+  split = cfg.train_split if split is None else split
+  check(isinstance(split, str) and split != "", "make_train_iterator: split", "a split name", split,
+        DataConfigError)
   tokenizer = get_tokenizer(cfg)
-  store = load_token_store(cfg, cfg.train_split, tokenizer)
+  store = load_token_store(cfg, split, tokenizer)
   cache_dir = None
   if sources.parse_dataset_name(cfg.dataset).kind != "random":
-    cache_dir = store_dir(cfg, cfg.train_split, tokenizer, resolve_data_dir(cfg.data_dir))
+    cache_dir = store_dir(cfg, split, tokenizer, resolve_data_dir(cfg.data_dir))
   plan = build_row_plan(cfg, store, tokenizer, seq_len, seed, cache_dir)
 
   dataset = grain.MapDataset.range(plan.num_rows)
@@ -149,7 +155,7 @@ def make_train_iterator(cfg: DataConfig, *, seq_len: int, global_batch_size: int
   iterator = iter(dataset.to_iter_dataset(read_options))
 
   fingerprint = {
-      "dataset": cfg.dataset, "train_split": cfg.train_split, "tokenizer": tokenizer.cache_key,
+      "dataset": cfg.dataset, "train_split": split, "tokenizer": tokenizer.cache_key,
       "ordering": cfg.ordering, "packing": cfg.packing, "shuffle": cfg.shuffle,
       "num_epochs": cfg.num_epochs, "seq_len": seq_len, "global_batch_size": global_batch_size,
       "seed": seed, "rows_per_epoch": plan.num_rows,
