@@ -10,10 +10,16 @@ validation documents, the same tokens for every column:
   n-gram        an order-5 byte Kneser-Ney model fitted on the training split
   unigram       the training split's byte entropy
 
+  short_passkey, mqar   (with a retrieval mix) greedy exact-match accuracy of the taught short
+                tasks at the training length, 50 examples each (5 depths x 10)
+
   python -m benchmarks.study_sizing --candidates=byte:128:4:128:300,bpe1024:128:4:256:300 \
       --out=/tmp/rope_lab/sizing
 
-A candidate is tokenizer:d_model:n_layers:seq_len:steps, tokenizer 'byte' or 'bpe<vocab>'.
+A candidate is tokenizer:d_model:n_layers:seq_len:steps[:batch[:mix[:lr]]], tokenizer 'byte' or
+'bpe<vocab>'; batch is rows per step (default the study's), mix the fraction of training rows
+replaced by short retrieval rows (short passkey and MQAR, loss on the answers; default 0), lr the
+peak learning rate (default the study's).
 Results: a markdown table on stdout and <out>/sizing.json.
 """
 
@@ -29,9 +35,14 @@ def candidate_experiment(spec: str):
   from configs import study as study_config  # pylint: disable=g-import-not-at-top
   from rope_lab import config as config_lib  # pylint: disable=g-import-not-at-top
   from rope_lab.data import get_tokenizer  # pylint: disable=g-import-not-at-top
-  tokenizer, d_model, n_layers, seq_len, steps = spec.split(":")
+  tokenizer, d_model, n_layers, seq_len, steps, *optional = spec.split(":")
+  batch, _, lr = (optional + ["", "", ""])[:3]
   base = study_config.base_experiment(int(steps))
   base.update(seq_len=int(seq_len), log_every=50)
+  if batch:
+    base.global_batch_size = int(batch)
+  if lr:
+    base.learning_rate = float(lr)
   if tokenizer != "byte":
     base.data.tokenizer, base.data.vocab_size = "bpe", int(tokenizer.removeprefix("bpe"))
   base.model.d_model, base.model.n_layers = int(d_model), int(n_layers)
@@ -48,13 +59,22 @@ def measure(spec: str, out: str, docs: int, doc_tokens: int, ngram_bytes: int) -
   from rope_lab.evaluate import ngram, perplexity  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate.runs import load_run  # pylint: disable=g-import-not-at-top
   from rope_lab.study.measurements import split_text  # pylint: disable=g-import-not-at-top
+  from rope_lab.evaluate import retrieval  # pylint: disable=g-import-not-at-top
+  from rope_lab.evaluate.retrieval_data import retrieval_mix_source  # pylint: disable=g-import-not-at-top
+  from rope_lab.data.synthetic import task_grid  # pylint: disable=g-import-not-at-top
   exp = candidate_experiment(spec)
+  fields = spec.split(":")
+  mix = float(fields[6]) if len(fields) > 6 and fields[6] else 0.0
   workdir = os.path.join(out, spec.replace(":", "_"))
+  tokenizer = get_tokenizer(exp.data)
+  source = None
+  if mix:
+    source = retrieval_mix_source(train_lib.rope_lab_data_source(exp.data), tokenizer, fraction=mix,
+                                  train_split=exp.data.train_split, seed=exp.train.seed)
   start = time.perf_counter()
-  train_lib.run(exp, workdir)
+  train_lib.run(exp, workdir, data_source=source)
   seconds = time.perf_counter() - start
   run = load_run(workdir)
-  tokenizer = get_tokenizer(exp.data)
   length = exp.train.seq_len
   documents = long_documents(exp.data, "validation", min_tokens=doc_tokens, max_docs=docs,
                              max_tokens=doc_tokens, tokenizer=tokenizer)
@@ -70,6 +90,11 @@ def measure(spec: str, out: str, docs: int, doc_tokens: int, ngram_bytes: int) -
   texts = [tokenizer.decode(d.tokens).encode("utf-8") for d in documents]
   row["ngram"] = round(sum(model.bits(t) for t in texts) / sum(len(t) for t in texts), 4)
   row["unigram"] = round(ngram.unigram_entropy(train_text), 4)
+  if mix:
+    for task in ("short_passkey", "mqar"):
+      examples = task_grid(task, tokenizer, [length], (0.0, 0.25, 0.5, 0.75, 1.0), seed=1, samples=10)
+      scores = retrieval.score_examples(run.model, run.params, exp.encoding, examples)
+      row[task] = round(retrieval.summarize_scores(scores)["accuracy"], 3)
   row["load_average"] = os.getloadavg()[0]
   return row
 
@@ -89,11 +114,12 @@ def main():
     with open(os.path.join(args.out, "sizing.json"), "w") as f:
       json.dump(rows, f, indent=1)
     print(json.dumps(rows[-1]), flush=True)
-  print("| candidate | steps/s | train s | full | quarter | n-gram | unigram | load |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  print("| candidate | steps/s | train s | full | quarter | n-gram | unigram | short passkey | mqar | load |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for r in rows:
     print(f"| {r['candidate']} | {r['steps_per_second']} | {r['train_seconds']} | {r['full']} | {r['quarter']} | "
-          f"{r['ngram']} | {r['unigram']} | {r['load_average']:.1f} |")
+          f"{r['ngram']} | {r['unigram']} | {r.get('short_passkey', '-')} | {r.get('mqar', '-')} | "
+          f"{r['load_average']:.1f} |")
 
 
 if __name__ == "__main__":
