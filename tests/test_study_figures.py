@@ -111,9 +111,12 @@ def test_attention_maps_are_token_resolution_and_drop_equal_encodings(drawn, tmp
   assert len(panels) == 5  # 3 encodings x 2 windows, less PI s=L/L0 at 1x
   assert "PI s=L/L0 = RoPE (at 16 tokens)" in caption and "at 32 tokens" not in caption
   # Unpooled: the last 8 queries against the last 8 keys, cell for cell.
-  shown = np.asarray(panels[-1].images[0].get_array())
-  expected = np.log10(np.maximum(maps_by_plan[("yarn_s2", 2)][0, -8:, -8:], 1e-6))
+  shown = panels[-1].images[0].get_array().filled(np.nan)
+  block = maps_by_plan[("yarn_s2", 2)][0, -8:, -8:]
+  expected = np.full((8, 8), np.nan)
+  expected[block > 0] = np.log10(block[block > 0])  # blank above the diagonal
   np.testing.assert_allclose(shown, expected, rtol=1e-6)
+  assert np.isnan(shown[0, 1]) and np.isfinite(np.diag(shown)).all()
   legend = [t.get_text() for t in drawn["attention_distance.png"][0].axes[0].get_legend().get_texts()]
   assert "PI s=L/L0 1x" not in legend and "PI s=L/L0 2x" in legend
 

@@ -23,7 +23,7 @@ from rope_lab import results as results_lib  # noqa: E402
 from rope_lab.evaluate import analytic, plans as plans_lib  # noqa: E402
 from rope_lab.evaluate.plans import DYNAMIC_NTK, DYNAMIC_YARN, PI_MATCHED, ROPE, TRAINED, scaled_id  # noqa: E402
 from rope_lab.study import figure_data as data  # noqa: E402
-from rope_lab.study.measurements import attention_file  # noqa: E402
+from rope_lab.study.measurements import ATTENTION_PANEL_TOKENS, attention_file  # noqa: E402
 from rope_lab.study.runs import run_label  # noqa: E402
 
 DPI = 110
@@ -172,13 +172,15 @@ def similarity_figures(cfg, arrays_dir, figures_dir) -> list[Figure]:
   panels = [(plan.label, tuple(data.similarity_panel(plan, plans[0], pairs, n_tokens, grid_len, cfg.train_length)
                                for _, pairs in probes)) for plan in plans]
   kept, copies = data.distinct_panels(panels)
+  # One symmetric scale for every panel, wide enough that no method's score is clipped.
+  limit = max(1.0, max(float(np.nanmax(np.abs(grid))) for _, grids in panels for grid in grids))
   fig, axes = plt.subplots(len(probes), len(kept), figsize=(1.7 * len(kept) + 1.0, 1.7 * len(probes) + 0.7),
                            squeeze=False)
   for col, index in enumerate(kept):
     label, grids = panels[index]
     for row, (probe, _) in enumerate(probes):
       ax = axes[row, col]
-      image = ax.imshow(grids[row], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest",
+      image = ax.imshow(grids[row], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest",
                         extent=(-0.5, n_tokens - 0.5, n_tokens - 0.5, -0.5))
       ax.set_xticks([])
       ax.set_yticks([])
@@ -192,9 +194,9 @@ def similarity_figures(cfg, arrays_dir, figures_dir) -> list[Figure]:
   fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="score / RoPE score at distance 0")
   heat = _save(fig, figures_dir, "similarity_heatmaps.png",
                f"Analytic similarity heatmaps (Giraffe style) at token resolution: queries and keys 0-{n_tokens - 1} "
-               f"of a {grid_len}-token window (length-dependent methods resolved at {grid_len} tokens), for three "
-               "probes: all-ones q = k, one Gaussian q = k, and the trained base model's mean q and k (averaged "
-               "over layers and heads). Red positive, blue negative; blank: the causal future. Longer distances "
+               f"of a {grid_len}-token window (length-dependent methods resolved at {grid_len} tokens), for the "
+               f"probes {', '.join(probe for probe, _ in probes)} (all-ones q = k; one Gaussian q = k; the trained "
+               "base model's mean q and k, averaged over layers and heads, when saved). Red positive, blue negative; blank: the causal future. Longer distances "
                "are in the score-by-distance figure."
                + data.coincidence_note(copies, f"at {grid_len} tokens for every probe"))
 
@@ -262,8 +264,9 @@ def attention_figures(rows, cfg, arrays_dir, figures_dir) -> list[Figure]:
     start = int(saved["length"]) - block.shape[-1]
     for layer in range(n_layers):
       ax = axes[layer, col]
-      image = ax.imshow(np.log10(np.maximum(block[layer], 1e-6)), cmap="magma", vmin=-5, vmax=0,
-                        interpolation="nearest")
+      with np.errstate(divide="ignore"):  # the causal future (probability 0) stays blank
+        shown = np.where(block[layer] > 0, np.log10(block[layer]), np.nan)
+      image = ax.imshow(shown, cmap="magma", vmin=-5, vmax=0, interpolation="nearest")
       ax.set_xticks([])
       ax.set_yticks([])
       if layer == 0:
@@ -276,7 +279,8 @@ def attention_figures(rows, cfg, arrays_dir, figures_dir) -> list[Figure]:
   fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="log10 attention probability")
   maps_fig = _save(fig, figures_dir, "attention_maps.png",
                    f"Empirical attention of base model {run} at token resolution: the last "
-                   f"{columns[0][2]['last_block'].shape[-1]} queries against the last keys of windows of "
+                   f"{ATTENTION_PANEL_TOKENS} queries against the last {ATTENTION_PANEL_TOKENS} keys (the whole "
+                   "window when shorter; blank: the causal future) of windows of "
                    f"{', '.join(str(s) + 'x' for s in scales)} the training length, per layer, under each encoding "
                    "(the diagonal is each token attending to itself; attention further back is in the "
                    "mass-by-distance figure)." + (" " + " ".join(notes) if notes else ""))
@@ -304,7 +308,8 @@ def attention_figures(rows, cfg, arrays_dir, figures_dir) -> list[Figure]:
   mass_fig = _save(fig, figures_dir, "attention_distance.png",
                    "Attention mass by relative distance, per token of distance in log2 bins (averaged over queries, "
                    f"heads and documents): where the model looks at {', '.join(str(s) + 'x' for s in scales)} its "
-                   "training length, at every distance out to the whole window." + (" " + " ".join(notes) if notes else ""))
+                   "training length, at every distance out to the whole window."
+                   + (" " + " ".join(notes) if notes else ""))
   return [maps_fig, mass_fig]
 
 
