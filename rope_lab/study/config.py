@@ -87,7 +87,8 @@ class StudyConfig:
     if self.base is not None:
       longest = self.train_length * max(self.eval_scales)
       check(self.eval_doc_tokens >= longest, "config.eval_doc_tokens",
-            f">= the longest window ({longest} tokens), so every length scores the same tokens", self.eval_doc_tokens)
+            f">= the longest window ({longest} tokens), so every length scores the same tokens",
+            self.eval_doc_tokens)
 
   @property
   def train_length(self) -> int:

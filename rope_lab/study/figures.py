@@ -196,8 +196,8 @@ def similarity_figures(cfg, arrays_dir, figures_dir) -> list[Figure]:
                f"Analytic similarity heatmaps (Giraffe style) at token resolution: queries and keys 0-{n_tokens - 1} "
                f"of a {grid_len}-token window (length-dependent methods resolved at {grid_len} tokens), for the "
                f"probes {', '.join(probe for probe, _ in probes)} (all-ones q = k; one Gaussian q = k; the trained "
-               "base model's mean q and k, averaged over layers and heads, when saved). Red positive, blue negative; blank: the causal future. Longer distances "
-               "are in the score-by-distance figure."
+               "base model's mean q and k, averaged over layers and heads, when saved). Red positive, blue "
+               "negative; blank: the causal future. Longer distances are in the score-by-distance figure."
                + data.coincidence_note(copies, f"at {grid_len} tokens for every probe"))
 
   max_distance = cfg.train_length * cfg.analytic_scale
