@@ -69,6 +69,8 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
   report = open(report_path).read()
   assert "## Claims" in report and "| claim |" in report and "## Reading the claims" in report
   assert "window cut to 4 tokens" in report and "byte n-gram" in report and "unigram entropy" in report
+  assert "Documents: the first 1 of the split by id among those with at least 64 tokens" in report
+  assert "PI s=L/L0 = PI s=2" in report  # a heatmap column equal to another's is named, not drawn
   assert "![perplexity_zero_shot.png](figures/perplexity_zero_shot.png)" in report
   assert sum(report.count(f"**{v}**") for v in ("agrees", "disagrees", "inconclusive", "untestable")) \
       == len(study.CLAIMS)

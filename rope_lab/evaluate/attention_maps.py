@@ -88,6 +88,13 @@ def pool_map(layer_map: np.ndarray, size: int) -> np.ndarray:
   return cropped.reshape(*cropped.shape[:-2], size, block, size, block).mean(axis=(-3, -1))
 
 
+def last_block(maps: np.ndarray, size: int) -> np.ndarray:
+  """[..., L, L] -> [..., n, n], n = min(size, L): the last n queries against the last n keys,
+  unpooled (the end of the window, where positions are largest and every query has a long past)."""
+  size = min(size, maps.shape[-1])
+  return maps[..., -size:, -size:]
+
+
 def is_qk_projection(module, method_name: str) -> bool:
   return method_name == "__call__" and module.name in ("q", "k")
 

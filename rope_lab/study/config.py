@@ -23,8 +23,10 @@ class StudyConfig:
   stride_fraction: float = 0.5  # sliding-window stride as a fraction of the window
   eval_split: str = "test"  # documents the reported numbers come from
   choice_split: str = "validation"  # documents any choice is made on
-  eval_docs: int = 2  # held-out documents scored at every length
-  eval_doc_tokens: int = 8192  # each truncated to this many tokens (>= the longest window)
+  # Held-out documents scored at every length: the first eval_docs by id of those with at least
+  # eval_doc_tokens tokens (shorter ones are skipped), each cut to eval_doc_tokens tokens.
+  eval_docs: int = 6
+  eval_doc_tokens: int = 8192  # >= the longest window, so every length scores the same tokens
   static_scale: float = 4.0  # target scale s of the static zero-shot methods
   finetune_methods: tuple[str, ...] = ("pi", "yarn")
   finetune_scale: int = 4  # fine-tuning context = finetune_scale x training length
@@ -82,6 +84,11 @@ class StudyConfig:
         (self.ngram_order >= 1, "ngram_order", ">= 1"),
         (self.ngram_train_bytes >= self.ngram_order, "ngram_train_bytes", ">= ngram_order")):
       check(ok, f"config.{field}", valid, getattr(self, field))
+    if self.base is not None:
+      longest = self.train_length * max(self.eval_scales)
+      check(self.eval_doc_tokens >= longest, "config.eval_doc_tokens",
+            f">= the longest window ({longest} tokens), so every length scores the same tokens",
+            self.eval_doc_tokens)
 
   @property
   def train_length(self) -> int:

@@ -71,24 +71,46 @@ def grid_values(rows, cfg) -> tuple[list[int], list[int], np.ndarray, np.ndarray
   return train_scales, eval_scales, mean, spread
 
 
-def block_mean(grid: np.ndarray, step: int) -> np.ndarray:
-  """[N, N] -> [N/step, N/step] block means ignoring NaN (the causal future)."""
-  n = grid.shape[0] // step * step
-  blocks = grid[:n, :n].reshape(n // step, step, n // step, step)
-  counts = np.isfinite(blocks).sum(axis=(1, 3))
-  sums = np.nansum(blocks, axis=(1, 3))
-  return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def similarity_grid(plan, reference_plan, pairs, length: int, train_length: int, step: int) -> np.ndarray:
-  """The analytic q.k score of every (query, key) pair in a window, / the reference's score at
-  distance 0, pooled into step x step blocks."""
+def similarity_panel(plan, reference_plan, pairs, n_tokens: int, length: int, train_length: int) -> np.ndarray:
+  """[n_tokens, n_tokens] analytic q.k score of query i against key j for the first ``n_tokens``
+  positions of a ``length``-token window, one cell per token pair (no pooling: the fastest rotary
+  pairs turn by about a radian per token, so averaging neighbours would cancel them), divided by
+  the reference plan's score at distance 0. NaN above the diagonal (the causal future)."""
   reference = analytic.probe_score_by_distance(reference_plan.encoding(length, train_length), pairs, 0,
                                                seq_len=int(length))[0]
-  positions = np.arange(int(length))
-  grid = analytic.probe_score_grid(plan.encoding(length, train_length), pairs, positions,
+  positions = np.arange(min(int(n_tokens), int(length)))
+  return analytic.probe_score_grid(plan.encoding(length, train_length), pairs, positions,
                                    seq_len=int(length)) / abs(reference)
-  return block_mean(grid, step)
+
+
+def same_numbers(a, b) -> bool:
+  """Whether two panels (arrays, or tuples of arrays) hold the same numbers, NaN matching NaN."""
+  a, b = (x if isinstance(x, tuple) else (x,) for x in (a, b))
+  return len(a) == len(b) and all(np.shape(x) == np.shape(y) and np.allclose(x, y, rtol=1e-6, atol=1e-9,
+                                                                             equal_nan=True)
+                                  for x, y in zip(a, b))
+
+
+def distinct_panels(panels: list[tuple[str, object]]) -> tuple[list[int], list[tuple[str, list[str]]]]:
+  """Indices of the panels to draw (the first of each set with the same numbers) and, for each kept
+  panel that others equal, (its label, the labels of the dropped copies)."""
+  kept: list[int] = []
+  copies: dict[int, list[str]] = {}
+  for i, (label, values) in enumerate(panels):
+    same = next((k for k in kept if same_numbers(panels[k][1], values)), None)
+    if same is None:
+      kept.append(i)
+    else:
+      copies.setdefault(same, []).append(label)
+  return kept, [(panels[k][0], copies[k]) for k in kept if k in copies]
+
+
+def coincidence_note(copies: list[tuple[str, list[str]]], where: str) -> str:
+  """Caption text naming the methods whose panels were dropped as copies of another's ("" if none)."""
+  if not copies:
+    return ""
+  pairs = "; ".join(f"{', '.join(dropped)} = {label}" for label, dropped in copies)
+  return f" Not drawn because their numbers equal another column's: {pairs} ({where})."
 
 
 def similarity_by_distance(plan, pairs, max_distance: int, train_length: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from rope_lab import results as results_lib  # noqa: E402
 from rope_lab.evaluate import analytic, plans as plans_lib  # noqa: E402
 from rope_lab.evaluate.plans import DYNAMIC_NTK, DYNAMIC_YARN, PI_MATCHED, ROPE, TRAINED, scaled_id  # noqa: E402
 from rope_lab.study import figure_data as data  # noqa: E402
-from rope_lab.study.measurements import attention_file  # noqa: E402
+from rope_lab.study.measurements import ATTENTION_PANEL_TOKENS, attention_file  # noqa: E402
 from rope_lab.study.runs import run_label  # noqa: E402
 
 DPI = 110
@@ -158,42 +158,59 @@ def _probes(arrays_dir, head_dim):
   return probes
 
 
+# Token-resolution heatmaps show this many tokens: enough to see the slow pairs turn, while each
+# cell stays one (query, key) pair so the fast pairs are not averaged away.
+PANEL_TOKENS = 128
+
+
 def similarity_figures(cfg, arrays_dir, figures_dir) -> list[Figure]:
   plans = _analytic_encodings(cfg)
   head_dim = cfg.base.model.head_dim
   probes = _probes(arrays_dir, head_dim)
-  grid_len = cfg.train_length * cfg.static_scale
-  step = max(1, int(grid_len) // 128)
-  fig, axes = plt.subplots(len(probes), len(plans), figsize=(1.6 * len(plans), 1.7 * len(probes) + 0.6),
+  grid_len = int(cfg.train_length * cfg.static_scale)
+  n_tokens = min(PANEL_TOKENS, grid_len)
+  panels = [(plan.label, tuple(data.similarity_panel(plan, plans[0], pairs, n_tokens, grid_len, cfg.train_length)
+                               for _, pairs in probes)) for plan in plans]
+  kept, copies = data.distinct_panels(panels)
+  # One symmetric scale for every panel, wide enough that no method's score is clipped.
+  limit = max(1.0, max(float(np.nanmax(np.abs(grid))) for _, grids in panels for grid in grids))
+  fig, axes = plt.subplots(len(probes), len(kept), figsize=(1.7 * len(kept) + 1.0, 1.7 * len(probes) + 0.7),
                            squeeze=False)
-  for row, (probe, pairs) in enumerate(probes):
-    for col, plan in enumerate(plans):
-      pooled = data.similarity_grid(plan, plans[0], pairs, grid_len, cfg.train_length, step)
+  for col, index in enumerate(kept):
+    label, grids = panels[index]
+    for row, (probe, _) in enumerate(probes):
       ax = axes[row, col]
-      ax.imshow(pooled, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest",
-                extent=(0, grid_len, grid_len, 0))
+      image = ax.imshow(grids[row], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest",
+                        extent=(-0.5, n_tokens - 0.5, n_tokens - 0.5, -0.5))
       ax.set_xticks([])
       ax.set_yticks([])
       if row == 0:
-        ax.set_title(plan.label, fontsize=7)
+        ax.set_title(label, fontsize=7)
       if col == 0:
         ax.set_ylabel(probe, fontsize=7)
-  fig.suptitle(f"Analytic q.k score of query i (rows) vs key j (columns), i, j < {int(grid_len)} "
-               f"(current length {int(grid_len)}), / RoPE score at distance 0", fontsize=9)
-  fig.tight_layout()
+  fig.suptitle(f"Analytic q.k score of query i (rows) vs key j (columns), first {n_tokens} tokens of a "
+               f"{grid_len}-token window, one cell per token, / RoPE score at distance 0", fontsize=9)
+  fig.tight_layout(rect=(0, 0, 0.93, 1))
+  fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="score / RoPE score at distance 0")
   heat = _save(fig, figures_dir, "similarity_heatmaps.png",
-               f"Analytic similarity heatmaps (Giraffe style) over a {int(grid_len)}-token window for three probes: "
-               "all-ones q = k, one Gaussian q = k, and the trained base model's mean q and k (averaged over "
-               "layers and heads). Red positive, blue negative; blank: the causal future.")
+               f"Analytic similarity heatmaps (Giraffe style) at token resolution: queries and keys 0-{n_tokens - 1} "
+               f"of a {grid_len}-token window (length-dependent methods resolved at {grid_len} tokens), for the "
+               f"probes {', '.join(probe for probe, _ in probes)} (all-ones q = k; one Gaussian q = k; the trained "
+               "base model's mean q and k, averaged over layers and heads, when saved). Red positive, blue "
+               "negative; blank: the causal future. Longer distances are in the score-by-distance figure."
+               + data.coincidence_note(copies, f"at {grid_len} tokens for every probe"))
 
   max_distance = cfg.train_length * cfg.analytic_scale
+  distances = np.arange(1, max_distance + 1)
+  curves = [(plan.label, tuple(data.similarity_by_distance(plan, pairs, max_distance, cfg.train_length)
+                               for _, pairs in probes)) for plan in plans]
+  kept, copies = data.distinct_panels(curves)
   fig, axes = plt.subplots(1, len(probes), figsize=(5.5 * len(probes), 4.2), squeeze=False)
   colors = plt.get_cmap("tab10")
-  for ax, (probe, pairs) in zip(axes[0], probes):
-    for i, plan in enumerate(plans):
-      distances = np.arange(1, max_distance + 1)
-      ax.plot(distances, data.similarity_by_distance(plan, pairs, max_distance, cfg.train_length), lw=0.8,
-              color=colors(i % 10), label=plan.label)
+  for row, (ax, (probe, _)) in enumerate(zip(axes[0], probes)):
+    for i in kept:
+      label, scores = curves[i]
+      ax.plot(distances, scores[row], lw=0.8, color=colors(i % 10), label=label)
     ax.set_xscale("log", base=2)
     ax.axvline(cfg.train_length, color="k", ls=":", lw=1)
     ax.set_xlabel("relative distance i - j (tokens)")
@@ -203,9 +220,10 @@ def similarity_figures(cfg, arrays_dir, figures_dir) -> list[Figure]:
   axes[0, 0].legend(fontsize=6)
   fig.tight_layout()
   dist = _save(fig, figures_dir, "similarity_distance.png",
-               f"Analytic score vs relative distance up to {cfg.analytic_scale}x the training length, "
-               "normalised by each method's score at distance 0; length-dependent methods resolved at the "
-               "longest window.")
+               f"Analytic score vs relative distance (every distance from 1 to {max_distance} tokens, "
+               f"{cfg.analytic_scale}x the training length), normalised by each method's score at distance 0; "
+               "length-dependent methods resolved at the longest window."
+               + data.coincidence_note(copies, f"at {max_distance + 1} tokens for every probe"))
   return [heat, dist]
 
 
@@ -227,41 +245,55 @@ def attention_figures(rows, cfg, arrays_dir, figures_dir) -> list[Figure]:
         return np.load(os.path.join(arrays_dir, name))
     return None
 
-  fig, axes = plt.subplots(len(plans), len(scales) * n_layers,
-                           figsize=(1.25 * len(scales) * n_layers, 1.35 * len(plans) + 0.8), squeeze=False)
-  for i, plan in enumerate(plans):
-    for j, scale in enumerate(scales):
-      saved = load(plan, scale)
-      for layer in range(n_layers):
-        ax = axes[i, j * n_layers + layer]
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if saved is None:
-          continue
-        ax.imshow(np.log10(np.maximum(saved["maps"][layer], 1e-6)), cmap="magma", vmin=-5, vmax=0,
-                  interpolation="nearest")
-        if i == 0:
-          ax.set_title(f"{scale}x L{layer}", fontsize=7)
-      axes[i, j * n_layers].set_ylabel(plan[1], fontsize=7)
-  fig.suptitle("Mean attention (log10, over heads and documents) per layer at 1x/4x/16x the training length",
-               fontsize=9)
-  fig.tight_layout()
+  # One column per (encoding, window) whose maps differ from every other column's at that window.
+  columns, notes = [], []
+  for scale in scales:
+    saved = [(plan, load(plan, scale)) for plan in plans]
+    saved = [(plan, f) for plan, f in saved if f is not None and "last_block" in f]
+    panels = [(plan[1], (f["last_block"], f["mass"])) for plan, f in saved]
+    kept, copies = data.distinct_panels(panels)
+    columns += [(saved[i][0][1], scale, saved[i][1]) for i in kept]
+    if copies:
+      notes.append(data.coincidence_note(copies, f"at {scale * cfg.train_length} tokens").strip())
+  if not columns:
+    return []
+  fig, axes = plt.subplots(n_layers, len(columns), figsize=(1.5 * len(columns) + 1.2, 1.5 * n_layers + 0.9),
+                           squeeze=False)
+  for col, (label, scale, saved) in enumerate(columns):
+    block = saved["last_block"]
+    start = int(saved["length"]) - block.shape[-1]
+    for layer in range(n_layers):
+      ax = axes[layer, col]
+      with np.errstate(divide="ignore"):  # the causal future (probability 0) stays blank
+        shown = np.where(block[layer] > 0, np.log10(block[layer]), np.nan)
+      image = ax.imshow(shown, cmap="magma", vmin=-5, vmax=0, interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if layer == 0:
+        ax.set_title(f"{label}\n{scale}x, tokens {start}-{int(saved['length']) - 1}", fontsize=6)
+      if col == 0:
+        ax.set_ylabel(f"layer {layer}", fontsize=7)
+  fig.suptitle("Mean attention (log10, over heads and documents), last queries vs last keys of the window, "
+               "one cell per token", fontsize=9)
+  fig.tight_layout(rect=(0, 0, 0.93, 1))
+  fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="log10 attention probability")
   maps_fig = _save(fig, figures_dir, "attention_maps.png",
-                   f"Empirical attention maps of base model {run} (pooled to 128 x 128 blocks), per layer, at "
-                   f"windows of {', '.join(str(s) + 'x' for s in scales)} the training length, under each encoding.")
+                   f"Empirical attention of base model {run} at token resolution: the last "
+                   f"{ATTENTION_PANEL_TOKENS} queries against the last {ATTENTION_PANEL_TOKENS} keys (the whole "
+                   "window when shorter; blank: the causal future) of windows of "
+                   f"{', '.join(str(s) + 'x' for s in scales)} the training length, per layer, under each encoding "
+                   "(the diagonal is each token attending to itself; attention further back is in the "
+                   "mass-by-distance figure)." + (" " + " ".join(notes) if notes else ""))
 
   fig, axes = plt.subplots(1, n_layers, figsize=(4 * n_layers, 3.6), squeeze=False)
   colors = plt.get_cmap("tab10")
   styles = ["-", "--", ":", "-."]
-  for i, plan in enumerate(plans):
-    for j, scale in enumerate(scales):
-      saved = load(plan, scale)
-      if saved is None:
-        continue
-      centers, density = data.attention_density(saved)  # per token of distance
-      for layer in range(n_layers):
-        axes[0, layer].plot(centers, density[layer], styles[j % 4], color=colors(i % 10), lw=1,
-                            label=f"{plan[1]} {scale}x" if layer == 0 else None)
+  color_of = {label: colors(i % 10) for i, (_, label) in enumerate(plans)}
+  for label, scale, saved in columns:  # the copies dropped above would draw the same curves
+    centers, density = data.attention_density(saved)  # per token of distance
+    for layer in range(n_layers):
+      axes[0, layer].plot(centers, density[layer], styles[scales.index(scale) % 4], color=color_of[label], lw=1,
+                          label=f"{label} {scale}x" if layer == 0 else None)
   for layer in range(n_layers):
     ax = axes[0, layer]
     ax.set_xscale("log", base=2)
@@ -275,7 +307,9 @@ def attention_figures(rows, cfg, arrays_dir, figures_dir) -> list[Figure]:
   fig.tight_layout()
   mass_fig = _save(fig, figures_dir, "attention_distance.png",
                    "Attention mass by relative distance, per token of distance in log2 bins (averaged over queries, "
-                   "heads and documents): where the model looks at 1x, 4x and 16x its training length.")
+                   f"heads and documents): where the model looks at {', '.join(str(s) + 'x' for s in scales)} its "
+                   "training length, at every distance out to the whole window."
+                   + (" " + " ".join(notes) if notes else ""))
   return [maps_fig, mass_fig]
 
 
@@ -356,12 +390,15 @@ def ape_figure(rows, cfg, figures_dir) -> Figure | None:
   for plan_id in (ROPE, PI_MATCHED, DYNAMIC_NTK, DYNAMIC_YARN):
     groups.append((f"RoPE model: {data.plan_label(base, plan_id)}", _ppl(base, plan_id=plan_id)))
   fig, ax = plt.subplots(figsize=(8, 5))
-  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length, ylim=data.value_range(groups, "bits_per_byte"))
+  ylim = data.value_range(groups, "bits_per_byte")
+  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length, ylim=ylim)
+  _draw_baselines(ax, rows, cfg, ylim)
   ax.set_title(f"LongEmbed's APE extensions vs the RoPE family (seed {seed}, same data and steps)", fontsize=10)
   fig.tight_layout()
   return _save(fig, figures_dir, "ape_study.png",
                "A learned-APE model extended without training by parallel context windows, grouped, recurrent "
-               "and interpolated positions, against the RoPE model of the same seed under RoPE-family methods.")
+               "and interpolated positions, against the RoPE model of the same seed under RoPE-family methods, "
+               "with the reference lines of the other perplexity figures.")
 
 
 def draw_study(rows: Sequence[dict], arrays_dir: str, figures_dir: str, cfg) -> list[Figure]:

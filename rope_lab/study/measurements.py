@@ -23,10 +23,14 @@ from rope_lab.evaluate import attention_maps, ngram, perplexity, plans as plans_
 from rope_lab.data.synthetic import retrieval_training_row
 from rope_lab.evaluate.retrieval_data import passkey_mix_source, retrieval_mix_source
 from rope_lab.evaluate.runs import TrainedRun, load_run
+from rope_lab.errors import check
 from rope_lab.study.config import StudyConfig
 from rope_lab.study.runs import RunSpec, base_run, finetune_run, trained_plan
 
 RESULTS_FILE = "results.jsonl"
+# The attention maps keep the last this-many queries against the last this-many keys of each
+# window at token resolution (the far past is in the attention mass by distance, also saved).
+ATTENTION_PANEL_TOKENS = 128
 
 
 def _relocatable(values: dict) -> dict:
@@ -72,6 +76,7 @@ class Study:
     self.tokenizer = get_tokenizer(cfg.base.data)
     self._runs: dict[str, TrainedRun] = {}
     self.finetune_lr = cfg.finetune_learning_rates[0]
+    self.documents(cfg.eval_split)  # too few long test documents fail here, before any training
     if cfg.retrieval_mix:  # a training row too short for the tasks fails here, before any training
       for task in ("short_passkey", "mqar"):
         retrieval_training_row(task, self.tokenizer, cfg.train_length + 1, np.random.default_rng(0))
@@ -137,9 +142,7 @@ class Study:
     return self._runs[spec.name]
 
   def documents(self, split: str):
-    return long_documents(self.cfg.base.data, split=split, min_tokens=self.cfg.eval_doc_tokens,
-                          max_docs=self.cfg.eval_docs, max_tokens=self.cfg.eval_doc_tokens,
-                          tokenizer=self.tokenizer)
+    return evaluation_documents(self.cfg, split, self.tokenizer)
 
   # -- perplexity ----------------------------------------------------------------
 
@@ -168,7 +171,7 @@ class Study:
         self.record("perplexity", key, chash, spec, result.metrics(), plan_id=plan.id, plan=plan.label,
                     plan_kind=plan_kind(plan), encoding=pe.to_dict(encoding), length=length,
                     scale=length / cfg.train_length, split=split, stride=result.stride,
-                    windows=result.per_window)
+                    docs=settings["docs"], windows=result.per_window)
     return losses
 
   def choose_finetune_lr(self) -> float:
@@ -262,7 +265,8 @@ class Study:
     docs = self.documents(cfg.eval_split)
     for scale in scales:
       length = cfg.train_length * scale
-      chash = self.measure_hash(spec, plan=list(plan.spec), docs=[d.doc_id for d in docs])
+      chash = self.measure_hash(spec, plan=list(plan.spec), docs=[d.doc_id for d in docs],
+                                panel_tokens=ATTENTION_PANEL_TOKENS)
       key = f"attention|{spec.name}|{plan.id}|{length}"
       if (key, chash) in self.done:
         continue
@@ -271,7 +275,8 @@ class Study:
                                                 rows)
       mass = attention_maps.mass_by_distance(maps)
       np.savez_compressed(self.path("arrays", attention_file(spec.name, plan.id, scale)),
-                          maps=attention_maps.pool_map(maps, 128), mass=mass, length=length)
+                          last_block=attention_maps.last_block(maps, ATTENTION_PANEL_TOKENS), mass=mass,
+                          length=length)
       for layer, layer_mass in enumerate(mass):
         beyond = float(layer_mass[cfg.train_length:].sum())
         distances = np.arange(length)
@@ -279,6 +284,23 @@ class Study:
             "mass_beyond_train_length": beyond, "mean_distance": float((layer_mass * distances).sum()),
             "mass_first_token": float(maps[layer][:, 0].mean())}, plan_id=plan.id, plan=plan.label,
             plan_kind=plan_kind(plan), length=length, scale=scale, layer=layer)
+
+
+def evaluation_documents(cfg: StudyConfig, split: str, tokenizer) -> list:
+  """The documents every length is scored on: of ``split``'s documents with at least
+  ``eval_doc_tokens`` tokens (>= the longest window), the first ``eval_docs`` by document id,
+  each cut to its first ``eval_doc_tokens`` tokens.
+
+  Shorter documents are skipped rather than scored only at the lengths they cover, so every
+  window length sees exactly the same tokens. The choice depends only on the data and the
+  config (never on a model), and sorting by id makes it independent of the stored order.
+  """
+  docs = sorted(long_documents(cfg.base.data, split=split, min_tokens=cfg.eval_doc_tokens,
+                               max_tokens=cfg.eval_doc_tokens, tokenizer=tokenizer), key=lambda d: d.doc_id)
+  check(len(docs) >= cfg.eval_docs, "config.eval_docs",
+        f"at most the {len(docs)} documents of split {split!r} with >= eval_doc_tokens={cfg.eval_doc_tokens} "
+        f"tokens ({', '.join(d.doc_id for d in docs)})", cfg.eval_docs)
+  return docs[:cfg.eval_docs]
 
 
 def split_text(data_cfg, split: str, tokenizer, max_bytes: int) -> bytes:

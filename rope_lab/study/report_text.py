@@ -102,6 +102,18 @@ def retrieval_table(rows, kind: str = "passkey") -> str:
   return markdown_table(["model / encoding", "seeds"] + [str(n) for n in lengths], body)
 
 
+def documents_sentence(ppl_rows, cfg) -> str:
+  """Which documents the perplexity rows scored, and the rule that chose them."""
+  scored = sorted({tuple(r["docs"]) for r in ppl_rows if r.get("docs")})
+  rule = (f"Documents: the first {cfg.eval_docs} of the split by id among those with at least "
+          f"{cfg.eval_doc_tokens} tokens (the longest window is {cfg.train_length * max(cfg.eval_scales)}); "
+          "shorter ones are skipped, so no length is scored on fewer documents than another")
+  if not scored:
+    return rule + " (the rows do not name them)."
+  names = "; ".join(", ".join(f"`{d}`" for d in docs) for docs in scored)
+  return rule + f": {names}."
+
+
 def _timing(rows) -> str:
   timing = results_lib.select(rows, kind="timing")
   if not timing:
@@ -130,7 +142,8 @@ def write_report(rows, figures, cfg, path: str) -> str:
       f"{base_cfg.train.steps} steps (batch {base_cfg.train.global_batch_size}), seeds {list(cfg.seeds)}. "
       f"Perplexity by sliding windows (stride {cfg.stride_fraction:g} x window; each window scores only its new "
       f"tokens) on the first {cfg.eval_doc_tokens} tokens of {cfg.eval_docs} `{cfg.eval_split}` documents, the "
-      f"same tokens at every window length. Numbers: bits per byte, mean ± std over seeds. Static methods are "
+      f"same tokens at every window length. {documents_sentence(ppl, cfg)} "
+      f"Numbers: bits per byte, mean ± std over seeds. Static methods are "
       f"set for s = {s:g}; the dynamic ones and `PI s=L/L0` follow the window length. Fine-tunes: "
       f"{cfg.finetune_steps} steps ({100 * cfg.finetune_steps / base_cfg.train.steps:.0f}% of pretraining) at "
       f"{cfg.finetune_scale}x with the same tokens per step.",
