@@ -10,10 +10,13 @@ e.g. ``--config.seeds=0,1``):
 
   (none)  the full study: three seeds of the tiny RoPE model at 128 tokens (500 steps),
           evaluated at
-          1x..32x (128..4096 tokens) under ten encodings, PI and YaRN fine-tunes at 4x, the
-          Giraffe grid, the learned-APE comparison, passkey and key-value retrieval.
+          1x..32x (128..4096 tokens) under ten encodings, the declared fine-tunes at 4x (PI,
+          YaRN, Giraffe power / truncated, PoSE, LongLoRA), the Giraffe grid, the declared
+          pretraining variants (xPos, NoPE every 4th layer, In-Context Pretraining's
+          random / in-context pair), the learned-APE comparison, passkey and key-value retrieval.
   quick   one seed, half the training, shorter fine-tunes, one evaluation document, no
-          APE model and no extra grid fine-tunes; the same figures and report.
+          APE model, no pretraining variants and no extra grid fine-tunes; the same figures
+          and report.
 
 The pretraining run is ``configs/tiny_cpu.py``'s model and data (``config.base``).
 
@@ -22,10 +25,11 @@ can train them (each an ``experiments.train`` run in ``<study workdir>/runs/<nam
 study then only evaluates and reports. The fine-tunes start from the base models, so the two
 sweeps run in this order:
 
-  sweep=base      the base models (one per seed) and the learned-APE / xPos models
-  sweep=finetune  PI / YaRN x seeds x the candidate learning rates at finetune_scale, and the
-                  Giraffe grid's PI fine-tunes (every candidate rate is trained: the study
-                  picks one on validation and uses those runs)
+  sweep=base      the base models (one per seed), the learned-APE model and the declared
+                  pretraining variants (``run=variant,method=<label>``)
+  sweep=finetune  the declared fine-tunes x seeds x the candidate learning rates at
+                  finetune_scale, and the Giraffe grid's PI fine-tunes (every candidate rate
+                  is trained: the study picks one on validation and uses those runs)
 
   python -m experiments.sweep --config=configs/study.py:quick,sweep=base \
       --workdir=/tmp/rope_lab/study_quick/runs --launcher=local
