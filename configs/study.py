@@ -1,9 +1,11 @@
 """The reference context-extension study on the embedded King James Bible, sized for a 2-core CPU.
 
-  python -m experiments.study --workdir=/tmp/rope_lab/study            # full: 3 seeds, ~30 min
+  python -m experiments.study --workdir=/tmp/rope_lab/study            # full: 3 seeds, ~50 min (*)
   python -m experiments.study --workdir=/tmp/rope_lab/study_quick --quick   # 1 seed, ~6 min
 
-(2 CPU cores shared with other jobs; the budgets are 45 and 10 minutes.)
+(2 CPU cores shared with other jobs; the budgets are 45 and 10 minutes. (*) The committed run
+took 30 min before the declared variants and the four extra fine-tunes; from its phase times
+they add about 20 min: four pretraining runs, twelve 25-step fine-tunes, their evaluations.)
 
 Arguments (``--config=configs/study.py:<arg>``; any field can then be overridden,
 e.g. ``--config.seeds=0,1``):

@@ -97,7 +97,11 @@ def test_declared_lengths_overrides_and_filled_parameters():
 
 
 def test_every_declared_row_reaches_results_figures_and_report(tmp_path):
-  cfg = miniature(finetunes=FINETUNES, pretrain_variants=VARIANTS, ape=False, grid_train_scales=(), eval_scales=(1, 2, 4),
+  # One entry per path through the study (compiles dominate the time): the power basis takes the
+  # truncated basis's path, NoPE-every-4th xPos's (an encoding other than the base model's).
+  finetunes = tuple(f for f in FINETUNES if not f.startswith("power="))
+  variants = tuple(v for v in VARIANTS if not v.startswith("nope4="))
+  cfg = miniature(finetunes=finetunes, pretrain_variants=variants, ape=False, grid_train_scales=(), eval_scales=(1, 2, 4),
                   passkey_lengths=(), lines_lengths=(), attention_scales=(1,), ngram_train_bytes=2000)
   workdir = str(tmp_path / "study")
   report = open(study.run_study(cfg, workdir, log=lambda m: None)).read()
@@ -122,9 +126,8 @@ def test_every_declared_row_reaches_results_figures_and_report(tmp_path):
     assert f"| {run.label} (pretrained): `{run.spec.replace('|', '/')}` | 1 |" in report, run.label  # cells escape |
   # The claims on declared rows are measured (with intervals), not left untestable.
   by_name = {rule.__name__: rule(claims_lib.Context(rows, cfg)) for rule in claims_lib.CLAIMS}
-  for name in ("giraffe_truncated_extrapolates", "giraffe_power_extrapolates", "pose_matches_full_finetune",
-               "longlora_matches_full_finetune", "xpos_extrapolates_beyond_rope",
-               "nope_layers_extrapolate_beyond_rope", "in_context_order_lowers_perplexity"):
+  for name in ("giraffe_truncated_extrapolates", "pose_matches_full_finetune", "longlora_matches_full_finetune",
+               "xpos_extrapolates_beyond_rope", "in_context_order_lowers_perplexity"):
     found = by_name[name]
     assert found.verdict in ("agrees", "disagrees", "inconclusive") and found.interval is not None, name
     assert f"**{found.verdict}**" in report and found.claim in report
