@@ -182,3 +182,21 @@ def test_within_claims_use_their_threshold_and_rows_without_windows_are_inconclu
   assert bare.verdict == "inconclusive" and bare.interval is None and "no interval" in bare.measured
   # Undeclared runs: no rows, so the claim says it cannot be tested.
   assert claims_lib.in_context_order_lowers_perplexity(context).verdict == "untestable"
+
+
+def test_study_config_json_round_trips_and_older_files_read_as_declarations(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  cfg = miniature(finetunes=FINETUNES, pretrain_variants=VARIANTS)
+  study.save_config(cfg, str(tmp_path))
+  path = os.path.join(str(tmp_path), study.config.CONFIG_FILE)
+  with open(path) as f:
+    values = json.load(f)
+  assert values["finetunes"] == list(FINETUNES) and values["pretrain_variants"] == list(VARIANTS)
+  assert study.read_study_config(str(tmp_path)) == cfg
+  # A study directory written before runs were declared: PI / YaRN by method name and an xPos flag.
+  values.pop("pretrain_variants")
+  values.pop("finetunes")
+  values.update(finetune_methods=["pi", "yarn"], xpos=True)
+  with open(path, "w") as f:
+    json.dump(values, f)
+  assert study.read_study_config(str(tmp_path)) == miniature(pretrain_variants=("xpos=xpos",))

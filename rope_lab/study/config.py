@@ -141,5 +141,9 @@ def read_study_config(workdir: str) -> StudyConfig:
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
     values = json.load(f)
   base = experiment_from_json(values.pop("base"))
+  if "finetune_methods" in values:  # written before runs were declared: the same runs, declared
+    values["finetunes"] = [f"{m}={m}" for m in values.pop("finetune_methods")]
+  if values.pop("xpos", False):
+    values["pretrain_variants"] = ["xpos=xpos"]
   values.update({k: tuple(values[k]) for k in ("finetunes", "pretrain_variants") if k in values})
   return dataclasses.replace(config_lib.dataclass_from_mapping(StudyConfig, values, CONFIG_FILE), base=base)
