@@ -372,7 +372,7 @@ def perplexity_variants(rows, cfg, figures_dir) -> Figure | None:
     return None
   seeds = sorted({r["seed"] for r in variants})
   groups = [("RoPE base model", [r for r in _ppl(rows, run_kind="base", plan_id=ROPE, split=split)
-                                 if r["seed"] in seeds])]
+                                 if r["seed"] in seeds and r["length"] >= cfg.train_length])]
   groups += [(f"{run.label} (pretrained)", _ppl(variants, method=run.label)) for run in cfg.pretrain_variants]
   groups = [(label, group) for label, group in groups if group]
   fig, ax = plt.subplots(figsize=(8, 5))
