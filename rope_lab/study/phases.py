@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rope_lab import pe
 from rope_lab import results as results_lib
 from rope_lab.evaluate import attention_maps, plans as plans_lib
 from rope_lab.study.config import StudyConfig, read_study_config, save_config
