@@ -1,19 +1,24 @@
 """The reference context-extension study on the embedded King James Bible, sized for a 2-core CPU.
 
-  python -m experiments.study --workdir=/tmp/rope_lab/study            # full: 3 seeds, ~30 min
+  python -m experiments.study --workdir=/tmp/rope_lab/study            # full: 3 seeds, ~50 min (*)
   python -m experiments.study --workdir=/tmp/rope_lab/study_quick --quick   # 1 seed, ~6 min
 
-(2 CPU cores shared with other jobs; the budgets are 45 and 10 minutes.)
+(2 CPU cores shared with other jobs; the budgets are 45 and 10 minutes. (*) The committed run
+took 30 min before the declared variants and the four extra fine-tunes; from its phase times
+they add about 20 min: four pretraining runs, twelve 25-step fine-tunes, their evaluations.)
 
 Arguments (``--config=configs/study.py:<arg>``; any field can then be overridden,
 e.g. ``--config.seeds=0,1``):
 
   (none)  the full study: three seeds of the tiny RoPE model at 128 tokens (500 steps),
           evaluated at
-          1x..32x (128..4096 tokens) under ten encodings, PI and YaRN fine-tunes at 4x, the
-          Giraffe grid, the learned-APE comparison, passkey and key-value retrieval.
+          1x..32x (128..4096 tokens) under ten encodings, the declared fine-tunes at 4x (PI,
+          YaRN, Giraffe power / truncated, PoSE, LongLoRA), the Giraffe grid, the declared
+          pretraining variants (xPos, NoPE every 4th layer, In-Context Pretraining's
+          random / in-context pair), the learned-APE comparison, passkey and key-value retrieval.
   quick   one seed, half the training, shorter fine-tunes, one evaluation document, no
-          APE model and no extra grid fine-tunes; the same figures and report.
+          APE model, no pretraining variants and no extra grid fine-tunes; the same figures
+          and report.
 
 The pretraining run is ``configs/tiny_cpu.py``'s model and data (``config.base``).
 
@@ -22,10 +27,11 @@ can train them (each an ``experiments.train`` run in ``<study workdir>/runs/<nam
 study then only evaluates and reports. The fine-tunes start from the base models, so the two
 sweeps run in this order:
 
-  sweep=base      the base models (one per seed) and the learned-APE / xPos models
-  sweep=finetune  PI / YaRN x seeds x the candidate learning rates at finetune_scale, and the
-                  Giraffe grid's PI fine-tunes (every candidate rate is trained: the study
-                  picks one on validation and uses those runs)
+  sweep=base      the base models (one per seed), the learned-APE model and the declared
+                  pretraining variants (``run=variant,method=<label>``)
+  sweep=finetune  the declared fine-tunes x seeds x the candidate learning rates at
+                  finetune_scale, and the Giraffe grid's PI fine-tunes (every candidate rate
+                  is trained: the study picks one on validation and uses those runs)
 
   python -m experiments.sweep --config=configs/study.py:quick,sweep=base \
       --workdir=/tmp/rope_lab/study_quick/runs --launcher=local
@@ -49,7 +55,7 @@ from configs import common, tiny_cpu
 
 # A training run of the study, chosen by the argument (see training_run): ``run`` is its kind.
 RUN_ARGS = dict(run="", seed=0, method="", scale=0, lr=0.0)
-RUN_KINDS = ("base", "ape", "xpos", "finetune")
+RUN_KINDS = ("base", "ape", "variant", "finetune")
 TRAINING_SWEEPS = ("base", "finetune")
 
 
@@ -84,8 +90,11 @@ def study_config(quick: bool) -> ml_collections.ConfigDict:
   config.eval_docs = 6
   config.eval_doc_tokens = 8192
   config.static_scale = 4.0
-  config.finetune_methods = ("pi", "yarn")
   config.finetune_scale = 4
+  config.finetunes = finetunes(train_length=config.base.seq_len, scale=config.finetune_scale)
+  config.grid_finetune = "pi"  # the Giraffe grid fine-tunes with this declared fine-tune at every scale
+  config.pretrain_variants = pretrain_variants(rope_base=config.base.pe.base)
+  config.variant_seeds = 1
   config.finetune_steps = 25  # 5% of the 500 pretraining steps, same tokens per step
   # Candidates tried on validation with PI on the first seed; the best is used for all.
   config.finetune_learning_rates = (3e-4, 1e-3, 3e-3)
@@ -93,7 +102,6 @@ def study_config(quick: bool) -> ml_collections.ConfigDict:
   config.grid_train_scales = (2, 4, 8)
   config.grid_seeds = 1
   config.ape = True
-  config.xpos = False
   config.retrieval_seeds = 1
   config.passkey_lengths = (256, 512, 1024, 2048)
   config.passkey_depths = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -118,6 +126,7 @@ def study_config(quick: bool) -> ml_collections.ConfigDict:
     config.finetune_learning_rates = (1e-3,)
     config.grid_train_scales = (4,)
     config.ape = False
+    config.pretrain_variants = ()  # each is a whole pretraining run
     config.passkey_lengths = (256, 512, 1024)
     config.passkey_samples = 1
     config.middle_samples = 1
@@ -125,6 +134,42 @@ def study_config(quick: bool) -> ml_collections.ConfigDict:
     config.lines_samples = 2
     config.attention_docs = 1
   return config
+
+
+# ----------------------------------------------------------------------------- declared runs
+# 'label=encoding[:param=value...] [| field=value ...]' (rope_lab/study/declarations.py): encoding
+# parameters left out take the base model's rotary base and training length, and in a fine-tune
+# factor = finetune_scale; length fields of a fine-tune are multiples of the fine-tune length.
+
+
+def finetunes(train_length: int, scale: int) -> tuple[str, ...]:
+  return (
+      "pi=pi",  # Position Interpolation (Chen et al. 2023)
+      "yarn=yarn",  # YaRN (Peng et al. 2023)
+      # Giraffe (Pal et al. 2023; abacusai/Long-Context python/models/interpolate.py): the power
+      # basis is applied on its own there (no linear factor), the truncated basis on top of the
+      # linear factor, cut at a wavelength of the training length, zero below b / 8, rho = b / 16.
+      "power=power:factor=1:power=0.5",
+      f"truncated=truncated:cutoff_wavelength={train_length}:zero_ratio=8:rho_ratio=16",
+      # PoSE (Zhu et al. 2023): PI at s, rows of the training length whose positions skip to span s x L.
+      f"pose=pi | seq_len={1 / scale:g} | pose_target_length=1",
+      # LongLoRA (Chen et al. 2023): PI at s, rank-8 adapters on q/k/v/o, embeddings and norms trained,
+      # S2-Attn in groups of a quarter of the window while training.
+      "longlora=pi | lora_rank=8 | s2_attn_group_fraction=0.25",
+  )
+
+
+def pretrain_variants(rope_base: float) -> tuple[str, ...]:
+  return (
+      "xpos=xpos",  # xPos (Sun et al. 2022), evaluated as trained
+      # NoPE every 4th layer, RoPE elsewhere (Llama 4's iRoPE pattern; 'L' = RoPE with local_base).
+      f"nope4=per_layer:layer_pattern=LLLN:local_base={rope_base:g}",
+      # In-Context Pretraining (Shi et al. 2023): one stream of documents, in random or related order.
+      # Here a document is a whole book (52 training books, 2.8M tokens): only ~51 of the ~22K rows
+      # of 128 tokens span two books, so the order can change little at this length.
+      "icp_random=rope | data.packing=concat | data.ordering=random",
+      "icp_in_context=rope | data.packing=concat | data.ordering=in_context",
+  )
 
 
 def get_entry_point(arg: str | None = None) -> str:
@@ -154,7 +199,9 @@ def get_sweep(arg: str | None = None) -> list[dict]:
 
 def run_name(kind: str, seed: int, method: str = "", scale: int = 0, lr: float = 0.0,
              grid: bool = False) -> str:
-  """``base_s0``, ``ape_s0``, ``ft_pi4_lr0.001_s0``, ``grid_pi8_lr0.001_s0``."""
+  """``base_s0``, ``ape_s0``, ``xpos_s0`` (a variant: its label), ``ft_pi4_lr0.001_s0``, ``grid_pi8_lr0.001_s0``."""
+  if kind == "variant":
+    return f"{method}_s{seed}"
   if kind != "finetune":
     return f"{kind}_s{seed}"
   return f"{'grid' if grid else 'ft'}_{method}{scale}_lr{lr:g}_s{seed}"
@@ -167,29 +214,50 @@ def _run_point(name: str, kind: str, seed: int, **finetune) -> dict:
   return point
 
 
+def _declared(config: ml_collections.ConfigDict, field: str):
+  """The declared runs of ``field``, parsed as the study parses them (loading this file stays light:
+  rope_lab is imported only when a sweep or a run is asked for)."""
+  from rope_lab.study import declarations  # pylint: disable=g-import-not-at-top
+  return declarations.parse_runs(tuple(config.get(field, ())), f"config.{field}")
+
+
 def training_sweep(config: ml_collections.ConfigDict, which: str) -> list[dict]:
   """The points of ``sweep=base`` or ``sweep=finetune`` for the study ``config``."""
   if which not in TRAINING_SWEEPS:
     raise ValueError(f"sweep={which!r}: the study's training sweeps are {', '.join(TRAINING_SWEEPS)}")
   seeds = list(config.seeds)
   if which == "base":
-    extras = [kind for kind, on in (("ape", config.ape), ("xpos", config.xpos)) if on]
+    variants = [(run.label, seed) for run in _declared(config, "pretrain_variants")
+                for seed in seeds[:config.get("variant_seeds", 1)]]
     return ([_run_point(run_name("base", s), "base", s) for s in seeds]
-            + [_run_point(run_name(kind, seeds[0]), kind, seeds[0]) for kind in extras])
+            + ([_run_point(run_name("ape", seeds[0]), "ape", seeds[0])] if config.ape else [])
+            + [_run_point(run_name("variant", s, label), "variant", s, method=label) for label, s in variants])
   lrs = list(config.finetune_learning_rates)
-  main = common.product(common.sweep("seed", seeds), common.sweep("method", config.finetune_methods),
-                        common.sweep("lr", lrs))
-  grid_scales = [s for s in config.grid_train_scales
-                 if s != config.finetune_scale or "pi" not in config.finetune_methods]
+  labels = [run.label for run in _declared(config, "finetunes")]
+  main = common.product(common.sweep("seed", seeds), common.sweep("method", labels), common.sweep("lr", lrs))
+  grid_scales = [s for s in config.grid_train_scales if s != config.finetune_scale]
   grid = common.product(common.sweep("seed", seeds[:config.grid_seeds]),
                         common.sweep("scale", grid_scales), common.sweep("lr", lrs)) if grid_scales else []
   points = [_run_point(run_name("finetune", p["seed"], p["method"], config.finetune_scale, p["lr"]),
                        "finetune", p["seed"], method=p["method"], scale=config.finetune_scale, lr=p["lr"])
             for p in main]
-  points += [_run_point(run_name("finetune", p["seed"], "pi", p["scale"], p["lr"], grid=True),
-                        "finetune", p["seed"], method="pi", scale=p["scale"], lr=p["lr"])
+  points += [_run_point(run_name("finetune", p["seed"], config.grid_finetune, p["scale"], p["lr"], grid=True),
+                        "finetune", p["seed"], method=config.grid_finetune, scale=p["scale"], lr=p["lr"])
              for p in grid]
   return points
+
+
+def _apply_declaration(run: ml_collections.ConfigDict, declared, *, length: int, train_length: int,
+                       defaults: dict, **train_changes) -> None:
+  """``run`` (an experiment ConfigDict) changed as rope_lab/study/declarations.py's declared_experiment."""
+  values = declared.section_values(length)
+  train = {"seq_len": length, **train_changes, **values["train"]}
+  if "global_batch_size" not in values["train"]:
+    train["global_batch_size"] = max(1, run.global_batch_size * train_length // train["seq_len"])
+  run.update(train)
+  run.data.update(values["data"])
+  run.model.update(values["model"])
+  run.pe = common.pe_config(declared.method.name, **declared.encoding_params(defaults))
 
 
 def training_run(config: ml_collections.ConfigDict, kind: str, *, seed: int, method: str = "",
@@ -200,19 +268,23 @@ def training_run(config: ml_collections.ConfigDict, kind: str, *, seed: int, met
   run = copy.deepcopy(config.base)
   train_length = run.seq_len
   base = run.pe.get("base", None) or 10000.0  # as StudyConfig.base_frequency
+  defaults = {"base": float(base), "original_max_position_embeddings": train_length, "max_length": train_length}
   run.seed = seed
   if kind == "ape":
     run.pe = common.pe_config("learned", max_length=train_length)
-  elif kind == "xpos":
-    run.pe = common.pe_config("xpos", base=float(base))
+  elif kind == "variant":
+    declared = {r.label: r for r in _declared(config, "pretrain_variants")}
+    if method not in declared:
+      raise ValueError(f"{where}: run=variant needs method=<a label of pretrain_variants {sorted(declared)}>, "
+                       f"got method={method!r}")
+    _apply_declaration(run, declared[method], length=train_length, train_length=train_length, defaults=defaults)
   elif kind == "finetune":
-    if method not in ("pi", "yarn") or scale < 1 or lr <= 0:
-      raise ValueError(f"{where}: run=finetune needs method=pi|yarn, scale >= 1 and lr > 0, got "
-                       f"method={method!r}, scale={scale}, lr={lr}")
-    extra = {} if method == "pi" else {"original_max_position_embeddings": train_length}
-    run.pe = common.pe_config(method, base=float(base), factor=float(scale), **extra)
-    run.update(seq_len=train_length * scale, global_batch_size=max(1, run.global_batch_size // scale),
-               steps=config.finetune_steps, learning_rate=lr, lr_schedule="constant",
-               warmup_steps=config.finetune_warmup_steps, weight_decay=0.0, eval_every=0,
-               checkpoint_every=0)
+    declared = {r.label: r for r in _declared(config, "finetunes")}
+    if method not in declared or scale < 1 or lr <= 0:
+      raise ValueError(f"{where}: run=finetune needs method=<a label of finetunes {sorted(declared)}>, "
+                       f"scale >= 1 and lr > 0, got method={method!r}, scale={scale}, lr={lr}")
+    _apply_declaration(run, declared[method], length=train_length * scale, train_length=train_length,
+                       defaults={**defaults, "factor": float(scale)}, steps=config.finetune_steps,
+                       learning_rate=lr, lr_schedule="constant", warmup_steps=config.finetune_warmup_steps,
+                       weight_decay=0.0, eval_every=0, checkpoint_every=0)
   return run

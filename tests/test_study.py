@@ -24,7 +24,7 @@ def miniature(**changes) -> study.StudyConfig:
       base=config_lib.experiment_from_config_dict(base), seeds=(0,), eval_scales=(1, 2),
       eval_docs=1, eval_doc_tokens=64, static_scale=2.0, finetune_scale=2, finetune_steps=2,
       finetune_learning_rates=(1e-2,), finetune_warmup_steps=0, grid_train_scales=(2,),
-      grid_seeds=1, ape=True, xpos=False, passkey_lengths=(176,), passkey_depths=(0.0, 1.0),
+      grid_seeds=1, ape=True, passkey_lengths=(176,), passkey_depths=(0.0, 1.0),
       passkey_samples=1, middle_length=176, middle_depths=2, middle_samples=1,
       lines_lengths=(512,), lines_samples=1, passkey_mix=0.0, ngram_train_bytes=20000,
       attention_scales=(1, 2), attention_docs=1, analytic_scale=2)

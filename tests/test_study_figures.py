@@ -129,7 +129,7 @@ def _ppl_row(plan_id, label, length, bpb, *, run_kind="base", run="base_s0", met
 
 
 def test_every_perplexity_figure_draws_the_truncation_ngram_and_unigram_lines(drawn, tmp_path):
-  cfg = _tiny_study(finetune_methods=("pi",))
+  cfg = _tiny_study(finetunes=("pi=pi",))
   rows = [_ppl_row("rope", "RoPE", 4, 7.5)]  # the truncation line: 16 x 0.25 tokens
   for plan_id, label in (("rope", "RoPE"), ("pi_s2", "PI s=2"), ("yarn_s2", "YaRN s=2"),
                          ("dynamic_yarn", "Dynamic YaRN")):

@@ -36,15 +36,17 @@ def study_config() -> ml_collections.ConfigDict:
   config.eval_docs = 1
   config.eval_doc_tokens = 64
   config.static_scale = 2.0
-  config.finetune_methods = ("pi", "yarn")
   config.finetune_scale = 2
+  config.finetunes = ("pi=pi", "yarn=yarn")
+  config.grid_finetune = "pi"
+  config.pretrain_variants = ()
+  config.variant_seeds = 1
   config.finetune_steps = 2
   config.finetune_learning_rates = (1e-2,)
   config.finetune_warmup_steps = 0
   config.grid_train_scales = ()
   config.grid_seeds = 1
   config.ape = False
-  config.xpos = False
   config.passkey_lengths = ()
   config.lines_lengths = ()
   config.middle_length = 176

@@ -4,7 +4,7 @@
 resume from their checkpoints, and a measurement already in ``results.jsonl`` under the
 same configuration hash is not repeated. Work directory::
 
-  runs/<name>/        training runs (base_s0, ft_pi4_lr0.001_s0, grid_pi8_lr0.001_s0, ape_s0, ...)
+  runs/<name>/        training runs (base_s0, ft_pi4_lr0.001_s0, grid_pi8_lr0.001_s0, ape_s0, xpos_s0, ...)
   arrays/             attention maps and mean q/k (.npz) for the figures
   figures/            PNG figures
   results.jsonl       one row per measurement (rope_lab.results)
@@ -13,6 +13,7 @@ same configuration hash is not repeated. Work directory::
 One idea per module:
 
   config        StudyConfig and its study_config.json
+  declarations  the declared fine-tunes and pretraining variants, parsed once (RunDeclaration)
   runs          the training runs (RunSpec), and how a (run, plan) row is grouped and named
   measurements  Study: the measurement cache (perplexity, retrieval, attention), one row each
   phases        the phases in order (PHASES), run_study, write_outputs
@@ -41,4 +42,6 @@ from rope_lab.study.phases import (  # noqa: F401
     write_outputs,
 )
 from rope_lab.study.runs import (  # noqa: F401
-    RunSpec, base_run, extra_runs, finetune_grid, finetune_run, finetune_runs, run_label, with_plan_ids)
+    RunSpec, base_run, declared_runs, extra_runs, finetune_grid, finetune_run, finetune_runs, run_label, variant_runs,
+    with_plan_ids)
+from rope_lab.study.declarations import RunDeclaration, parse_run  # noqa: F401

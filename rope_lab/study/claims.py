@@ -31,6 +31,17 @@ PI_PAPER = "Chen et al. 2023, Extending Context Window of LLMs via Positional In
 YARN_PAPER = "Peng et al. 2023, YaRN: Efficient Context Window Extension of LLMs"
 GIRAFFE_PAPER = "Pal et al. 2023, Giraffe: Adventures in Expanding Context Lengths in LLMs"
 LONGEMBED_PAPER = "Zhu et al. 2024, LongEmbed: Extending Embedding Models for Long Context Retrieval"
+POSE_PAPER = "Zhu et al. 2023, PoSE: Efficient Context Window Extension of LLMs via Positional Skip-wise Training"
+LONGLORA_PAPER = "Chen et al. 2023, LongLoRA: Efficient Fine-tuning of Long-Context Large Language Models"
+XPOS_PAPER = "Sun et al. 2022, A Length-Extrapolatable Transformer"
+ICP_PAPER = "Shi et al. 2023, In-Context Pretraining: Language Modeling Beyond Document Boundaries"
+LLAMA4_SOURCE = ("Meta 2025, Llama 4 model card and release notes (iRoPE: NoPE attention layers interleaved with "
+                 "RoPE layers for length generalisation; a design statement, no table of results)")
+
+# The labels of the declared runs the claims below read (configs/study.py declares them). A claim
+# whose runs are not declared finds no rows and is "untestable".
+PI, YARN, POWER, TRUNCATED, POSE, LONGLORA = "pi", "yarn", "power", "truncated", "pose", "longlora"
+XPOS, NOPE_LAYERS, ICP_RANDOM, ICP_IN_CONTEXT = "xpos", "nope4", "icp_random", "icp_in_context"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +91,14 @@ class Context:
 
   def finetuned(self, method: str, train_scale: float, scale: float, plan_id: str = TRAINED) -> dict[int, dict]:
     return self.by_seed(scale, run_kind="finetune", method=method, plan_id=plan_id, train_scale=train_scale)
+
+  def variant(self, label: str, scale: float) -> dict[int, dict]:
+    """Per seed, the declared pretraining variant ``label`` as trained, at ``scale``."""
+    return self.by_seed(scale, run_kind="variant", method=label, plan_id=TRAINED)
+
+  def beyond(self) -> float:
+    """The first evaluation scale beyond the training length (2x when measured)."""
+    return min([s for s in self.scales if s > 1], default=2)
 
   def zero_shot_plans(self) -> list[str]:
     return sorted({r["plan_id"] for r in self.rows if r["run_kind"] == "base"})
@@ -153,23 +172,23 @@ def _retention(c: Context, method: str, name: str, source: str) -> Claim:
 
 @claim
 def pi_finetune_extends(c: Context) -> Claim:
-  return _extension(c, "pi", "PI", f"{PI_PAPER}, Table 1 (PG-19 perplexity of PI-fine-tuned models by window)")
+  return _extension(c, PI, "PI", f"{PI_PAPER}, Table 1 (PG-19 perplexity of PI-fine-tuned models by window)")
 
 
 @claim
 def pi_finetune_retains(c: Context) -> Claim:
-  return _retention(c, "pi", "PI", f"{PI_PAPER}, §3.4 and Table 4 (original-window quality after extension)")
+  return _retention(c, PI, "PI", f"{PI_PAPER}, §3.4 and Table 4 (original-window quality after extension)")
 
 
 @claim
 def yarn_finetune_extends(c: Context) -> Claim:
-  return _extension(c, "yarn", "YaRN", f"{YARN_PAPER}, Table 1 (Proof-pile perplexity of PI, NTK and YaRN "
+  return _extension(c, YARN, "YaRN", f"{YARN_PAPER}, Table 1 (Proof-pile perplexity of PI, NTK and YaRN "
                     "fine-tunes by window)")
 
 
 @claim
 def yarn_finetune_retains(c: Context) -> Claim:
-  return _retention(c, "yarn", "YaRN", f"{YARN_PAPER}, §4.4 (standard benchmarks against the original model)")
+  return _retention(c, YARN, "YaRN", f"{YARN_PAPER}, §4.4 (standard benchmarks against the original model)")
 
 
 @claim
@@ -179,7 +198,7 @@ def yarn_extrapolates_beyond_finetune(c: Context) -> Claim:
       f"YaRN fine-tuned at {a}x L extrapolates to {b}x L", f"{YARN_PAPER}, Table 2 (s=32 fine-tuned on 64k "
       "tokens, perplexity still falling at 128k)",
       f"relative change of the YaRN-fine-tuned model's bits/byte from {a}x to {b}x: interval below "
-      f"+{100 * WITHIN:g}%", c.finetuned("yarn", a, b), c.finetuned("yarn", a, a), statistic="relative",
+      f"+{100 * WITHIN:g}%", c.finetuned(YARN, a, b), c.finetuned(YARN, a, a), statistic="relative",
       threshold=WITHIN, names=(f"{b}x", f"{a}x"))
 
 
@@ -190,8 +209,8 @@ def giraffe_double_factor(c: Context) -> Claim:
       f"A PI fine-tune at a={a} evaluated at {b}x L is better with factor 2a than with its own a",
       f"{GIRAFFE_PAPER}, §4-5 (linear scaling: evaluating a factor-a fine-tune with factor 2a)",
       f"same fine-tuned model at {b}x: bits/byte with factor {b} minus with factor {a}: interval below 0",
-      c.finetuned("pi", a, b, PI_MATCHED), c.finetuned("pi", a, b), statistic="difference", threshold=0.0,
-      names=(f"factor {b}", f"factor {a}"))
+      c.finetuned(c.cfg.grid_finetune, a, b, PI_MATCHED), c.finetuned(c.cfg.grid_finetune, a, b),
+      statistic="difference", threshold=0.0, names=(f"factor {b}", f"factor {a}"))
 
 
 def best_zero_shot(c: Context, scale: float) -> str | None:
@@ -218,8 +237,90 @@ def giraffe_beats_best_zero_shot(c: Context) -> Claim:
                  f"no zero-shot rows on {c.cfg.choice_split} at {b}x to choose the best method on "
                  f"(choosing on {c.cfg.eval_split} would tune on the reported documents)",
                  UNTESTABLE, threshold=0.0, statistic="difference", below=True)
-  return contrast(claim_text, source, rule, c.finetuned("pi", a, b, PI_MATCHED), c.base(best, b),
+  return contrast(claim_text, source, rule, c.finetuned(c.cfg.grid_finetune, a, b, PI_MATCHED), c.base(best, b),
                   statistic="difference", threshold=0.0, names=("fine-tune", c.label(best)))
+
+
+# ----------------------------------------------------------------------------- declared runs
+# Rules fixed before any of these runs were trained. Fine-tunes are compared at the same
+# finetune_scale a with the same steps, tokens per step and learning rate; variants with the
+# RoPE base models of the same seeds (same model, data and steps).
+
+
+def _giraffe_basis(c: Context, label: str, name: str) -> Claim:
+  a, b = c.a, 2 * c.a
+  return contrast(
+      f"Giraffe's {name} basis fine-tuned at {a}x L extrapolates to {b}x L better than the PI fine-tune",
+      f"{GIRAFFE_PAPER}, §5 results (accuracy beyond the fine-tuned context by scaling method: the truncated "
+      "basis extrapolates best, linear scaling degrades)",
+      f"at {b}x L (twice the fine-tuning length): bits/byte of the {name}-basis fine-tune minus the PI fine-tune, "
+      "each as trained: interval below 0",
+      c.finetuned(label, a, b), c.finetuned(PI, a, b), statistic="difference", threshold=0.0,
+      names=(f"{name} FT", "PI FT"))
+
+
+@claim
+def giraffe_truncated_extrapolates(c: Context) -> Claim:
+  return _giraffe_basis(c, TRUNCATED, "truncated")
+
+
+@claim
+def giraffe_power_extrapolates(c: Context) -> Claim:
+  return _giraffe_basis(c, POWER, "power")
+
+
+def _within_full_finetune(c: Context, label: str, name: str, source: str) -> Claim:
+  a = c.a
+  return contrast(
+      f"{name} fine-tuned at {a}x L is within {100 * WITHIN:g}% of the full-length PI fine-tune at {a}x L", source,
+      f"relative change of bits/byte at {a}x L from the full PI fine-tune to the {name} fine-tune: interval "
+      f"below +{100 * WITHIN:g}%", c.finetuned(label, a, a), c.finetuned(PI, a, a), statistic="relative",
+      threshold=WITHIN, names=(name, "full PI FT"))
+
+
+@claim
+def pose_matches_full_finetune(c: Context) -> Claim:
+  return _within_full_finetune(c, POSE, "PoSE", f"{POSE_PAPER}, Tables 1-2 (perplexity of PoSE vs full-length "
+                               "fine-tuning at the target window)")
+
+
+@claim
+def longlora_matches_full_finetune(c: Context) -> Claim:
+  return _within_full_finetune(c, LONGLORA, "LongLoRA", f"{LONGLORA_PAPER}, Tables 2-3 (perplexity of LongLoRA "
+                               "vs full fine-tuning by context length)")
+
+
+def _variant_beyond(c: Context, label: str, claim_text: str, source: str, name: str) -> Claim:
+  b = c.beyond()
+  return contrast(
+      claim_text.format(b=f"{b:g}"), source,
+      f"at {b:g}x L: bits/byte of the {name} model (as trained) minus the RoPE base model of the same seed "
+      "under RoPE: interval below 0", c.variant(label, b), c.base(ROPE, b), statistic="difference",
+      threshold=0.0, names=(name, "RoPE"))
+
+
+@claim
+def xpos_extrapolates_beyond_rope(c: Context) -> Claim:
+  return _variant_beyond(c, XPOS, "A model trained with xPos extrapolates to {b}x L better than one trained with RoPE",
+                         f"{XPOS_PAPER}, §4 length-extrapolation experiments (perplexity beyond the training length, "
+                         "xPos vs RoPE)", "xPos")
+
+
+@claim
+def nope_layers_extrapolate_beyond_rope(c: Context) -> Claim:
+  return _variant_beyond(c, NOPE_LAYERS, "NoPE every 4th layer (iRoPE) extrapolates to {b}x L better than RoPE in "
+                         "every layer", LLAMA4_SOURCE, "NoPE-every-4th")
+
+
+@claim
+def in_context_order_lowers_perplexity(c: Context) -> Claim:
+  return contrast(
+      "Pretraining on related documents in one context lowers perplexity over the full training window",
+      f"{ICP_PAPER}, §3.1 (language-modelling perplexity of in-context vs standard pretraining)",
+      "at 1x L: relative change of bits/byte from the random-order to the in-context-order model (both "
+      "concatenated streams, otherwise identical): interval below 0",
+      c.variant(ICP_IN_CONTEXT, 1), c.variant(ICP_RANDOM, 1), statistic="relative", threshold=0.0,
+      names=("in-context order", "random order"))
 
 
 @claim

@@ -9,6 +9,7 @@ import os
 from rope_lab import config as config_lib
 from rope_lab import results as results_lib
 from rope_lab.errors import ConfigError, check
+from rope_lab.study.declarations import RunDeclaration, parse_runs
 
 CONFIG_FILE = "study_config.json"
 
@@ -28,7 +29,15 @@ class StudyConfig:
   eval_docs: int = 6
   eval_doc_tokens: int = 8192  # >= the longest window, so every length scores the same tokens
   static_scale: float = 4.0  # target scale s of the static zero-shot methods
-  finetune_methods: tuple[str, ...] = ("pi", "yarn")
+  # Fine-tunes of every seed's base model at finetune_scale, and extra pretraining runs, each
+  # declared as 'label=encoding[:param=value...] [| field=value ...]' (rope_lab/study/declarations.py);
+  # parsed into RunDeclarations on construction. The first fine-tune is the one the learning rate is
+  # chosen with; ``grid_finetune`` (a fine-tune label) is the Giraffe grid's encoding and the one also
+  # evaluated with its factor matched to each window (PI s=L/L0).
+  finetunes: tuple[RunDeclaration | str, ...] = ("pi=pi", "yarn=yarn")  # strings: parsed here
+  pretrain_variants: tuple[RunDeclaration | str, ...] = ()
+  variant_seeds: int = 1  # the variants are trained for the first this-many seeds
+  grid_finetune: str = "pi"
   finetune_scale: int = 4  # fine-tuning context = finetune_scale x training length
   finetune_steps: int = 30
   finetune_learning_rates: tuple[float, ...] = (3e-4,)  # several: chosen on validation
@@ -36,7 +45,6 @@ class StudyConfig:
   grid_train_scales: tuple[int, ...] = (2, 4, 8)  # Giraffe grid: PI fine-tunes at these scales
   grid_seeds: int = 1  # the grid's extra fine-tunes use the first this-many seeds
   ape: bool = True  # train a learned-APE model (first seed) for LongEmbed's extensions
-  xpos: bool = False  # train an xPos model (first seed) and evaluate it as trained
   retrieval_seeds: int = 1  # passkey / lines on the first this-many seeds' models
   passkey_lengths: tuple[int, ...] = (256, 512, 1024, 2048)  # tokens (the prompt alone takes ~170)
   passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -66,7 +74,10 @@ class StudyConfig:
   ngram_train_bytes: int = 2_000_000  # the n-gram's training text (pure Python: ~1 min per 2 MB)
 
   def __post_init__(self):
+    object.__setattr__(self, "finetunes", parse_runs(self.finetunes, "config.finetunes"))
+    object.__setattr__(self, "pretrain_variants", parse_runs(self.pretrain_variants, "config.pretrain_variants"))
     seeds = len(self.seeds)
+    finetune_labels = [r.label for r in self.finetunes]
     for ok, field, valid in (
         (seeds >= 1 and len(set(self.seeds)) == seeds, "seeds", "distinct seeds"),
         (self.eval_scales and all(s >= 1 for s in self.eval_scales), "eval_scales", "scales >= 1"),
@@ -75,7 +86,12 @@ class StudyConfig:
         (self.eval_docs >= 1, "eval_docs", ">= 1"),
         (self.finetune_learning_rates and min(self.finetune_learning_rates) > 0, "finetune_learning_rates",
          "positive rates"),
-        (set(self.finetune_methods) <= {"pi", "yarn"}, "finetune_methods", "a subset of (pi, yarn)"),
+        (bool(self.finetunes), "finetunes", "at least one fine-tune"),
+        (self.grid_finetune in finetune_labels or not self.grid_train_scales, "grid_finetune",
+         f"a label of finetunes {finetune_labels}"),
+        (not {r.label for r in self.pretrain_variants} & {"base", "ape", "passkey"}, "pretrain_variants",
+         "labels other than base, ape and passkey (their run names)"),
+        (1 <= self.variant_seeds <= seeds, "variant_seeds", f"in [1, {seeds}]"),
         (1 <= self.grid_seeds <= seeds, "grid_seeds", f"in [1, {seeds}]"),
         (0 <= self.passkey_mix <= 1, "passkey_mix", "in [0, 1]"),
         (1 <= self.retrieval_seeds <= seeds, "retrieval_seeds", f"in [1, {seeds}]"),
@@ -89,6 +105,9 @@ class StudyConfig:
       check(self.eval_doc_tokens >= longest, "config.eval_doc_tokens",
             f">= the longest window ({longest} tokens), so every length scores the same tokens",
             self.eval_doc_tokens)
+    if self.base is not None:  # every declared run's experiment is built (and checked) now
+      from rope_lab.study import runs  # pylint: disable=g-import-not-at-top
+      runs.declared_runs(self, base_dir="")
 
   @property
   def train_length(self) -> int:
@@ -106,6 +125,7 @@ class StudyConfig:
 def study_config_from_config_dict(config) -> StudyConfig:
   """configs/study.py's ConfigDict -> StudyConfig (the base section via config.py's boundary)."""
   values = config.to_dict()
+  values.update({k: tuple(values[k]) for k in ("finetunes", "pretrain_variants") if k in values})
   if "base" not in values:
     raise ConfigError("study config needs a 'base' section (the pretraining experiment)")
   base = config_lib.experiment_from_config_dict(config.base)
@@ -115,6 +135,8 @@ def study_config_from_config_dict(config) -> StudyConfig:
 
 def save_config(cfg: StudyConfig, workdir: str) -> None:
   values = dataclasses.asdict(dataclasses.replace(cfg, base=None))
+  for name in ("finetunes", "pretrain_variants"):  # as declared
+    values[name] = [run.spec for run in getattr(cfg, name)]
   values["base"] = config_lib.experiment_to_dict(cfg.base)
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
     json.dump(results_lib._plain(values), f, indent=2)  # pylint: disable=protected-access
@@ -126,4 +148,9 @@ def read_study_config(workdir: str) -> StudyConfig:
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
     values = json.load(f)
   base = experiment_from_json(values.pop("base"))
+  if "finetune_methods" in values:  # written before runs were declared: the same runs, declared
+    values["finetunes"] = [f"{m}={m}" for m in values.pop("finetune_methods")]
+  if values.pop("xpos", False):
+    values["pretrain_variants"] = ["xpos=xpos"]
+  values.update({k: tuple(values[k]) for k in ("finetunes", "pretrain_variants") if k in values})
   return dataclasses.replace(config_lib.dataclass_from_mapping(StudyConfig, values, CONFIG_FILE), base=base)

@@ -57,7 +57,7 @@ def by_run(rows) -> dict[tuple, list]:
 def grid_values(rows, cfg) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
   """Giraffe grid: rows = fine-tuning scale a (1: base), columns = evaluation scale b."""
   cells = results_lib.select(rows, kind="perplexity", plan_id=PI_MATCHED, split=cfg.eval_split)
-  cells = [r for r in cells if r["run_kind"] == "base" or (r["run_kind"] == "finetune" and r["method"] == "pi")]
+  cells = [r for r in cells if r["run_kind"] == "base" or (r["run_kind"] == "finetune" and r["method"] == cfg.grid_finetune)]
   train_scales = sorted({r["train_scale"] for r in cells})
   eval_scales = sorted({int(round(r["scale"])) for r in cells})
   mean = np.full((len(train_scales), len(eval_scales)), np.nan)

@@ -103,10 +103,10 @@ def perplexity_finetuned(rows, cfg, figures_dir) -> Figure:
   base = [r for r in _ppl(rows, run_kind="base", split=split) if r["length"] >= cfg.train_length]
   groups = [(data.plan_label(base, plan_id), _ppl(base, plan_id=plan_id))
             for plan_id in (ROPE, scaled_id("pi", cfg.static_scale), scaled_id("yarn", cfg.static_scale), DYNAMIC_YARN)]
-  for method in cfg.finetune_methods:
-    ft = [r for r in _ppl(rows, run_kind="finetune", method=method, plan_id=TRAINED, split=split)
+  for run in cfg.finetunes:  # labels from the declarations
+    ft = [r for r in _ppl(rows, run_kind="finetune", method=run.label, plan_id=TRAINED, split=split)
           if r["run"].startswith("ft_") and r["train_scale"] == cfg.finetune_scale]
-    groups.append((f"{method.upper() if method == 'pi' else 'YaRN'} fine-tuned s={cfg.finetune_scale}", ft))
+    groups.append((f"{run.label} fine-tuned s={cfg.finetune_scale}", ft))
   fig, ax = plt.subplots(figsize=(8, 5))
   ylim = data.value_range(groups, "bits_per_byte")
   _draw_curves(ax, groups, "bits_per_byte", cfg.train_length, ylim=ylim)
@@ -115,7 +115,7 @@ def perplexity_finetuned(rows, cfg, figures_dir) -> Figure:
   ax.set_title(f"{cfg.finetune_steps}-step fine-tunes at {cfg.finetune_scale}x vs zero-shot", fontsize=10)
   fig.tight_layout()
   return _save(fig, figures_dir, "perplexity_finetuned.png",
-               f"Fine-tuned PI and YaRN ({cfg.finetune_steps} steps at {cfg.train_length * cfg.finetune_scale} "
+               f"The declared fine-tunes ({cfg.finetune_steps} steps at {cfg.train_length * cfg.finetune_scale} "
                "tokens) against the same encodings zero-shot and plain RoPE (mean over seeds, band: min to max), "
                "with the same reference lines.")
 
@@ -401,9 +401,33 @@ def ape_figure(rows, cfg, figures_dir) -> Figure | None:
                "with the reference lines of the other perplexity figures.")
 
 
+def perplexity_variants(rows, cfg, figures_dir) -> Figure | None:
+  """The declared pretraining variants as trained, against the RoPE base models of the same seeds."""
+  split = cfg.eval_split
+  variants = _ppl(rows, run_kind="variant", plan_id=TRAINED, split=split)
+  if not variants:
+    return None
+  seeds = sorted({r["seed"] for r in variants})
+  groups = [("RoPE base model", [r for r in _ppl(rows, run_kind="base", plan_id=ROPE, split=split)
+                                 if r["seed"] in seeds and r["length"] >= cfg.train_length])]
+  groups += [(f"{run.label} (pretrained)", _ppl(variants, method=run.label)) for run in cfg.pretrain_variants]
+  groups = [(label, group) for label, group in groups if group]
+  fig, ax = plt.subplots(figsize=(8, 5))
+  ylim = data.value_range(groups, "bits_per_byte")
+  _draw_curves(ax, groups, "bits_per_byte", cfg.train_length, ylim=ylim)
+  _draw_baselines(ax, rows, cfg, ylim)
+  ax.set_title("Pretraining variants, each evaluated with the encoding it was trained with", fontsize=10)
+  fig.tight_layout()
+  return _save(fig, figures_dir, "perplexity_variants.png",
+               "Bits per byte vs evaluation window of the declared pretraining variants (same model, data and "
+               f"steps as the base models, seeds {seeds}) against the RoPE base models of the same seeds "
+               "(mean over seeds, band: min to max). Dotted: training length.")
+
+
 def draw_study(rows: Sequence[dict], arrays_dir: str, figures_dir: str, cfg) -> list[Figure]:
   """Every study figure that the rows support; returns them in report order."""
-  figures = [perplexity_zero_shot(rows, cfg, figures_dir), perplexity_finetuned(rows, cfg, figures_dir)]
+  figures = [perplexity_zero_shot(rows, cfg, figures_dir), perplexity_finetuned(rows, cfg, figures_dir),
+             perplexity_variants(rows, cfg, figures_dir)]
   figures.append(giraffe_grid(rows, cfg, figures_dir))
   figures.extend(similarity_figures(cfg, arrays_dir, figures_dir))
   figures.extend(attention_figures(rows, cfg, arrays_dir, figures_dir))

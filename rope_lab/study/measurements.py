@@ -181,7 +181,7 @@ class Study:
       return cfg.finetune_learning_rates[0]
     seed, scores = cfg.seeds[0], {}
     base_dir = self.path("runs", base_run(cfg, seed).name)
-    method = cfg.finetune_methods[0]
+    method = cfg.finetunes[0].label
     chash = results_lib.config_hash({"lrs": cfg.finetune_learning_rates, "steps": cfg.finetune_steps,
                                      "run": self.measure_hash(base_run(cfg, seed)), "split": cfg.choice_split})
     earlier = results_lib.select(self.results.read(), kind="choice", config_hash=chash)

@@ -1,8 +1,8 @@
 """The phases of the reference study, in order, and the function that runs them.
 
-Phases: base RoPE models (one per seed) -> the learned-APE model (and optionally an
-xPos model and a passkey probe model) -> fine-tuning learning rate chosen on validation
--> PI/YaRN fine-tunes at ``finetune_scale`` and the Giraffe grid's PI fine-tunes ->
+Phases: base RoPE models (one per seed) -> the learned-APE model, the declared pretraining
+variants (and optionally a passkey probe model) -> fine-tuning learning rate chosen on
+validation -> the declared fine-tunes at ``finetune_scale`` and the Giraffe grid's ->
 perplexity vs length on the test documents -> passkey / key-value retrieval -> attention
 maps and mean q/k -> figures -> report. Test documents are only ever scored; every choice
 uses validation. A new phase is a function of the Study added to PHASES.
@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rope_lab import pe
 from rope_lab import results as results_lib
 from rope_lab.evaluate import attention_maps, plans as plans_lib
 from rope_lab.study.config import StudyConfig, read_study_config, save_config
@@ -26,7 +25,7 @@ from rope_lab.study.runs import RunSpec, base_run, extra_runs, finetune_runs, tr
 
 
 def finetune_specs(study: Study) -> list[RunSpec]:
-  """Every seed's PI / YaRN fine-tunes at finetune_scale, and the Giraffe grid's PI fine-tunes."""
+  """Every seed's declared fine-tunes at finetune_scale, and the Giraffe grid's fine-tunes."""
   return finetune_runs(study.cfg, (study.finetune_lr,), study.path("runs"))
 
 
@@ -52,16 +51,16 @@ def evaluate_perplexity(study: Study, extra: list[RunSpec], finetunes: list[RunS
   for spec in finetunes:
     study.log(f"perplexity {spec.name}")
     study.perplexity(spec, trained_plan(spec), cfg.eval_scales)
-    if spec.method == "pi":  # the Giraffe grid: evaluate at scale b with PI factor b
+    if spec.matched_eval:  # the Giraffe grid: evaluate at scale b with PI factor b
       study.perplexity(spec, matched_pi, cfg.eval_scales)
   for spec in extra:
     if spec.kind == "ape":
       for plan in plans_lib.ape_plans(cfg.train_length, max_length=cfg.train_length):
         study.log(f"perplexity {spec.name} {plan.label}")
         study.perplexity(spec, plan, cfg.eval_scales)
-    elif spec.kind == "xpos":
-      study.perplexity(spec, plans_lib.EncodingPlan.of("xPos", pe.to_dict(spec.exp.encoding), plans_lib.XPOS),
-                       cfg.eval_scales)
+    elif spec.kind == "variant":  # declared pretraining runs: evaluated as trained
+      study.log(f"perplexity {spec.name}")
+      study.perplexity(spec, trained_plan(spec), cfg.eval_scales)
 
 
 def retrieval_plans(cfg: StudyConfig, train_length: int) -> list[plans_lib.EncodingPlan]:

@@ -114,6 +114,19 @@ def documents_sentence(ppl_rows, cfg) -> str:
   return rule + f": {names}."
 
 
+def variants_section(ppl, cfg, lengths) -> list[str]:
+  """The declared pretraining variants as trained, beside the RoPE base models of the same seeds."""
+  variants = results_lib.select(ppl, run_kind="variant")
+  if not variants:
+    return []
+  seeds = sorted({r["seed"] for r in variants})
+  base = [r for r in results_lib.select(ppl, run_kind="base", plan_id="rope") if r["seed"] in seeds]
+  criteria = [(f"{run.label} (pretrained): `{run.spec}`", dict(run_kind="variant", method=run.label, plan_id=TRAINED))
+              for run in cfg.pretrain_variants]
+  return ["", "## Pretraining variants (each evaluated as trained)", "",
+          length_table(base + variants, [("RoPE base model", dict(run_kind="base"))] + criteria, lengths)]
+
+
 def _timing(rows) -> str:
   timing = results_lib.select(rows, kind="timing")
   if not timing:
@@ -169,19 +182,17 @@ def write_report(rows, figures, cfg, path: str) -> str:
   base_plans = [(label, dict(run_kind="base", plan_id=p))
                 for p, label in plans_in_order(results_lib.select(ppl, run_kind="base"))]
   parts += ["## Zero-shot perplexity (bits per byte) by window length", "", length_table(ppl, base_plans, lengths)]
-  ft_labels = [(f"{m} fine-tuned at {cfg.finetune_scale}x", dict(run_kind="finetune", method=m, plan_id=TRAINED,
-                                                                 train_scale=cfg.finetune_scale))
-               for m in cfg.finetune_methods]
-  ft_labels += [(f"PI fine-tuned at {t}x, factor L/L0", dict(run_kind="finetune", method="pi", plan_id=PI_MATCHED,
-                                                             train_scale=t)) for t in sorted(set(cfg.grid_train_scales))]
+  ft_labels = [(f"{run.label} fine-tuned at {cfg.finetune_scale}x", dict(
+      run_kind="finetune", method=run.label, plan_id=TRAINED, train_scale=cfg.finetune_scale)) for run in cfg.finetunes]
+  ft_labels += [(f"{cfg.grid_finetune} fine-tuned at {t}x, factor L/L0", dict(
+      run_kind="finetune", method=cfg.grid_finetune, plan_id=PI_MATCHED, train_scale=t))
+      for t in sorted(set(cfg.grid_train_scales) | {cfg.finetune_scale})]
   parts += ["", "## Fine-tuned models", "", length_table(ppl, ft_labels, lengths)]
   ape = [(label, dict(run_kind="ape", plan_id=p)) for p, label in plans_in_order(results_lib.select(ppl, run_kind="ape"))]
   if ape:
     parts += ["", "## Absolute positions (LongEmbed extensions of a learned-APE model)", "",
               length_table(ppl, ape, lengths)]
-  xpos = results_lib.select(ppl, run_kind="xpos")
-  if xpos:
-    parts += ["", "## xPos (trained with it)", "", length_table(ppl, [("xPos", dict(run_kind="xpos"))], lengths)]
+  parts += variants_section(ppl, cfg, lengths)
   parts += ["", "## Retrieval", "",
             "Exact greedy match of the answer (in brackets: fraction of answer tokens that are the argmax given "
             "the true prefix, and the number of examples), mean over key depths and seeds.", "",

@@ -11,11 +11,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+from typing import TYPE_CHECKING
 
 from rope_lab import config as config_lib
 from rope_lab import pe
 from rope_lab.evaluate import plans as plans_lib
-from rope_lab.study.config import StudyConfig
+from rope_lab.study import declarations
+from rope_lab.study.declarations import RunDeclaration
+
+if TYPE_CHECKING:
+  from rope_lab.study.config import StudyConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,12 +28,13 @@ class RunSpec:
   """A training run of the study and how it relates to the base model."""
 
   name: str
-  kind: str  # base | finetune | ape | xpos | passkey
+  kind: str  # base | variant (a declared pretraining run) | finetune | ape | passkey
   seed: int
   exp: config_lib.ExperimentConfig
-  method: str | None = None  # fine-tuning method
+  method: str | None = None  # the declaration's label (variants and fine-tunes)
   train_scale: int = 1  # fine-tuning scale a (1: not fine-tuned)
   data_mix: float = 0.0  # passkey rows mixed into training
+  matched_eval: bool = False  # also evaluated with its factor matched to each window (PI s=L/L0)
 
 
 def _with_train(exp, **changes):
@@ -36,11 +42,10 @@ def _with_train(exp, **changes):
 
 
 def base_run(cfg: StudyConfig, seed: int, kind: str = "base") -> RunSpec:
+  """The base model of ``seed``, or the first seed's learned-APE model or passkey probe (``kind``)."""
   exp = _with_train(cfg.base, seed=seed)
   if kind == "ape":
     exp = dataclasses.replace(exp, encoding=pe.make("learned", max_length=cfg.train_length))
-  elif kind == "xpos":
-    exp = dataclasses.replace(exp, encoding=pe.make("xpos", base=cfg.base_frequency))
   elif kind == "passkey":
     rows = max(1, cfg.base.train.global_batch_size * cfg.train_length // cfg.passkey_train_length)
     exp = _with_train(exp, seq_len=cfg.passkey_train_length, global_batch_size=rows)
@@ -48,42 +53,63 @@ def base_run(cfg: StudyConfig, seed: int, kind: str = "base") -> RunSpec:
   return RunSpec(f"{kind}_s{seed}", kind, seed, exp)
 
 
+def encoding_defaults(cfg: StudyConfig, scale: float | None = None) -> dict:
+  """What a declared run's encoding takes from the base model where its entry is silent."""
+  defaults = {"base": cfg.base_frequency, "original_max_position_embeddings": cfg.train_length,
+              "max_length": cfg.train_length}
+  return defaults if scale is None else {**defaults, "factor": float(scale)}
+
+
+def variant_run(cfg: StudyConfig, run: RunDeclaration, seed: int) -> RunSpec:
+  """A declared pretraining variant: the base run with the entry's encoding and overrides."""
+  exp = declarations.declared_experiment(
+      cfg.base, run, length=cfg.train_length, train_length=cfg.train_length, defaults=encoding_defaults(cfg),
+      where="config.pretrain_variants", seed=seed)
+  return RunSpec(f"{run.label}_s{seed}", "variant", seed, exp, method=run.label)
+
+
+def variant_runs(cfg: StudyConfig) -> list[RunSpec]:
+  """Every declared variant for the first variant_seeds seeds."""
+  return [variant_run(cfg, run, seed) for run in cfg.pretrain_variants for seed in cfg.seeds[:cfg.variant_seeds]]
+
+
 def extra_runs(cfg: StudyConfig) -> list[RunSpec]:
-  """The first seed's learned-APE, xPos and passkey-probe models, as the config asks."""
+  """The first seed's learned-APE and passkey-probe models as the config asks, then the variants."""
   return [base_run(cfg, cfg.seeds[0], kind) for kind, on in
-          (("ape", cfg.ape), ("xpos", cfg.xpos), ("passkey", cfg.passkey_mix > 0)) if on]
+          (("ape", cfg.ape), ("passkey", cfg.passkey_mix > 0)) if on] + variant_runs(cfg)
 
 
-def finetune_encoding(cfg: StudyConfig, method: str, scale: float) -> pe.Encoding:
-  base = cfg.base_frequency
-  if method == "pi":
-    return pe.make("pi", base=base, factor=float(scale))
-  return pe.make("yarn", base=base, factor=float(scale), original_max_position_embeddings=cfg.train_length)
+def finetune_declaration(cfg: StudyConfig, label: str) -> RunDeclaration:
+  return next(run for run in cfg.finetunes if run.label == label)
 
 
-def finetune_run(cfg: StudyConfig, seed: int, method: str, scale: int, learning_rate: float,
+def finetune_run(cfg: StudyConfig, seed: int, label: str, scale: int, learning_rate: float,
                  base_dir: str, prefix: str = "ft") -> RunSpec:
-  """A short fine-tune of base model ``seed`` at ``scale`` x the length, same tokens per step."""
-  rows = max(1, cfg.base.train.global_batch_size // scale)
-  exp = dataclasses.replace(cfg.base, encoding=finetune_encoding(cfg, method, scale))
-  exp = _with_train(exp, seed=seed, seq_len=cfg.train_length * scale, global_batch_size=rows,
-                    steps=cfg.finetune_steps, learning_rate=learning_rate, lr_schedule="constant",
-                    warmup_steps=cfg.finetune_warmup_steps, weight_decay=0.0, init_from=base_dir,
-                    eval_every=0, checkpoint_every=0)
-  return RunSpec(f"{prefix}_{method}{scale}_lr{learning_rate:g}_s{seed}", "finetune", seed, exp,
-                 method=method, train_scale=scale)
+  """A short fine-tune (declared as ``label``) of base model ``seed`` at ``scale`` x the length,
+  same tokens per step."""
+  run = finetune_declaration(cfg, label)
+  exp = declarations.declared_experiment(
+      cfg.base, run, length=cfg.train_length * scale, train_length=cfg.train_length,
+      defaults=encoding_defaults(cfg, scale), where="config.finetunes", seed=seed, steps=cfg.finetune_steps,
+      learning_rate=learning_rate, lr_schedule="constant", warmup_steps=cfg.finetune_warmup_steps,
+      weight_decay=0.0, init_from=base_dir, eval_every=0, checkpoint_every=0)
+  return RunSpec(f"{prefix}_{label}{scale}_lr{learning_rate:g}_s{seed}", "finetune", seed, exp,
+                 method=label, train_scale=scale, matched_eval=label == cfg.grid_finetune)
+
+
+def grid_scales(cfg: StudyConfig) -> list[int]:
+  """The Giraffe grid's extra scales (finetune_scale is already among the main fine-tunes)."""
+  return [s for s in cfg.grid_train_scales if s != cfg.finetune_scale]
 
 
 def finetune_grid(cfg: StudyConfig, learning_rates) -> list[dict]:
-  """The fine-tunes as sweep points: seed x method x learning rate at finetune_scale, then
-  the Giraffe grid's PI fine-tunes (first grid_seeds seeds x grid scale x learning rate).
+  """The fine-tunes as sweep points: seed x declared fine-tune x learning rate at finetune_scale,
+  then the Giraffe grid's fine-tunes (first grid_seeds seeds x grid scale x learning rate).
   configs/study.py's ``sweep=finetune`` declares the same points for sweep launchers."""
-  main = [dict(seed=seed, method=method, scale=cfg.finetune_scale, lr=lr, prefix="ft")
-          for seed, method, lr in itertools.product(cfg.seeds, cfg.finetune_methods, learning_rates)]
-  grid_scales = [s for s in cfg.grid_train_scales
-                 if s != cfg.finetune_scale or "pi" not in cfg.finetune_methods]
-  grid = [dict(seed=seed, method="pi", scale=scale, lr=lr, prefix="grid")
-          for seed, scale, lr in itertools.product(cfg.seeds[:cfg.grid_seeds], grid_scales, learning_rates)]
+  main = [dict(seed=seed, method=run.label, scale=cfg.finetune_scale, lr=lr, prefix="ft")
+          for seed, run, lr in itertools.product(cfg.seeds, cfg.finetunes, learning_rates)]
+  grid = [dict(seed=seed, method=cfg.grid_finetune, scale=scale, lr=lr, prefix="grid")
+          for seed, scale, lr in itertools.product(cfg.seeds[:cfg.grid_seeds], grid_scales(cfg), learning_rates)]
   return main + grid
 
 
@@ -92,6 +118,12 @@ def finetune_runs(cfg: StudyConfig, learning_rates, runs_dir: str) -> list[RunSp
   return [finetune_run(cfg, p["seed"], p["method"], p["scale"], p["lr"],
                        os.path.join(runs_dir, base_run(cfg, p["seed"]).name), prefix=p["prefix"])
           for p in finetune_grid(cfg, learning_rates)]
+
+
+def declared_runs(cfg: StudyConfig, base_dir: str) -> list[RunSpec]:
+  """Every declared run (variants, fine-tunes at each candidate rate and the grid), built: a bad
+  entry fails here with its field and entry named, before anything is trained."""
+  return variant_runs(cfg) + finetune_runs(cfg, cfg.finetune_learning_rates, base_dir)
 
 
 def trained_plan(spec: RunSpec) -> plans_lib.EncodingPlan:
@@ -105,13 +137,14 @@ def run_key(row) -> tuple:
 
 
 def run_label(row) -> str:
-  """How a (run, encoding) pair is named in figures: base plans by encoding, fine-tunes by method."""
+  """How a (run, encoding) pair is named in figures: base plans by encoding, declared runs by label."""
   if row["run_kind"] == "finetune":
-    method = "PI" if row["method"] == "pi" else "YaRN"
-    return f"{method} fine-tuned {row['train_scale']}x" + (
+    return f"{row['method']} fine-tuned {row['train_scale']}x" + (
         "" if row["plan_id"] == plans_lib.TRAINED else f", {row['plan']}")
   if row["run_kind"] == "base":
     return row["plan"]
+  if row["run_kind"] == "variant":
+    return f"{row['method']} (pretrained)" + ("" if row["plan_id"] == plans_lib.TRAINED else f", {row['plan']}")
   return f"{row['run_kind']}: {row['plan']}"
 
 
