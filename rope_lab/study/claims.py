@@ -327,19 +327,27 @@ def in_context_order_lowers_perplexity(c: Context) -> Claim:
 def longembed_retrieval(c: Context) -> Claim:
   """LongEmbed measured retrieval (passkey / needle), not perplexity: judged on passkey accuracy."""
   source = f"{LONGEMBED_PAPER}, §5 (training-free extension of APE vs RoPE models, on passkey/needle retrieval)"
-  rule = ("passkey accuracy beyond the training length: best RoPE-model extension minus best APE-model "
-          "extension, interval above 0")
-  passkey = results_lib.select(c.all_rows, kind="passkey")
+  # The passkey task the pretraining runs were taught (the classic template is longer than a
+  # tiny model's training length and never retrieved); the classic one without a retrieval mix.
+  task = "short_passkey" if c.cfg.retrieval_mix else "passkey"
+  rule = (f"{task} accuracy beyond the training length: best RoPE-model extension minus best APE-model "
+          "extension, interval above 0 (both models must retrieve inside the training length)")
+  passkey = results_lib.select(c.all_rows, kind=task)
   beyond = [r for r in passkey if r["length"] > c.cfg.train_length]
   ape = [r for r in beyond if r["run_kind"] == "ape"]
   rope = [r for r in beyond if r["run_kind"] == "base"]
   inside = [r for r in passkey if r["length"] <= c.cfg.train_length and r["run_kind"] in ("ape", "base")]
   if not ape or not rope:
     return Claim("Training-free extension works better for RoPE models than for APE models", source, rule,
-                 "no passkey rows for the learned-APE model", UNTESTABLE, statistic="accuracy", below=False)
-  if not inside or min(r["metrics"]["accuracy"] for r in inside) < 0.95:
+                 f"no {task} rows for the learned-APE model", UNTESTABLE, statistic="accuracy", below=False)
+  def pooled_accuracy(rows):
+    return (sum(r["metrics"]["accuracy"] * r["metrics"]["examples"] for r in rows)
+            / max(1, sum(r["metrics"]["examples"] for r in rows)))
+
+  if not inside or min(pooled_accuracy([r for r in inside if r["run_kind"] == kind])
+                       for kind in ("ape", "base")) < 0.95:
     return Claim("Training-free extension works better for RoPE models than for APE models", source, rule,
-                 "passkey accuracy inside the training length below 95% (the models cannot retrieve)",
+                 f"{task} accuracy inside the training length below 95% (the models cannot retrieve)",
                  UNTESTABLE, statistic="accuracy", below=False)
 
   def best(rows):

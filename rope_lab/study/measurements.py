@@ -87,8 +87,10 @@ class Study:
     return os.path.join(self.workdir, *parts)
 
   def retrieval_mix(self, spec: RunSpec) -> float:
-    """The fraction of short retrieval rows in ``spec``'s training (base models only)."""
-    return self.cfg.retrieval_mix if spec.kind == "base" else 0.0
+    """The fraction of short retrieval rows in ``spec``'s training: every pretraining run gets
+    the same mix (base models, the learned-APE model, the declared variants), so that a variant
+    and the base model it is compared with saw the same text; fine-tunes train on text only."""
+    return self.cfg.retrieval_mix if spec.kind in ("base", "ape", "variant") else 0.0
 
   def measure_hash(self, spec: RunSpec, **settings) -> str:
     extra = {"retrieval_mix": self.retrieval_mix(spec)} if self.retrieval_mix(spec) else {}

@@ -71,7 +71,9 @@ def retrieval_plans(cfg: StudyConfig, train_length: int) -> list[plans_lib.Encod
 
 def evaluate_retrieval(study: Study, extra: list[RunSpec], finetunes: list[RunSpec]) -> None:
   """Passkey grid, lost-in-the-middle and key-value lines for the first seeds' base models
-  (zero-shot encodings), their fine-tunes (as trained) and the probe model if any."""
+  (zero-shot encodings), their fine-tunes (as trained) and the probe model if any; with a
+  retrieval mix, the taught short tasks for those and for the learned-APE model under
+  LongEmbed's extensions (its retrieval is what LongEmbed compares)."""
   cfg = study.cfg
   seeds = cfg.seeds[:cfg.retrieval_seeds]
   targets = []
@@ -81,16 +83,21 @@ def evaluate_retrieval(study: Study, extra: list[RunSpec], finetunes: list[RunSp
               and spec.train_scale == cfg.finetune_scale and spec.name.startswith("ft_")]
   targets += [(spec, plan) for spec in extra if spec.kind == "passkey"
               for plan in retrieval_plans(cfg, spec.exp.train.seq_len)]
+  taught = ("short_passkey", "mqar") if cfg.retrieval_mix else ()
+  ape_targets = [(spec, plan) for spec in extra if spec.kind == "ape" and taught
+                 for plan in plans_lib.ape_plans(cfg.train_length, max_length=cfg.train_length)]
   middle_depths = tuple(float(d) for d in np.linspace(0, 1, cfg.middle_depths))
-  for spec, plan in targets:
+  for spec, plan in targets + ape_targets:
     study.log(f"retrieval {spec.name} {plan.label}")
-    study.passkey(spec, plan, cfg.passkey_lengths, cfg.passkey_depths, cfg.passkey_samples)
-    study.passkey(spec, plan, [cfg.middle_length], middle_depths, cfg.middle_samples, kind="middle")
-    if cfg.retrieval_mix and spec.kind in ("base", "finetune"):  # the tasks the base models were taught
-      for task in ("short_passkey", "mqar"):
+    if spec.kind != "ape":
+      study.passkey(spec, plan, cfg.passkey_lengths, cfg.passkey_depths, cfg.passkey_samples)
+      study.passkey(spec, plan, [cfg.middle_length], middle_depths, cfg.middle_samples, kind="middle")
+    if spec.kind in ("base", "finetune", "ape"):  # the tasks the pretraining runs were taught
+      for task in taught:
         study.passkey(spec, plan, cfg.short_retrieval_lengths, cfg.short_retrieval_depths,
                       cfg.short_retrieval_samples, kind=task)
-    study.passkey(spec, plan, cfg.lines_lengths, (0.5,), cfg.lines_samples, kind="lines")
+    if spec.kind != "ape":
+      study.passkey(spec, plan, cfg.lines_lengths, (0.5,), cfg.lines_samples, kind="lines")
 
 
 def attention_plan_ids(cfg: StudyConfig) -> set[str]:
