@@ -171,13 +171,14 @@ def finetunes(train_length: int, scale: int) -> tuple[str, ...]:
       # Giraffe (Pal et al. 2023; abacusai/Long-Context python/models/interpolate.py): the power
       # basis is applied on its own there (no linear factor), the truncated basis on top of the
       # linear factor, cut at a wavelength of the training length, zero below b / 8, rho = b / 16.
-      "power=power:factor=1:power=0.5",
-      f"truncated=truncated:cutoff_wavelength={train_length}:zero_ratio=8:rho_ratio=16",
+      # The secondary fine-tunes (one seed each: ``| seeds=1``) compare with the first seed's PI.
+      "power=power:factor=1:power=0.5 | seeds=1",
+      f"truncated=truncated:cutoff_wavelength={train_length}:zero_ratio=8:rho_ratio=16 | seeds=1",
       # PoSE (Zhu et al. 2023): PI at s, rows of the training length whose positions skip to span s x L.
-      f"pose=pi | seq_len={1 / scale:g} | pose_target_length=1",
+      f"pose=pi | seq_len={1 / scale:g} | pose_target_length=1 | seeds=1",
       # LongLoRA (Chen et al. 2023): PI at s, rank-8 adapters on q/k/v/o, embeddings and norms trained,
       # S2-Attn in groups of a quarter of the window while training.
-      "longlora=pi | lora_rank=8 | s2_attn_group_fraction=0.25",
+      "longlora=pi | lora_rank=8 | s2_attn_group_fraction=0.25 | seeds=1",
   )
 
 
@@ -250,13 +251,13 @@ def training_sweep(config: ml_collections.ConfigDict, which: str) -> list[dict]:
   seeds = list(config.seeds)
   if which == "base":
     variants = [(run.label, seed) for run in _declared(config, "pretrain_variants")
-                for seed in seeds[:config.get("variant_seeds", 1)]]
+                for seed in run.seeds_of(seeds, config.get("variant_seeds", 1))]
     return ([_run_point(run_name("base", s), "base", s) for s in seeds]
             + ([_run_point(run_name("ape", seeds[0]), "ape", seeds[0])] if config.ape else [])
             + [_run_point(run_name("variant", s, label), "variant", s, method=label) for label, s in variants])
   lrs = list(config.finetune_learning_rates)
-  labels = [run.label for run in _declared(config, "finetunes")]
-  main = common.product(common.sweep("seed", seeds), common.sweep("method", labels), common.sweep("lr", lrs))
+  main = [dict(seed=seed, method=run.label, lr=lr) for seed in seeds for run in _declared(config, "finetunes")
+          for lr in lrs if seed in run.seeds_of(seeds)]
   grid_scales = [s for s in config.grid_train_scales if s != config.finetune_scale]
   grid = common.product(common.sweep("seed", seeds[:config.grid_seeds]),
                         common.sweep("scale", grid_scales), common.sweep("lr", lrs)) if grid_scales else []

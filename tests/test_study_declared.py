@@ -47,6 +47,8 @@ VARIANTS = (
     (dict(pretrain_variants=("base=xpos",)), r"config\.pretrain_variants.*other than base"),
     (dict(pretrain_variants=("x y=xpos",)), r"config\.pretrain_variants\[0\].*label 'x y'"),
     (dict(grid_finetune="truncated"), r"config\.grid_finetune.*a label of finetunes"),
+    (dict(finetunes=("pi=pi", "power=power | seeds=0")), r"config\.finetunes\[1\]: entry 'power=power \| seeds=0': "
+     r"seeds='0' must be an int >= 1"),
 ])
 def test_bad_declarations_name_the_field_and_the_entry(changes, message):
   with pytest.raises(ConfigError, match=message):
@@ -72,6 +74,15 @@ def test_declared_pi_and_yarn_fine_tunes_are_the_experiments_the_study_built_bef
       assert spec.exp == exp
       assert spec.name == f"ft_{method}{scale}_lr{lr:g}_s{seed}"
       assert (spec.kind, spec.method, spec.train_scale) == ("finetune", method, scale)
+
+
+def test_seeds_override_trains_an_entry_for_the_first_seeds_only():
+  cfg = miniature(seeds=(3, 5, 7), finetunes=("pi=pi", "power=power:factor=1 | seeds=1"),
+                  pretrain_variants=("xpos=xpos | seeds=2", "nope4=per_layer:layer_pattern=NLLL"))
+  names = {s.name for s in runs_lib.declared_runs(cfg, "/runs")}
+  assert {n for n in names if n.startswith("ft_pi")} == {f"ft_pi2_lr0.01_s{s}" for s in (3, 5, 7)}
+  assert {n for n in names if n.startswith("ft_power")} == {"ft_power2_lr0.01_s3"}
+  assert {n for n in names if n.startswith(("xpos", "nope4"))} == {"xpos_s3", "xpos_s5", "nope4_s3"}
 
 
 def test_declared_lengths_overrides_and_filled_parameters():

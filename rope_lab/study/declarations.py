@@ -10,6 +10,8 @@ by the run's training or data overrides, each after a ``|``::
   "pose=pi | seq_len=0.25 | pose_target_length=1"        PoSE: short rows spanning the long window
   "icp=rope | data.packing=concat | data.ordering=in_context"
 
+``seeds=N`` trains the run for the first N of the study's seeds only (default: every seed
+for a fine-tune, ``variant_seeds`` for a variant), for secondary claims that need fewer.
 Fields: a TrainConfig field by name (or ``train.<name>``), a DataConfig field as
 ``data.<name>``, a ModelConfig field as ``model.<name>``. Length fields (``seq_len``,
 ``pose_target_length``) are multiples of the run's own length: the fine-tune length
@@ -47,6 +49,12 @@ class RunDeclaration:
   spec: str  # the text it was parsed from (what study_config.json stores)
   method: Method
   overrides: tuple[tuple[str, str, object], ...] = ()  # (section, field, value)
+  seeds: int | None = None  # trained for the first this-many seeds (None: the study's default)
+
+  def seeds_of(self, study_seeds, default: int | None = None) -> tuple:
+    """The study seeds this run is trained for."""
+    count = self.seeds if self.seeds is not None else default
+    return tuple(study_seeds) if count is None else tuple(study_seeds)[:count]
 
   @property
   def label(self) -> str:
@@ -105,11 +113,17 @@ def parse_run(spec: str, where: str) -> RunDeclaration:
       fail(f"encoding {name!r} has no parameter {key!r}")
     params.append((key, _value(text)))
   parsed = []
+  seeds = None
   for item in overrides:
     key, has_value, text = item.partition("=")
     key = key.strip()
     if not has_value or not text.strip():
       fail(f"override {item!r} needs a value (field=value)")
+    if key == "seeds":
+      seeds = _value(text)
+      if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        fail(f"seeds={text.strip()!r} must be an int >= 1 (the first this-many study seeds)")
+      continue
     section, _, field = key.rpartition(".")
     section = section or "train"
     if section not in SECTIONS:
@@ -119,7 +133,7 @@ def parse_run(spec: str, where: str) -> RunDeclaration:
       fail(f"override {key!r}: {SECTIONS[section].__name__} has no field {field!r} that a run may set")
     parsed.append((section, field, _value(text)))
   return RunDeclaration(spec=spec, method=Method(label=label, name=name, params=tuple(params)),
-                        overrides=tuple(parsed))
+                        overrides=tuple(parsed), seeds=seeds)
 
 
 def parse_runs(entries, where: str) -> tuple[RunDeclaration, ...]:

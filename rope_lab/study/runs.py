@@ -70,7 +70,8 @@ def variant_run(cfg: StudyConfig, run: RunDeclaration, seed: int) -> RunSpec:
 
 def variant_runs(cfg: StudyConfig) -> list[RunSpec]:
   """Every declared variant for the first variant_seeds seeds."""
-  return [variant_run(cfg, run, seed) for run in cfg.pretrain_variants for seed in cfg.seeds[:cfg.variant_seeds]]
+  return [variant_run(cfg, run, seed) for run in cfg.pretrain_variants
+          for seed in run.seeds_of(cfg.seeds, cfg.variant_seeds)]
 
 
 def extra_runs(cfg: StudyConfig) -> list[RunSpec]:
@@ -107,7 +108,8 @@ def finetune_grid(cfg: StudyConfig, learning_rates) -> list[dict]:
   then the Giraffe grid's fine-tunes (first grid_seeds seeds x grid scale x learning rate).
   configs/study.py's ``sweep=finetune`` declares the same points for sweep launchers."""
   main = [dict(seed=seed, method=run.label, scale=cfg.finetune_scale, lr=lr, prefix="ft")
-          for seed, run, lr in itertools.product(cfg.seeds, cfg.finetunes, learning_rates)]
+          for seed in cfg.seeds for run in cfg.finetunes for lr in learning_rates
+          if seed in run.seeds_of(cfg.seeds)]
   grid = [dict(seed=seed, method=cfg.grid_finetune, scale=scale, lr=lr, prefix="grid")
           for seed, scale, lr in itertools.product(cfg.seeds[:cfg.grid_seeds], grid_scales(cfg), learning_rates)]
   return main + grid
