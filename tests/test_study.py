@@ -22,7 +22,7 @@ def miniature(**changes) -> study.StudyConfig:
   base.update(steps=4, checkpoint_every=0)
   cfg = study.StudyConfig(
       base=config_lib.experiment_from_config_dict(base), seeds=(0,), eval_scales=(1, 2),
-      eval_docs=1, eval_doc_tokens=64, static_scale=2.0, finetune_scale=2, finetune_steps=2,
+      eval_docs=1, eval_doc_tokens=192, static_scale=2.0, finetune_scale=2, finetune_steps=2,  # 192 tokens: 11 windows at 32, enough units for an interval
       finetune_learning_rates=(1e-2,), finetune_warmup_steps=0, grid_train_scales=(2,),
       grid_seeds=1, ape=True, passkey_lengths=(176,), passkey_depths=(0.0, 1.0),
       passkey_samples=1, middle_length=176, middle_depths=2, middle_samples=1,
@@ -47,7 +47,7 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
   for row in rows:
     assert row["commit"] and row["config_hash"] and "seed" in row
   for row in ppl:
-    assert row["split"] == "test" and row["metrics"]["tokens"] == 63  # every target of the document once
+    assert row["split"] == "test" and row["metrics"]["tokens"] == 191  # every target of the document once
     assert row["metrics"]["loss"] > 0 and row["metrics"]["bits_per_byte"] > 0
   # Random bytes carry 8 bits each: a model that learnt nothing scores about 8 bits per byte.
   rope_1x = results_lib.select(ppl, plan="RoPE", length=16)[0]["metrics"]["bits_per_byte"]
@@ -69,7 +69,7 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
   report = open(report_path).read()
   assert "## Claims" in report and "| claim |" in report and "## Reading the claims" in report
   assert "window cut to 4 tokens" in report and "byte n-gram" in report and "unigram entropy" in report
-  assert "Documents: the first 1 of the split by id among those with at least 64 tokens" in report
+  assert "Documents: the first 1 of the split by id among those with at least 192 tokens" in report
   assert "PI s=L/L0 = PI s=2" in report  # a heatmap column equal to another's is named, not drawn
   assert "![perplexity_zero_shot.png](figures/perplexity_zero_shot.png)" in report
   assert sum(report.count(f"**{v}**") for v in ("agrees", "disagrees", "inconclusive", "untestable")) \
@@ -87,7 +87,7 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
 
   # Evaluating the base checkpoint on its own gives the study's numbers for the same encoding.
   from rope_lab.evaluate import checkpoint_eval, plans
-  settings = checkpoint_eval.EvalSettings(lengths=(16, 32), max_docs=1, doc_tokens=64, passkey_lengths=(176,),
+  settings = checkpoint_eval.EvalSettings(lengths=(16, 32), max_docs=1, doc_tokens=192, passkey_lengths=(176,),
                                           passkey_depths=(0.5,), passkey_samples=1)
   plan = plans.plan_from_json('{"name": "pi", "factor": "matched", "label": "PI s=L/L0"}')
   own = checkpoint_eval.evaluate_checkpoint(os.path.join(workdir, "runs", "base_s0"), [plan], settings,
@@ -112,8 +112,8 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
 def test_config_file_variants_convert_to_typed_values():
   full = study.study_config_from_config_dict(th.load_config_file("configs/study.py"))
   quick = study.study_config_from_config_dict(th.load_config_file("configs/study.py", "quick"))
-  assert full.seeds == (0, 1, 2) and max(full.eval_scales) >= 32 and full.eval_split == "test"
-  assert full.base.train.seq_len == 128 and full.base.encoding.name == "rope"
+  assert full.seeds == (0, 1, 2) and max(full.eval_scales) >= 16 and full.eval_split == "test"
+  assert full.base.train.seq_len == 256 and full.base.encoding.name == "rope"
   assert quick.seeds == (0,) and quick.base.train.steps < full.base.train.steps
   # Every window of the longest length fits in the documents that are scored.
   assert full.eval_doc_tokens >= full.train_length * max(full.eval_scales)
@@ -177,7 +177,8 @@ def test_plan_ids_are_distinct_and_the_labels_of_older_rows_map_onto_them():
 
 
 def committed_rows_and_config():
-  cfg = study.study_config_from_config_dict(th.load_config_file("configs/study.py"))
+  """The committed run's rows and the config it was made with (saved beside them)."""
+  cfg = study.read_study_config(os.path.join(th.REPO_ROOT, "docs"))
   rows = study.with_plan_ids(results_lib.read_rows(os.path.join(th.REPO_ROOT, "docs", "results.jsonl")))
   return rows, cfg
 

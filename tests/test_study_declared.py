@@ -113,7 +113,8 @@ def test_every_declared_row_reaches_results_figures_and_report(tmp_path):
   finetunes = tuple(f for f in FINETUNES if not f.startswith("power="))
   variants = tuple(v for v in VARIANTS if not v.startswith("nope4="))
   cfg = miniature(finetunes=finetunes, pretrain_variants=variants, ape=False, grid_train_scales=(), eval_scales=(1, 2, 4),
-                  passkey_lengths=(), lines_lengths=(), attention_scales=(1,), ngram_train_bytes=2000)
+                  passkey_lengths=(), lines_lengths=(), attention_scales=(1,), ngram_train_bytes=2000,
+                  eval_doc_tokens=352)  # 10 windows at 4x: enough units for an interval
   workdir = str(tmp_path / "study")
   report = open(study.run_study(cfg, workdir, log=lambda m: None)).read()
   rows = results_lib.read_rows(os.path.join(workdir, "results.jsonl"))

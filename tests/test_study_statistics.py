@@ -29,9 +29,23 @@ def test_hand_computed_two_units_block_one():
   assert found.low == pytest.approx(0.0) and found.high == pytest.approx(1 / math.log(2))
 
 
-def test_one_block_spanning_everything_gives_the_point_estimate():
-  found = st.interval(units([1.0, 3.0, 2.0], [2.0, 2.0, 2.0]), "relative", block=3, resamples=50)
-  assert found.low == found.high == pytest.approx(found.estimate) == pytest.approx(0.0)
+def test_blocks_are_shortened_so_that_a_few_units_still_resample():
+  """Five units with blocks of 8: one block spanning every unit would resample the same set every
+  time (a zero-width interval, a verdict from nothing); blocks shrink to give >= MIN_BLOCKS."""
+  found = st.interval(units([1.0, 3.0, 2.0, 4.0, 0.5], [2.0] * 5), "difference", block=8, resamples=400)
+  assert found.low < found.estimate < found.high
+
+
+def test_a_contrast_over_too_few_windows_has_no_interval_and_no_verdict():
+  from rope_lab.study import claims  # pylint: disable=g-import-not-at-top
+  few = {0: {**row([5.0] * 5, range(0, 50, 10)), "metrics": {"bits_per_byte": 1.0}}}
+  low = {0: {**row([1.0] * 5, range(0, 50, 10)), "metrics": {"bits_per_byte": 0.2}}}
+  found = claims.contrast("c", "s", "r", low, few, statistic="difference", threshold=0.0)
+  assert found.verdict == "inconclusive" and "5 windows" in found.measured and found.interval is None
+  assert st.row_interval(low[0], few[0]) is None
+  many = {0: {**row([5.0, 6.0] * 10, range(0, 200, 10)), "metrics": {"bits_per_byte": 1.0}}}
+  less = {0: {**row([1.0, 1.5] * 10, range(0, 200, 10)), "metrics": {"bits_per_byte": 0.2}}}
+  assert claims.contrast("c", "s", "r", less, many, statistic="difference", threshold=0.0).verdict == "agrees"
 
 
 def test_identical_sides_give_a_zero_width_interval_at_zero():
@@ -89,7 +103,7 @@ def test_rows_of_two_lengths_are_matched_on_the_longer_windows():
   aligned = st.aligned_units(long_row, short_row)
   np.testing.assert_allclose(aligned.nll, [[8, 8], [6, 10]])
   np.testing.assert_allclose(aligned.bytes, [[8, 8], [8, 8]])
-  assert st.row_interval(long_row, short_row, block=1, resamples=100).estimate == pytest.approx(0.0)
+  assert st.interval(aligned, block=1, resamples=100).estimate == pytest.approx(0.0)
   assert st.row_interval({"key": "old", "metrics": {}}, short_row) is None
 
 

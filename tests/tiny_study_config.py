@@ -34,7 +34,7 @@ def study_config() -> ml_collections.ConfigDict:
   config.seeds = (0,)
   config.eval_scales = (1, 2)
   config.eval_docs = 1
-  config.eval_doc_tokens = 64
+  config.eval_doc_tokens = 192  # 11 windows at the longest length: enough units for an interval
   config.static_scale = 2.0
   config.finetune_scale = 2
   config.finetunes = ("pi=pi", "yarn=yarn")

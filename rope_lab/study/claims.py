@@ -112,16 +112,19 @@ def contrast(claim: str, source: str, rule: str, a: dict[int, dict], b: dict[int
     return Claim(claim, source, rule, "no rows for this contrast", UNTESTABLE, threshold=threshold,
                  statistic=statistic, below=below)
   per_seed = {s: _statistic_of(statistic, a[s]["metrics"][METRIC], b[s]["metrics"][METRIC]) for s in seeds}
-  found = None
+  found, why_none = None, statistics.NO_WINDOWS
   if all(statistics.has_windows(r) for s in seeds for r in (a[s], b[s])):
     pooled = [statistics.aligned_units(a[s], b[s]) for s in seeds]
     units = statistics.Units(nll=np.concatenate([u.nll for u in pooled], axis=1),
                              bytes=np.concatenate([u.bytes for u in pooled], axis=1))
-    found = statistics.interval(units, statistic)
+    if units.nll.shape[1] >= statistics.MIN_UNITS:
+      found = statistics.interval(units, statistic)
+    else:
+      why_none = statistics.too_few_units(units.nll.shape[1])
   value = found.estimate if found is not None else float(np.mean(list(per_seed.values())))
   unit = "" if statistic == "difference" else " (relative)"
   head = (f"{value:+.3f}{unit} [{found.low:+.3f}, {found.high:+.3f}]" if found is not None
-          else f"{value:+.3f}{unit}, {statistics.NO_WINDOWS}")
+          else f"{value:+.3f}{unit}, {why_none}")
   seeds_text = ", ".join(f"s{s} {v:+.3f}" for s, v in per_seed.items())
   sides = (f"{names[0]} {np.mean([a[s]['metrics'][METRIC] for s in seeds]):.3f} vs {names[1]} "
            f"{np.mean([b[s]['metrics'][METRIC] for s in seeds]):.3f} bits/byte")

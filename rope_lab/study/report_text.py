@@ -102,6 +102,20 @@ def retrieval_table(rows, kind: str = "passkey") -> str:
   return markdown_table(["model / encoding", "seeds"] + [str(n) for n in lengths], body)
 
 
+def _tokenizer_words(data) -> str:
+  if data.tokenizer == "byte":
+    return "byte tokens"
+  if data.tokenizer in ("bpe", "unigram"):
+    return f"a {data.vocab_size:,}-piece SentencePiece {data.tokenizer.upper() if data.tokenizer == 'bpe' else 'unigram'} vocabulary of the training split"
+  return f"tokenizer `{data.tokenizer}`"
+
+
+def _mix_words(cfg) -> str:
+  if not cfg.retrieval_mix:
+    return ""
+  return f"; {100 * cfg.retrieval_mix:g}% of the rows of every pretraining run are short retrieval rows"
+
+
 def documents_sentence(ppl_rows, cfg) -> str:
   """Which documents the perplexity rows scored, and the rule that chose them."""
   scored = sorted({tuple(r["docs"]) for r in ppl_rows if r.get("docs")})
@@ -150,9 +164,10 @@ def write_report(rows, figures, cfg, path: str) -> str:
   parts = [
       "# Context-extension study",
       "",
-      f"Tiny byte-level Llama-style model ({base_cfg.model.n_layers} layers, width {base_cfg.model.d_model}, "
-      f"{base_cfg.model.n_heads} heads) trained on `{base_cfg.data.dataset}` at {cfg.train_length} tokens for "
-      f"{base_cfg.train.steps} steps (batch {base_cfg.train.global_batch_size}), seeds {list(cfg.seeds)}. "
+      f"Tiny Llama-style model ({base_cfg.model.n_layers} layers, width {base_cfg.model.d_model}, "
+      f"{base_cfg.model.n_heads} heads; {_tokenizer_words(base_cfg.data)}) trained on `{base_cfg.data.dataset}` at "
+      f"{cfg.train_length} tokens for {base_cfg.train.steps} steps (batch {base_cfg.train.global_batch_size}"
+      f"{_mix_words(cfg)}), seeds {list(cfg.seeds)}. "
       f"Perplexity by sliding windows (stride {cfg.stride_fraction:g} x window; each window scores only its new "
       f"tokens) on the first {cfg.eval_doc_tokens} tokens of {cfg.eval_docs} `{cfg.eval_split}` documents, the "
       f"same tokens at every window length. {documents_sentence(ppl, cfg)} "

@@ -23,6 +23,15 @@ from rope_lab.errors import check
 NO_WINDOWS = "no interval (per-window losses not stored)"
 DEFAULT_RESAMPLES = 2000
 DEFAULT_BLOCK = 8
+# A moving-block bootstrap needs several blocks: with n units in one block every resample is the
+# same set and the interval has zero width. Blocks are shortened to give at least MIN_BLOCKS, and
+# fewer than MIN_UNITS units (e.g. a few documents at the longest window) give no interval at all.
+MIN_BLOCKS = 5
+MIN_UNITS = 10
+
+
+def too_few_units(n: int) -> str:
+  return f"no interval ({n} windows; an interval needs at least {MIN_UNITS})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +112,8 @@ STATISTICS = {
 
 def interval(units: Units, statistic: str = "difference", *, block: int = DEFAULT_BLOCK,
              resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = 0.95) -> Interval:
-  """Paired moving-block bootstrap percentile interval of ``statistic`` over ``units``."""
+  """Paired moving-block bootstrap percentile interval of ``statistic`` over ``units`` (blocks of
+  ``block`` units, shortened so that there are at least MIN_BLOCKS of them)."""
   check(statistic in STATISTICS, "interval statistic", f"one of {sorted(STATISTICS)}", statistic)
   check(0 < level < 1, "interval", "level in (0, 1)", level)
   sides = units.nll.shape[0]
@@ -115,8 +125,10 @@ def interval(units: Units, statistic: str = "difference", *, block: int = DEFAUL
     return stat(values[0], values[-1])
 
   estimate = float(of(units.nll, units.bytes))
+  n = units.nll.shape[1]
+  block = max(1, min(block, n // MIN_BLOCKS))
   rng = np.random.default_rng(seed)
-  index = block_resample_indices(units.nll.shape[1], block, resamples, rng)
+  index = block_resample_indices(n, block, resamples, rng)
   draws = of(units.nll[:, index], units.bytes[:, index])  # [resamples]
   tail = (1 - level) / 2
   low, high = np.quantile(draws, [tail, 1 - tail])
@@ -129,7 +141,10 @@ def row_interval(row_a: dict, row_b: dict | None = None, statistic: str | None =
   rows = (row_a,) if row_b is None else (row_a, row_b)
   if not all(has_windows(r) for r in rows):
     return None
-  return interval(aligned_units(*rows), statistic or ("bpb" if row_b is None else "difference"), **kwargs)
+  units = aligned_units(*rows)
+  if units.nll.shape[1] < MIN_UNITS:
+    return None
+  return interval(units, statistic or ("bpb" if row_b is None else "difference"), **kwargs)
 
 
 def verdict(found: Interval | None, threshold: float, *, below: bool = True) -> str:
