@@ -22,6 +22,12 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+# One BLAS/OpenMP thread per process (torch, numpy's BLAS): the xdist workers already use
+# every core, and two OpenMP threads per worker on a busy 2-core machine wait at each
+# barrier for a descheduled peer (a transformers forward of SmolLM2 at 256 tokens took
+# 7.5 s with two threads against 0.8 s with one). Inherited by workers and subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # An implicit broadcast between arrays of different rank is an error in every test: a
