@@ -1,7 +1,34 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and one compilation cache for the whole run."""
 
-import jax
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# One persistent compilation cache per pytest run, shared by the xdist workers and by the
+# subprocesses the tests start (they inherit the environment): many files train, evaluate
+# or start `experiments.*` on the same tiny configs, and XLA compiling the same program
+# again dominates their cost. The directory is made empty by the process that starts the
+# run (the only one without PYTEST_XDIST_WORKER) and removed when it exits, so nothing
+# carries over between runs. Must be in the environment before JAX is imported; a
+# JAX_COMPILATION_CACHE_DIR already set (empty: no cache) is left alone.
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _run_cache = tempfile.mkdtemp(prefix="rope_lab_test_jax_cache_")
+  atexit.register(shutil.rmtree, _run_cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _run_cache
+  # Tiny test programs compile in well under JAX's default 1 s threshold; cache them all.
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+# One BLAS/OpenMP thread per process (torch, numpy's BLAS): the xdist workers already use
+# every core, and two OpenMP threads per worker on a busy 2-core machine wait at each
+# barrier for a descheduled peer (a transformers forward of SmolLM2 at 256 tokens took
+# 7.5 s with two threads against 0.8 s with one). Inherited by workers and subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # An implicit broadcast between arrays of different rank is an error in every test: a
 # [B, L] array meeting a [L] one by accident would otherwise give a silently wrong number.
