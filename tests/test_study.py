@@ -27,7 +27,8 @@ def miniature(**changes) -> study.StudyConfig:
       grid_seeds=1, ape=True, passkey_lengths=(176,), passkey_depths=(0.0, 1.0),
       passkey_samples=1, middle_length=176, middle_depths=2, middle_samples=1,
       lines_lengths=(512,), lines_samples=1, passkey_mix=0.0, ngram_train_bytes=20000,
-      attention_scales=(1, 2), attention_docs=1, analytic_scale=2)
+      attention_scales=(1, 2), attention_docs=1, analytic_scale=2, longrope_population=4,
+      longrope_generations=1, longrope_mutations=2, longrope_crossovers=2, longrope_top_k=2, longrope_docs=1)
   return dataclasses.replace(cfg, **changes)
 
 
