@@ -39,8 +39,10 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
 
   rows = results_lib.read_rows(os.path.join(workdir, "results.jsonl"))
   ppl = results_lib.select(rows, kind="perplexity")
-  # 10 zero-shot plans on the base model, 2 on the PI fine-tune, 1 on the YaRN one, 4 APE.
-  assert len({(r["run"], r["plan"]) for r in ppl}) == 10 + 2 + 1 + 4
+  # 10 zero-shot plans and the searched LongRoPE factors on the base model, 2 on the PI
+  # fine-tune, 1 on the YaRN one, 4 APE.
+  assert len({(r["run"], r["plan"]) for r in ppl}) == 11 + 2 + 1 + 4
+  assert results_lib.select(rows, kind="longrope_search") and "## LongRoPE: searched factors" in open(report_path).read()
   assert {r["length"] for r in ppl} == {4, 16, 32}  # 4: the base model with its window cut to a quarter
   (baseline,) = results_lib.select(rows, kind="baseline")
   assert baseline["order"] == 5 and baseline["metrics"]["train_bytes"] > 0
