@@ -139,14 +139,14 @@ def study_config(quick: bool) -> ml_collections.ConfigDict:
   config.attention_docs = 2
   config.analytic_scale = 16
   # LongRoPE's factor search on seed 0's base model for static_scale x 256 tokens, validation
-  # books only: 16 + 4 x 16 = 80 candidates (the paper: 64 + 40 x 32), 2 books per candidate.
+  # books only: 32 + 8 x 32 = 288 candidates (the paper: 64 + 40 x 32), 4 books per candidate.
   config.longrope_search = True
-  config.longrope_population = 16
-  config.longrope_generations = 4
-  config.longrope_mutations = 8
-  config.longrope_crossovers = 8
-  config.longrope_top_k = 8
-  config.longrope_docs = 2
+  config.longrope_population = 32
+  config.longrope_generations = 8
+  config.longrope_mutations = 16
+  config.longrope_crossovers = 16
+  config.longrope_top_k = 16
+  config.longrope_docs = 4
   if quick:
     config.base = base_experiment(steps=PRETRAIN_STEPS // 4)
     config.seeds = (0,)
@@ -164,8 +164,8 @@ def study_config(quick: bool) -> ml_collections.ConfigDict:
     config.lines_lengths = (512, 1024)
     config.lines_samples = 2
     config.attention_docs = 1
-    config.update(longrope_population=8, longrope_generations=2, longrope_mutations=4, longrope_crossovers=4,
-                  longrope_top_k=4, longrope_docs=1)  # 24 candidates
+    config.update(longrope_population=16, longrope_generations=4, longrope_mutations=8, longrope_crossovers=8,
+                  longrope_top_k=8, longrope_docs=2)  # 80 candidates
   return config
 
 
