@@ -144,7 +144,7 @@ def longrope_section(rows, ppl, cfg, lengths) -> list[str]:
           f"{budget.get('top_k')} kept; the paper's budget is 64, 40, 16 + 16, 32), {metrics['candidates']} "
           f"candidates scored in {metrics['seconds']:.0f} s; best validation perplexity {metrics['perplexity']:.3f} "
           f"(n_hat {found.get('n_hat', 0)}). The same factors are applied zero-shot to every seed's base model: "
-          "LongRoPE searches per model, so this is a cheaper protocol that can only understate it on the other seeds. "
+          "LongRoPE searches per model, so this cheaper protocol may understate it on the other seeds. "
           f"Bits per byte on `{cfg.eval_split}` (mean ± std over seeds; the claim above gives the paired interval):")
   plans = [(label, dict(run_kind="base", plan_id=plan_id)) for plan_id, label in (
       (scaled_id("longrope", s), f"LongRoPE s={s:g}"), (scaled_id("yarn", s), f"YaRN s={s:g}"),
