@@ -1,5 +1,6 @@
 """LongRoPE inside the study: the search phase, its plan on every seed, resuming, and its claim."""
 
+import dataclasses
 import math
 import os
 
@@ -70,6 +71,15 @@ def test_search_phase_records_its_row_and_the_plan_is_scored_on_every_seed(tmp_p
   longrope.search(rerun)
   assert len(results_lib.read_rows(os.path.join(workdir, "results.jsonl"))) == len(rows)
   assert [p.id for p in longrope.plans(rerun)] == ["longrope_s2"]
+
+  # More generations continue the same search in the same directory: 8 + 4 candidates in all.
+  monkeypatch.undo()
+  longer = dataclasses.replace(cfg, longrope_generations=2)
+  longrope.search(Study(longer, workdir, log=lambda message: None))
+  first, second = results_lib.select(results_lib.read_rows(os.path.join(workdir, "results.jsonl")),
+                                     kind="longrope_search")
+  assert second["metrics"]["candidates"] == 12 and second["metrics"]["generations"] == 2
+  assert len(os.listdir(os.path.join(workdir, "longrope"))) == 1
 
 
 def test_search_off_adds_no_phase_work_and_no_plan(tmp_path):

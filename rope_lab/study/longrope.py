@@ -2,9 +2,10 @@
 
 The search (rope_lab.search, Ding et al. 2024) looks for per-pair rescale factors for the
 target length static_scale x L on validation documents only, and keeps its resumable state
-in ``<workdir>/longrope/``. Its outcome is recorded as one ``longrope_search`` row; once that
-row is there, a re-run of the study does not search again. The factors found are then one
-more zero-shot plan ("LongRoPE s=<s>") evaluated on every seed's base model. LongRoPE
+in ``<workdir>/longrope/<run>_<hash>/`` (``search_dir``). Its outcome is recorded as one
+``longrope_search`` row; once that row is there, a re-run of the study does not search again.
+The factors found are then one more zero-shot plan ("LongRoPE s=<s>") evaluated on every seed's
+base model. LongRoPE
 searches per model; applying seed 0's factors to the other seeds is a cheaper protocol, and
 the report says so.
 """
@@ -54,21 +55,36 @@ def _search_key(spec: RunSpec, cfg: StudyConfig) -> str:
   return f"{ROW_KIND}|{spec.name}|{target_length(cfg)}"
 
 
+def _settings(run: SearchRun) -> dict:
+  return {"target_length": run.target_length, "max_docs": run.max_docs, "stride_fraction": run.stride_fraction,
+          "split": "validation", **dict(run.evolution)}
+
+
+def search_dir(study, spec: RunSpec, run: SearchRun) -> str:
+  """The search's resumable state: one directory per model and settings, so that a retrained base
+  model or another budget never resumes from scores of another search. More generations (the
+  only setting the search may resume with) continue in the same directory."""
+  settings = {k: v for k, v in _settings(run).items() if k != "generations"}
+  return study.path(SEARCH_DIR, f"{spec.name}_{study.measure_hash(spec, **settings)[:10]}")
+
+
+def _first_seed_search(study) -> tuple[RunSpec, SearchRun]:
+  spec = base_run(study.cfg, study.cfg.seeds[0])
+  return spec, search_run(study.cfg, study.path("runs", spec.name))
+
+
 def search(study) -> None:
   """The phase: searches (or resumes the search) unless its row is already recorded."""
   cfg = study.cfg
   if not cfg.longrope_search:
     return
-  spec = base_run(cfg, cfg.seeds[0])
-  run = search_run(cfg, study.path("runs", spec.name))
-  settings = {"target_length": run.target_length, "max_docs": run.max_docs, "stride_fraction": run.stride_fraction,
-              "split": "validation", **dict(run.evolution)}
-  chash = study.measure_hash(spec, **settings)
+  spec, run = _first_seed_search(study)
+  chash = study.measure_hash(spec, **_settings(run))
   key = _search_key(spec, cfg)
-  workdir = study.path(SEARCH_DIR)
+  workdir = search_dir(study, spec, run)
   if (key, chash) in study.done and os.path.exists(os.path.join(workdir, FACTOR_SPEC_FILE)):
     return
-  study.log(f"LongRoPE search on {spec.name} for {run.target_length} tokens")
+  study.log(f"LongRoPE search on {spec.name} for {run.target_length} tokens in {workdir}")
   start = time.perf_counter()
   outcome = run_longrope_search(run, workdir, base=base_model_from_workdir(run.base_workdir), log=study.log)
   best = outcome.long
@@ -82,8 +98,10 @@ def search(study) -> None:
 def plans(study) -> list[plans_lib.EncodingPlan]:
   """The searched factors as a zero-shot plan, or none when the search is off."""
   cfg = study.cfg
-  path = study.path(SEARCH_DIR, FACTOR_SPEC_FILE)
-  if not cfg.longrope_search or not os.path.exists(path):
+  if not cfg.longrope_search:
+    return []
+  path = os.path.join(search_dir(study, *_first_seed_search(study)), FACTOR_SPEC_FILE)
+  if not os.path.exists(path):
     return []
   with open(path) as f:
     spec = json.load(f)
