@@ -5,9 +5,8 @@ target length static_scale x L on validation documents only, and keeps its resum
 in ``<workdir>/longrope/<run>_<hash>/`` (``search_dir``). Its outcome is recorded as one
 ``longrope_search`` row; once that row is there, a re-run of the study does not search again.
 The factors found are then one more zero-shot plan ("LongRoPE s=<s>") evaluated on every seed's
-base model. LongRoPE
-searches per model; applying seed 0's factors to the other seeds is a cheaper protocol, and
-the report says so.
+base model. LongRoPE searches per model; applying seed 0's factors to the other seeds is a
+cheaper protocol, and the report says so.
 """
 
 from __future__ import annotations
