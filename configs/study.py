@@ -138,6 +138,15 @@ def study_config(quick: bool, icp: bool = False) -> ml_collections.ConfigDict:
   config.attention_scales = (1, 4, 16)
   config.attention_docs = 2
   config.analytic_scale = 16
+  # LongRoPE's factor search on seed 0's base model for static_scale x 256 tokens, validation
+  # books only: 32 + 8 x 32 = 288 candidates (the paper: 64 + 40 x 32), 4 books per candidate.
+  config.longrope_search = True
+  config.longrope_population = 32
+  config.longrope_generations = 8
+  config.longrope_mutations = 16
+  config.longrope_crossovers = 16
+  config.longrope_top_k = 16
+  config.longrope_docs = 4
   if quick:
     config.base = base_experiment(steps=PRETRAIN_STEPS // 4)
     config.seeds = (0,)
@@ -155,6 +164,8 @@ def study_config(quick: bool, icp: bool = False) -> ml_collections.ConfigDict:
     config.lines_lengths = (512, 1024)
     config.lines_samples = 2
     config.attention_docs = 1
+    config.update(longrope_population=16, longrope_generations=4, longrope_mutations=8, longrope_crossovers=8,
+                  longrope_top_k=8, longrope_docs=2)  # 80 candidates
   return config
 
 

@@ -27,7 +27,8 @@ def miniature(**changes) -> study.StudyConfig:
       grid_seeds=1, ape=True, passkey_lengths=(176,), passkey_depths=(0.0, 1.0),
       passkey_samples=1, middle_length=176, middle_depths=2, middle_samples=1,
       lines_lengths=(512,), lines_samples=1, passkey_mix=0.0, ngram_train_bytes=20000,
-      attention_scales=(1, 2), attention_docs=1, analytic_scale=2)
+      attention_scales=(1, 2), attention_docs=1, analytic_scale=2, longrope_population=4,
+      longrope_generations=1, longrope_mutations=2, longrope_crossovers=2, longrope_top_k=2, longrope_docs=1)
   return dataclasses.replace(cfg, **changes)
 
 
@@ -38,8 +39,10 @@ def test_miniature_study_runs_end_to_end_and_resumes(tmp_path):
 
   rows = results_lib.read_rows(os.path.join(workdir, "results.jsonl"))
   ppl = results_lib.select(rows, kind="perplexity")
-  # 10 zero-shot plans on the base model, 2 on the PI fine-tune, 1 on the YaRN one, 4 APE.
-  assert len({(r["run"], r["plan"]) for r in ppl}) == 10 + 2 + 1 + 4
+  # 10 zero-shot plans and the searched LongRoPE factors on the base model, 2 on the PI
+  # fine-tune, 1 on the YaRN one, 4 APE.
+  assert len({(r["run"], r["plan"]) for r in ppl}) == 11 + 2 + 1 + 4
+  assert results_lib.select(rows, kind="longrope_search") and "## LongRoPE: searched factors" in open(report_path).read()
   assert {r["length"] for r in ppl} == {4, 16, 32}  # 4: the base model with its window cut to a quarter
   (baseline,) = results_lib.select(rows, kind="baseline")
   assert baseline["order"] == 5 and baseline["metrics"]["train_bytes"] > 0

@@ -55,4 +55,12 @@ def study_config() -> ml_collections.ConfigDict:
   config.attention_scales = (1,)
   config.attention_docs = 1
   config.analytic_scale = 2
+  # LongRoPE's search at its smallest: 4 candidates, 1 generation of 2 + 2 children, 1 document.
+  config.longrope_search = True
+  config.longrope_population = 4
+  config.longrope_generations = 1
+  config.longrope_mutations = 2
+  config.longrope_crossovers = 2
+  config.longrope_top_k = 2
+  config.longrope_docs = 1
   return config

@@ -34,6 +34,7 @@ LONGEMBED_PAPER = "Zhu et al. 2024, LongEmbed: Extending Embedding Models for Lo
 POSE_PAPER = "Zhu et al. 2023, PoSE: Efficient Context Window Extension of LLMs via Positional Skip-wise Training"
 LONGLORA_PAPER = "Chen et al. 2023, LongLoRA: Efficient Fine-tuning of Long-Context Large Language Models"
 XPOS_PAPER = "Sun et al. 2022, A Length-Extrapolatable Transformer"
+LONGROPE_PAPER = "Ding et al. 2024, LongRoPE: Extending LLM Context Window Beyond 2 Million Tokens"
 ICP_PAPER = "Shi et al. 2023, In-Context Pretraining: Language Modeling Beyond Document Boundaries"
 LLAMA4_SOURCE = ("Meta 2025, Llama 4 model card and release notes (iRoPE: NoPE attention layers interleaved with "
                  "RoPE layers for length generalisation; a design statement, no table of results)")
@@ -214,6 +215,22 @@ def giraffe_double_factor(c: Context) -> Claim:
       f"same fine-tuned model at {b}x: bits/byte with factor {b} minus with factor {a}: interval below 0",
       c.finetuned(c.cfg.grid_finetune, a, b, PI_MATCHED), c.finetuned(c.cfg.grid_finetune, a, b),
       statistic="difference", threshold=0.0, names=(f"factor {b}", f"factor {a}"))
+
+
+@claim
+def longrope_beats_yarn(c: Context) -> Claim:
+  """LongRoPE's factors are searched on the first seed's base model (validation documents) and
+  applied to every seed's: the paper searches per model, so this is the cheaper protocol."""
+  s = c.s
+  longrope, yarn = scaled_id("longrope", s), scaled_id("yarn", s)
+  return contrast(
+      f"LongRoPE's searched factors at its target s x L (s={s:g}) beat YaRN s={s:g}, zero-shot",
+      f"{LONGROPE_PAPER}, §2 and Table 2 (perplexity without fine-tuning of PI, NTK and YaRN against "
+      "searched per-dimension rescale factors at the target window)",
+      f"bits/byte of LongRoPE s={s:g} (factors searched on seed {c.cfg.seeds[0]}'s base model) minus YaRN "
+      f"s={s:g}, both at {s:g}x the training length on the same windows: interval below 0",
+      c.base(longrope, s), c.base(yarn, s), statistic="difference", threshold=0.0,
+      names=(c.label(longrope), c.label(yarn)))
 
 
 def best_zero_shot(c: Context, scale: float) -> str | None:

@@ -72,6 +72,17 @@ class StudyConfig:
   truncation_scale: float = 0.25
   ngram_order: int = 5
   ngram_train_bytes: int = 2_000_000  # the n-gram's training text (pure Python: ~1 min per 2 MB)
+  # LongRoPE (Ding et al. 2024): per-pair rescale factors searched by evolution on the first seed's
+  # base model for static_scale x the training length, scored on the first longrope_docs
+  # validation documents; then applied zero-shot to every seed's base model. A reduced budget
+  # (the paper's is population 64, 40 generations, 16 + 16 children, top 32). False: no search.
+  longrope_search: bool = True
+  longrope_population: int = 16
+  longrope_generations: int = 4
+  longrope_mutations: int = 8
+  longrope_crossovers: int = 8
+  longrope_top_k: int = 8
+  longrope_docs: int = 2
 
   def __post_init__(self):
     object.__setattr__(self, "finetunes", parse_runs(self.finetunes, "config.finetunes"))
@@ -98,7 +109,15 @@ class StudyConfig:
         (0 < self.truncation_scale < 1, "truncation_scale", "in (0, 1)"),
         (0 <= self.retrieval_mix <= 1, "retrieval_mix", "in [0, 1]"),
         (self.ngram_order >= 1, "ngram_order", ">= 1"),
-        (self.ngram_train_bytes >= self.ngram_order, "ngram_train_bytes", ">= ngram_order")):
+        (self.ngram_train_bytes >= self.ngram_order, "ngram_train_bytes", ">= ngram_order"),
+        # The search reads the "validation" split (rope_lab/search/runner.py): it must be the choice split.
+        (not self.longrope_search or self.choice_split == "validation", "choice_split",
+         "'validation' while longrope_search is on (the search scores validation documents)"),
+        (self.longrope_population >= self.longrope_top_k >= 1, "longrope_population",
+         f">= longrope_top_k ({self.longrope_top_k}) >= 1"),
+        (min(self.longrope_generations, self.longrope_mutations, self.longrope_crossovers) >= 0,
+         "longrope_generations", "generations, mutations and crossovers >= 0"),
+        (self.longrope_docs >= 1, "longrope_docs", ">= 1")):
       check(ok, f"config.{field}", valid, getattr(self, field))
     if self.base is not None:
       longest = self.train_length * max(self.eval_scales)

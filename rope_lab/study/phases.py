@@ -1,7 +1,8 @@
 """The phases of the reference study, in order, and the function that runs them.
 
 Phases: base RoPE models (one per seed) -> the learned-APE model, the declared pretraining
-variants (and optionally a passkey probe model) -> fine-tuning learning rate chosen on
+variants (and optionally a passkey probe model) -> LongRoPE's factor search on the first seed's
+base model (validation documents) -> fine-tuning learning rate chosen on
 validation -> the declared fine-tunes at ``finetune_scale`` and the Giraffe grid's ->
 perplexity vs length on the test documents -> passkey / key-value retrieval -> attention
 maps and mean q/k -> figures -> report. Test documents are only ever scored; every choice
@@ -19,6 +20,7 @@ import numpy as np
 
 from rope_lab import results as results_lib
 from rope_lab.evaluate import attention_maps, plans as plans_lib
+from rope_lab.study import longrope
 from rope_lab.study.config import StudyConfig, read_study_config, save_config
 from rope_lab.study.measurements import RESULTS_FILE, Study
 from rope_lab.study.runs import RunSpec, base_run, extra_runs, finetune_runs, trained_plan, with_plan_ids
@@ -41,7 +43,7 @@ def _subset(plans: list[plans_lib.EncodingPlan], ids) -> list[plans_lib.Encoding
 
 def evaluate_perplexity(study: Study, extra: list[RunSpec], finetunes: list[RunSpec]) -> None:
   cfg = study.cfg
-  zero_shot = zero_shot_plans(cfg)
+  zero_shot = zero_shot_plans(cfg) + longrope.plans(study)  # LongRoPE: factors searched on seed 0
   (matched_pi,) = _subset(zero_shot, {plans_lib.PI_MATCHED})
   for seed in cfg.seeds:
     spec = base_run(cfg, seed)
@@ -137,6 +139,7 @@ def evaluate_baselines(study: Study) -> None:
 PHASES: tuple[tuple[str, Callable[[Study], object]], ...] = (
     ("train base", lambda study: [study.train(base_run(study.cfg, s)) for s in study.cfg.seeds]),
     ("train extra", lambda study: [study.train(spec) for spec in extra_runs(study.cfg)]),
+    ("longrope search", longrope.search),
     ("choose fine-tune lr", _choose_finetune_lr),
     ("fine-tune", lambda study: [study.train(spec) for spec in finetune_specs(study)]),
     ("perplexity", lambda study: evaluate_perplexity(study, extra_runs(study.cfg), finetune_specs(study))),

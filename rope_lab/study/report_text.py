@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from rope_lab import results as results_lib
-from rope_lab.evaluate.plans import PI_MATCHED, TRAINED
+from rope_lab.evaluate.plans import PI_MATCHED, ROPE, TRAINED, scaled_id
 from rope_lab.study.claims import METRIC, evaluate_claims
 from rope_lab.study.figure_data import baseline_lines
 from rope_lab.study.runs import run_key, run_label
@@ -141,6 +141,31 @@ def variants_section(ppl, cfg, lengths) -> list[str]:
           length_table(base + variants, [("RoPE base model", dict(run_kind="base"))] + criteria, lengths)]
 
 
+def longrope_section(rows, ppl, cfg, lengths) -> list[str]:
+  """The LongRoPE search (its row) and its factors against PI, NTK and YaRN set for the same s."""
+  s = cfg.static_scale
+  searches = results_lib.select(rows, kind="longrope_search")
+  head = ["", f"## LongRoPE: searched factors against PI, NTK, YaRN (s = {s:g})", ""]
+  if not searches:
+    return head + ["_not measured (longrope_search off, or rows written before the search was a phase)_"]
+  found = searches[-1]
+  budget = found.get("budget", {})
+  metrics = found["metrics"]
+  text = (f"Factors searched (Ding et al. 2024's evolution, seeded from PI, NTK and YaRN) on `{found['run']}` for "
+          f"{found['length']} tokens ({found['scale']:g}x), scored on the first {found.get('docs_per_candidate', '?')} "
+          f"`{found['split']}` documents only: population {budget.get('population')}, {metrics['generations']} "
+          f"generations ({budget.get('mutations')} mutations + {budget.get('crossovers')} crossovers each, top "
+          f"{budget.get('top_k')} kept; the paper's budget is 64, 40, 16 + 16, 32), {metrics['candidates']} "
+          f"candidates scored in {metrics['seconds']:.0f} s; best validation perplexity {metrics['perplexity']:.3f} "
+          f"(n_hat {found.get('n_hat', 0)}). The same factors are applied zero-shot to every seed's base model: "
+          "LongRoPE searches per model, so this cheaper protocol may understate it on the other seeds. "
+          f"Bits per byte on `{cfg.eval_split}` (mean ± std over seeds; the claim above gives the paired interval):")
+  plans = [(label, dict(run_kind="base", plan_id=plan_id)) for plan_id, label in (
+      (scaled_id("longrope", s), f"LongRoPE s={s:g}"), (scaled_id("yarn", s), f"YaRN s={s:g}"),
+      (scaled_id("ntk", s), f"NTK s={s:g}"), (scaled_id("pi", s), f"PI s={s:g}"), (ROPE, "RoPE"))]
+  return head + [text, "", length_table(ppl, plans, lengths)]
+
+
 def _timing(rows) -> str:
   timing = results_lib.select(rows, kind="timing")
   if not timing:
@@ -197,6 +222,7 @@ def write_report(rows, figures, cfg, path: str) -> str:
   base_plans = [(label, dict(run_kind="base", plan_id=p))
                 for p, label in plans_in_order(results_lib.select(ppl, run_kind="base"))]
   parts += ["## Zero-shot perplexity (bits per byte) by window length", "", length_table(ppl, base_plans, lengths)]
+  parts += longrope_section(rows, ppl, cfg, lengths)
   ft_labels = [(f"{run.label} fine-tuned at {cfg.finetune_scale}x", dict(
       run_kind="finetune", method=run.label, plan_id=TRAINED, train_scale=cfg.finetune_scale)) for run in cfg.finetunes]
   ft_labels += [(f"{cfg.grid_finetune} fine-tuned at {t}x, factor L/L0", dict(
