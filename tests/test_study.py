@@ -210,28 +210,31 @@ def _pooled_statistic(rows, statistic, a, b):
 
 
 def test_the_report_prose_numbers_match_results_jsonl():
-  """Each prose sentence's number, re-derived here from the rows by their own fields (train length
-  128, s = a = 4), not through the claims module."""
+  """Each prose sentence's number, re-derived here from the rows by their own fields (the training
+  length L, the static scale s and the fine-tuning scale a of the committed run's config), not
+  through the claims module; every other sentence states the verdict the claims computed."""
   import re  # pylint: disable=g-import-not-at-top
   from rope_lab.study import report_text  # pylint: disable=g-import-not-at-top
   rows, cfg = committed_rows_and_config()
   prose = report_text.claims_prose(rows, cfg).splitlines()
-  base = lambda plan, n: dict(run_kind="base", plan_id=plan, length=n)
-  ft = lambda method, n, plan="trained": dict(run_kind="finetune", method=method, train_scale=4, plan_id=plan,
-                                                length=n)
+  n, s, a = cfg.train_length, int(cfg.static_scale), cfg.finetune_scale
+  base = lambda plan, length: dict(run_kind="base", plan_id=plan, length=length)
+  ft = lambda method, length, plan="trained": dict(run_kind="finetune", method=method, train_scale=a, plan_id=plan,
+                                                   length=length)
   expected = [
-      ("difference", base("pi_s4", 512), base("rope", 512)),
-      ("relative", ft("pi", 512), ft("pi", 128)),
-      ("relative", ft("pi", 128), base("rope", 128)),
-      ("relative", ft("yarn", 512), ft("yarn", 128)),
-      ("relative", ft("yarn", 128), base("rope", 128)),
-      ("relative", ft("yarn", 1024), ft("yarn", 512)),
-      ("difference", ft("pi", 1024, "pi_matched"), ft("pi", 1024)),
+      ("difference", base(f"pi_s{s}", s * n), base("rope", s * n)),
+      ("relative", ft("pi", a * n), ft("pi", n)),
+      ("relative", ft("pi", n), base("rope", n)),
+      ("relative", ft("yarn", a * n), ft("yarn", n)),
+      ("relative", ft("yarn", n), base("rope", n)),
+      ("relative", ft("yarn", 2 * a * n), ft("yarn", a * n)),
+      ("difference", ft("pi", 2 * a * n, "pi_matched"), ft("pi", 2 * a * n)),
   ]
-  for sentence, (statistic, a, b) in zip(prose, expected):
+  for sentence, (statistic, side_a, side_b) in zip(prose, expected):
     measured = float(re.search(r"measured ([+-][0-9.]+)", sentence).group(1))
-    assert measured == pytest.approx(_pooled_statistic(rows, statistic, a, b), abs=6e-4), sentence
-  # The committed rows hold no validation perplexity at 8x, so no best zero-shot method can be
-  # chosen without tuning on the test books: that claim is untestable, and so is LongEmbed's.
-  assert "untestable" in prose[len(expected)] and "validation" in prose[len(expected)]
-  assert "untestable" in prose[-1]
+    assert measured == pytest.approx(_pooled_statistic(rows, statistic, side_a, side_b), abs=6e-4), sentence
+  claims = study.evaluate_claims(rows, cfg)
+  assert len(prose) == len(claims)
+  for sentence, claim in zip(prose, claims):
+    assert sentence.startswith(f"- {claim.claim}:") and sentence.rstrip(".").endswith(claim.verdict) or \
+        f"{claim.verdict} (" in sentence, sentence
