@@ -11,15 +11,17 @@ validation documents, the same tokens for every column:
   unigram       the training split's byte entropy
 
   short_passkey, mqar   (with a retrieval mix) greedy exact-match accuracy of the taught short
-                tasks at the training length, 50 examples each (5 depths x 10)
+                tasks at the training length, 50 examples each (5 depths x 10); the short
+                passkey also at a quarter and a half of it (short_passkey_q, short_passkey_h)
 
   python -m benchmarks.study_sizing --candidates=byte:128:4:128:300,bpe1024:128:4:256:300 \
       --out=/tmp/rope_lab/sizing
 
-A candidate is tokenizer:d_model:n_layers:seq_len:steps[:batch[:mix[:lr]]], tokenizer 'byte' or
-'bpe<vocab>'; batch is rows per step (default the study's), mix the fraction of training rows
-replaced by short retrieval rows (short passkey and MQAR, loss on the answers; default 0), lr the
-peak learning rate (default the study's).
+A candidate is tokenizer:d_model:n_layers:seq_len:steps[:batch[:mix[:lr[:shortest]]]], tokenizer
+'byte' or 'bpe<vocab>'; batch is rows per step (default the study's), mix the fraction of training
+rows replaced by short retrieval rows (short passkey and MQAR, loss on the answers; default 0), lr
+the peak learning rate (default the study's), shortest: pack each retrieval row with examples of
+shortest..seq_len tokens (default: one example of the row's length).
 Results: a markdown table on stdout and <out>/sizing.json.
 """
 
@@ -36,7 +38,7 @@ def candidate_experiment(spec: str):
   from rope_lab import config as config_lib  # pylint: disable=g-import-not-at-top
   from rope_lab.data import get_tokenizer  # pylint: disable=g-import-not-at-top
   tokenizer, d_model, n_layers, seq_len, steps, *optional = spec.split(":")
-  batch, _, lr = (optional + ["", "", ""])[:3]
+  batch, _, lr = (optional + ["", "", ""])[:3]  # the mix and shortest fields are the data source's
   base = study_config.base_experiment(int(steps))
   base.update(seq_len=int(seq_len), log_every=50)
   if batch:
@@ -65,12 +67,14 @@ def measure(spec: str, out: str, docs: int, doc_tokens: int, ngram_bytes: int) -
   exp = candidate_experiment(spec)
   fields = spec.split(":")
   mix = float(fields[6]) if len(fields) > 6 and fields[6] else 0.0
+  shortest = int(fields[8]) if len(fields) > 8 and fields[8] else 0
   workdir = os.path.join(out, spec.replace(":", "_"))
   tokenizer = get_tokenizer(exp.data)
   source = None
   if mix:
     source = retrieval_mix_source(train_lib.rope_lab_data_source(exp.data), tokenizer, fraction=mix,
-                                  train_split=exp.data.train_split, seed=exp.train.seed)
+                                  train_split=exp.data.train_split, seed=exp.train.seed,
+                                  example_lengths=(shortest, exp.train.seq_len + 1) if shortest else None)
   start = time.perf_counter()
   train_lib.run(exp, workdir, data_source=source)
   seconds = time.perf_counter() - start
@@ -95,6 +99,11 @@ def measure(spec: str, out: str, docs: int, doc_tokens: int, ngram_bytes: int) -
       examples = task_grid(task, tokenizer, [length], (0.0, 0.25, 0.5, 0.75, 1.0), seed=1, samples=10)
       scores = retrieval.score_examples(run.model, run.params, exp.encoding, examples)
       row[task] = round(retrieval.summarize_scores(scores)["accuracy"], 3)
+    for suffix, fraction in (("q", 4), ("h", 2)):
+      examples = task_grid("short_passkey", tokenizer, [length // fraction], (0.0, 0.25, 0.5, 0.75, 1.0),
+                           seed=1, samples=10)
+      scores = retrieval.score_examples(run.model, run.params, exp.encoding, examples)
+      row[f"short_passkey_{suffix}"] = round(retrieval.summarize_scores(scores)["accuracy"], 3)
   row["load_average"] = os.getloadavg()[0]
   return row
 
@@ -114,11 +123,11 @@ def main():
     with open(os.path.join(args.out, "sizing.json"), "w") as f:
       json.dump(rows, f, indent=1)
     print(json.dumps(rows[-1]), flush=True)
-  print("| candidate | steps/s | train s | full | quarter | n-gram | unigram | short passkey | mqar | load |")
+  print("| candidate | steps/s | train s | full | quarter | n-gram | unigram | short passkey L/4, L/2, L | mqar | load |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for r in rows:
     print(f"| {r['candidate']} | {r['steps_per_second']} | {r['train_seconds']} | {r['full']} | {r['quarter']} | "
-          f"{r['ngram']} | {r['unigram']} | {r.get('short_passkey', '-')} | {r.get('mqar', '-')} | "
+          f"{r['ngram']} | {r['unigram']} | {r.get('short_passkey_q', '-')}, {r.get('short_passkey_h', '-')}, {r.get('short_passkey', '-')} | {r.get('mqar', '-')} | "
           f"{r['load_average']:.1f} |")
 
 

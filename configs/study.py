@@ -121,6 +121,10 @@ def study_config(quick: bool, icp: bool = False) -> ml_collections.ConfigDict:
   # Short retrieval rows taught in pretraining (short passkey, MQAR; loss on the answers), and
   # their evaluation from inside the training length outwards: 100 examples per cell.
   config.retrieval_mix = RETRIEVAL_MIX
+  # Each retrieval row packs examples of 64 to 256 tokens (each from position 0), so the answer is
+  # taught at every position up to L; fine-tunes keep the mix (examples still no longer than L).
+  config.retrieval_min_length = 64
+  config.finetune_retrieval = True
   config.short_retrieval_lengths = (64, 128, 256, 512, 1024)
   config.short_retrieval_depths = (0.0, 0.25, 0.5, 0.75, 1.0)
   config.short_retrieval_samples = 20

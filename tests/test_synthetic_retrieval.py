@@ -88,3 +88,45 @@ def test_the_retrieval_mix_replaces_rows_with_loss_on_the_answers_only():
     else:
       (key,) = re.findall(r" key (\d{5})\.", text)
       assert scored == f" {key}"
+
+
+def _text_rows(rows=8, length=256):
+  class Rows:
+    def __next__(self):
+      return {"inputs": np.full((rows, length), 65, np.int32), "targets": np.full((rows, length), 65, np.int32),
+              "positions": np.tile(np.arange(length), (rows, 1)), "segment_ids": np.ones((rows, length), np.int32),
+              "loss_mask": np.ones((rows, length), np.float32)}
+  return Rows()
+
+
+def test_packed_retrieval_rows_hold_whole_examples_of_the_drawn_lengths_each_from_position_0():
+  from rope_lab.evaluate.retrieval_data import RetrievalMixIterator  # pylint: disable=g-import-not-at-top
+  mixed = RetrievalMixIterator(_text_rows(), TOK, seq_len=256, fraction=1.0, seed=3, example_lengths=(70, 129))
+  batch = next(mixed)
+  lengths = []
+  for row in range(8):
+    segments = batch["segment_ids"][row]
+    assert segments[0] == 1 and np.all(np.diff(segments[segments > 0]) >= 0)
+    for segment in np.unique(segments[segments > 0]):
+      span = np.flatnonzero(segments == segment)
+      assert np.all(np.diff(span) == 1)
+      lengths.append(span.size + 1)  # an example of n tokens fills n - 1 input positions
+      np.testing.assert_array_equal(batch["positions"][row, span], np.arange(span.size))
+      inputs, targets = batch["inputs"][row, span], batch["targets"][row, span]
+      np.testing.assert_array_equal(inputs[1:], targets[:-1])
+      text = TOK.decode(np.append(inputs, targets[-1]))
+      scored = TOK.decode(targets[batch["loss_mask"][row, span] > 0])
+      if "=" in text:
+        assert scored == "".join(f" {v}" for v in re.findall(r" [a-z]{2}\? (\d)", text))
+      else:
+        (key,) = re.findall(r" key (\d{5})\.", text)
+        assert scored == f" {key}" and text.endswith(f" key? {key}")
+    tail = segments == 0  # less room than the shortest example is left unused, without loss
+    assert tail.sum() < 70 - 1 and not batch["loss_mask"][row, tail].any()
+  assert min(lengths) >= 70 and max(lengths) <= 129 and len(set(lengths)) > 5
+
+
+def test_retrieval_example_lengths_are_checked():
+  from rope_lab.evaluate.retrieval_data import RetrievalMixIterator  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="example_lengths"):
+    RetrievalMixIterator(_text_rows(), TOK, seq_len=256, fraction=1.0, seed=0, example_lengths=(130, 129))

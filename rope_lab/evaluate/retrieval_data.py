@@ -77,39 +77,70 @@ def passkey_mix_source(base_source, tokenizer, *, fraction: float, train_split: 
 
 class RetrievalMixIterator(PasskeyMixIterator):
   """Like :class:`PasskeyMixIterator`, with the short tasks a tiny model can learn in pretraining
-  (``tasks``: 'short_passkey', 'mqar'; one drawn per replaced row) and the loss on their answers
-  only (the data module's ``retrieval_training_row``)."""
+  (``tasks``: 'short_passkey', 'mqar'; one drawn per example) and the loss on their answers
+  only (the data module's ``retrieval_training_row``).
+
+  ``example_lengths=(shortest, longest)`` packs each replaced row with examples whose lengths
+  are drawn uniformly from that range, each its own segment with positions from 0 (the row's
+  unused tail is padding, segment 0, no loss). Examples of exactly the row's length teach the
+  answer at one position only: a model trained that way retrieved 69% of the keys at its
+  training length and 13% at a quarter of it. ``None``: one example filling each replaced row.
+  """
 
   def __init__(self, inner, tokenizer, *, seq_len: int, fraction: float, seed: int,
-               tasks: tuple[str, ...] = ("short_passkey", "mqar")):
+               tasks: tuple[str, ...] = ("short_passkey", "mqar"),
+               example_lengths: tuple[int, int] | None = None):
     super().__init__(inner, tokenizer, seq_len=seq_len, fraction=fraction, seed=seed)
     if not tasks:
       raise ValueError("retrieval mix: tasks must name at least one task")
+    if example_lengths is not None and not 2 <= example_lengths[0] <= example_lengths[1]:
+      raise ValueError(f"retrieval mix: example_lengths must be (shortest, longest) with "
+                       f"2 <= shortest <= longest, got {example_lengths}")
     self._tasks = tuple(tasks)
+    self._lengths = example_lengths
+
+  def _row_lengths(self, rng: np.random.Generator) -> list[int]:
+    """Token counts (inputs + 1) of the examples packed into one row of ``seq_len`` inputs."""
+    if self._lengths is None:
+      return [self._seq_len + 1]
+    shortest, longest = self._lengths
+    lengths, room = [], self._seq_len  # each example of n tokens takes n - 1 input positions
+    while room + 1 >= shortest:
+      n = int(rng.integers(shortest, min(longest, room + 1) + 1))
+      lengths.append(n)
+      room -= n - 1
+    return lengths
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = {k: np.array(v) for k, v in next(self._inner).items()}
     rng = np.random.default_rng([self._seed, self._batches, 11])
     self._batches += 1
     for row in np.flatnonzero(rng.random(len(batch["inputs"])) < self._fraction):
-      task = self._tasks[int(rng.integers(len(self._tasks)))]
-      example = retrieval_training_row(task, self._tok, self._seq_len + 1,
-                                       np.random.default_rng([_TRAIN_SEED_OFFSET, self._seed, int(rng.integers(1 << 30))]))
-      batch["inputs"][row] = example.tokens[:-1]
-      batch["targets"][row] = example.tokens[1:]
-      batch["positions"][row] = np.arange(self._seq_len)
-      batch["segment_ids"][row] = 1
-      batch["loss_mask"][row] = example.answer_mask[1:]
+      for key in ("inputs", "targets", "segment_ids", "loss_mask", "positions"):
+        batch[key][row] = 0
+      start = 0
+      for segment, length in enumerate(self._row_lengths(rng), start=1):
+        task = self._tasks[int(rng.integers(len(self._tasks)))]
+        example = retrieval_training_row(task, self._tok, length,
+                                         np.random.default_rng([_TRAIN_SEED_OFFSET, self._seed, int(rng.integers(1 << 30))]))
+        span = slice(start, start + length - 1)
+        batch["inputs"][row, span] = example.tokens[:-1]
+        batch["targets"][row, span] = example.tokens[1:]
+        batch["positions"][row, span] = np.arange(length - 1)
+        batch["segment_ids"][row, span] = segment
+        batch["loss_mask"][row, span] = example.answer_mask[1:]
+        start += length - 1
     return batch
 
 
 def retrieval_mix_source(base_source, tokenizer, *, fraction: float, train_split: str, seed: int,
-                         tasks: tuple[str, ...] = ("short_passkey", "mqar")):
+                         tasks: tuple[str, ...] = ("short_passkey", "mqar"),
+                         example_lengths: tuple[int, int] | None = None):
   """A ``train.run`` data source: ``base_source`` with short retrieval rows mixed into the training split."""
   def make(split: str, **kwargs):
     iterator = base_source(split, **kwargs)
     if split != train_split or fraction == 0.0:
       return iterator
     return RetrievalMixIterator(iterator, tokenizer, seq_len=kwargs["seq_len"], fraction=fraction, seed=seed,
-                                tasks=tasks)
+                                tasks=tasks, example_lengths=example_lengths)
   return make

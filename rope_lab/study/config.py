@@ -69,6 +69,12 @@ class StudyConfig:
   short_retrieval_lengths: tuple[int, ...] = (64, 128, 256, 512, 1024)
   short_retrieval_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
   short_retrieval_samples: int = 20  # per depth: 100 examples per (model, encoding, length) cell
+  # Each retrieval row is packed with examples of retrieval_min_length up to the pretraining length
+  # tokens, each with positions from 0 (0: one example of the row's length per row).
+  retrieval_min_length: int = 0
+  # Fine-tunes keep the same fraction of retrieval rows, their examples no longer than the
+  # pretraining length: the format is kept, retrieval beyond L is never taught (False: text only).
+  finetune_retrieval: bool = False
   truncation_scale: float = 0.25
   ngram_order: int = 5
   ngram_train_bytes: int = 2_000_000  # the n-gram's training text (pure Python: ~1 min per 2 MB)
@@ -108,6 +114,7 @@ class StudyConfig:
         (1 <= self.retrieval_seeds <= seeds, "retrieval_seeds", f"in [1, {seeds}]"),
         (0 < self.truncation_scale < 1, "truncation_scale", "in (0, 1)"),
         (0 <= self.retrieval_mix <= 1, "retrieval_mix", "in [0, 1]"),
+        (self.retrieval_min_length >= 0, "retrieval_min_length", ">= 0"),
         (self.ngram_order >= 1, "ngram_order", ">= 1"),
         (self.ngram_train_bytes >= self.ngram_order, "ngram_train_bytes", ">= ngram_order"),
         # The search reads the "validation" split (rope_lab/search/runner.py): it must be the choice split.
@@ -124,6 +131,9 @@ class StudyConfig:
       check(self.eval_doc_tokens >= longest, "config.eval_doc_tokens",
             f">= the longest window ({longest} tokens), so every length scores the same tokens",
             self.eval_doc_tokens)
+      check(self.retrieval_min_length == 0 or 2 <= self.retrieval_min_length <= self.train_length,
+            "config.retrieval_min_length", f"0 or in [2, the training length {self.train_length}]",
+            self.retrieval_min_length)
     if self.base is not None:  # every declared run's experiment is built (and checked) now
       from rope_lab.study import runs  # pylint: disable=g-import-not-at-top
       runs.declared_runs(self, base_dir="")

@@ -79,7 +79,8 @@ class Study:
     self.documents(cfg.eval_split)  # too few long test documents fail here, before any training
     if cfg.retrieval_mix:  # a training row too short for the tasks fails here, before any training
       for task in ("short_passkey", "mqar"):
-        retrieval_training_row(task, self.tokenizer, cfg.train_length + 1, np.random.default_rng(0))
+        for length in {cfg.train_length + 1, cfg.retrieval_min_length or cfg.train_length + 1}:
+          retrieval_training_row(task, self.tokenizer, length, np.random.default_rng(0))
 
   # -- bookkeeping ---------------------------------------------------------------
 
@@ -89,11 +90,24 @@ class Study:
   def retrieval_mix(self, spec: RunSpec) -> float:
     """The fraction of short retrieval rows in ``spec``'s training: every pretraining run gets
     the same mix (base models, the learned-APE model, the declared variants), so that a variant
-    and the base model it is compared with saw the same text; fine-tunes train on text only."""
-    return self.cfg.retrieval_mix if spec.kind in ("base", "ape", "variant") else 0.0
+    and the base model it is compared with saw the same text; fine-tunes get it too unless
+    ``finetune_retrieval`` is off (a text-only fine-tune of 5% of the pretraining steps erased
+    the taught passkey at every length, the training length included)."""
+    if spec.kind in ("base", "ape", "variant") or self.cfg.finetune_retrieval:
+      return self.cfg.retrieval_mix
+    return 0.0
+
+  def retrieval_example_lengths(self) -> tuple[int, int] | None:
+    """Packed retrieval examples span retrieval_min_length..L tokens, in every run (L: the
+    pretraining length, also in a fine-tune's longer rows), or fill their row (min length 0)."""
+    if not self.cfg.retrieval_min_length:
+      return None
+    return (self.cfg.retrieval_min_length, self.cfg.train_length + 1)
 
   def measure_hash(self, spec: RunSpec, **settings) -> str:
     extra = {"retrieval_mix": self.retrieval_mix(spec)} if self.retrieval_mix(spec) else {}
+    if extra and self.retrieval_example_lengths():
+      extra["retrieval_example_lengths"] = self.retrieval_example_lengths()
     return results_lib.config_hash({"run": config_lib.experiment_to_dict(spec.exp), "mix": spec.data_mix,
                                     "eval": settings, **extra})
 
@@ -127,7 +141,7 @@ class Study:
     elif self.retrieval_mix(spec):
       source = retrieval_mix_source(train_lib.rope_lab_data_source(spec.exp.data), self.tokenizer,
                                     fraction=self.retrieval_mix(spec), train_split=spec.exp.data.train_split,
-                                    seed=spec.seed)
+                                    seed=spec.seed, example_lengths=self.retrieval_example_lengths())
     start = time.perf_counter()
     result = train_lib.run(spec.exp, workdir, data_source=source)
     if result.status == "preempted":  # saved at SIGTERM; the study stops, a rerun resumes it

@@ -113,7 +113,10 @@ def _tokenizer_words(data) -> str:
 def _mix_words(cfg) -> str:
   if not cfg.retrieval_mix:
     return ""
-  return f"; {100 * cfg.retrieval_mix:g}% of the rows of every pretraining run are short retrieval rows"
+  packed = (f", each packed with examples of {cfg.retrieval_min_length} to {cfg.train_length} tokens"
+            if cfg.retrieval_min_length else "")
+  runs = "every training run, fine-tunes included," if cfg.finetune_retrieval else "every pretraining run"
+  return f"; {100 * cfg.retrieval_mix:g}% of the rows of {runs} are short retrieval rows{packed}"
 
 
 def documents_sentence(ppl_rows, cfg) -> str:
@@ -241,7 +244,8 @@ def write_report(rows, figures, cfg, path: str) -> str:
             f"Passkey by depth at {cfg.middle_length} tokens (lost in the middle), all depths pooled:", "",
             retrieval_table(rows, "middle"), "", "Key-value lines:", "", retrieval_table(rows, "lines")]
   if results_lib.select(rows, kind="short_passkey") or results_lib.select(rows, kind="mqar"):
-    parts += ["", f"Short tasks taught in pretraining ({100 * cfg.retrieval_mix:g}% of the base models' rows; "
+    parts += ["", f"Short tasks taught in pretraining ({100 * cfg.retrieval_mix:g}% of the base models' rows"
+              f"{', and of the fine-tunes' if cfg.finetune_retrieval else ''}; "
               f"{len(cfg.short_retrieval_depths) * cfg.short_retrieval_samples} examples per seed and cell):", "",
               "Short passkey:", "", retrieval_table(rows, "short_passkey"), "",
               "Multi-query associative recall (the last query's value):", "", retrieval_table(rows, "mqar")]
