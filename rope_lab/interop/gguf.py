@@ -28,6 +28,7 @@ GGUF name -> Hugging Face name::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -126,14 +127,32 @@ class GGUFFile:
     return np.asarray(values, np.float32).reshape(shape)
 
 
-def read_file(path: str) -> GGUFFile:
-  import gguf  # pylint: disable=g-import-not-at-top
+def _reader(path: str):
+  """gguf's reader of ``path``, parsed once per version of the file.
+
+  Parsing the metadata (about 100K vocabulary and merge strings for SmolLM2) takes seconds,
+  and loading a model and its tokenizer reads the same file several times; the reader only
+  memory-maps the tensors, read-only. The key includes the size and modification time, so a
+  file replaced on disk is parsed again.
+  """
   if not os.path.isfile(path):
     raise GGUFCheckpointError(f"GGUF file {path} does not exist")
+  stat = os.stat(path)
+  return _parsed_reader(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _parsed_reader(path: str, size: int, mtime_ns: int):
+  del size, mtime_ns  # cache key only
+  import gguf  # pylint: disable=g-import-not-at-top
   try:
-    reader = gguf.GGUFReader(path, "r")
+    return gguf.GGUFReader(path, "r")
   except (ValueError, OSError) as e:
     raise GGUFCheckpointError(f"{path} is not a readable GGUF file: {e}") from e
+
+
+def read_file(path: str) -> GGUFFile:
+  reader = _reader(path)
   fields = {}
   for key, field in reader.fields.items():
     if key.startswith("tokenizer.ggml.") and key.rsplit(".", 1)[-1] in ("tokens", "merges", "token_type", "scores"):
@@ -285,11 +304,8 @@ def tokenizer(path: str):
   Control tokens (``tokenizer.ggml.token_type`` 3, e.g. ``<|endoftext|>``) are special
   tokens matched whole; user-defined ones (type 4) are added tokens.
   """
-  import gguf  # pylint: disable=g-import-not-at-top
   from tokenizers import AddedToken, Tokenizer, decoders, models  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
-    raise GGUFCheckpointError(f"GGUF file {path} does not exist")
-  fields = gguf.GGUFReader(path, "r").fields
+  fields = _reader(path).fields
   read = lambda key, default=...: fields[key].contents() if key in fields else (
       default if default is not ... else _missing(path, key))
   model = read("tokenizer.ggml.model")
@@ -311,8 +327,7 @@ def tokenizer(path: str):
 
 def special_token_id(path: str, name: str) -> int | None:
   """``tokenizer.ggml.<name>_token_id`` (e.g. eos, bos, padding), or None."""
-  import gguf  # pylint: disable=g-import-not-at-top
-  fields = gguf.GGUFReader(path, "r").fields
+  fields = _reader(path).fields
   key = f"tokenizer.ggml.{name}_token_id"
   return int(fields[key].contents()) if key in fields else None
 
