@@ -185,6 +185,29 @@ def test_analytic_maps_follow_the_encoding():
   np.testing.assert_allclose(pi[::4], plain, rtol=1e-4, atol=1e-4)  # PI at d == RoPE at d / s
 
 
+@pytest.mark.parametrize("name,params", [
+    ("rope", {}), ("yarn", {"factor": 4.0, "original_max_position_embeddings": 16}), ("xpos", {}),
+    ("alibi", {}), ("rerope", {"window": 8}), ("sinusoidal", {}), ("logn", {"original_max_position_embeddings": 16}),
+])
+def test_analytic_pairs_scored_together_equal_each_pair_scored_alone(name, params):
+  """The trained probe's (q, k) pairs go through the hooks at once, on the head axis; each
+  pair's grid must be what scoring it alone gives (ALiBi's bias, remap rules and absolute
+  tables included)."""
+  from rope_lab import similarity  # pylint: disable=g-import-not-at-top
+  rs = np.random.default_rng(0)
+  q_PxD, k_PxD = rs.normal(size=(3, 16)), rs.normal(size=(3, 16))
+  encoding = pe.make(name, **params)
+  positions = np.arange(40)
+  together = similarity.score_grid(encoding, q_PxD, k_PxD, positions, positions, seq_len=40)
+  assert together.shape == (3, 40, 40)
+  for p in range(3):
+    alone = similarity.score_grid(encoding, q_PxD[p], k_PxD[p], positions, positions, seq_len=40)
+    np.testing.assert_allclose(together[p], alone, rtol=1e-6, atol=1e-6)
+  mean = ev.probe_score_by_distance(encoding, list(zip(q_PxD, k_PxD)), 30, seq_len=40)
+  want = np.mean([similarity.score_by_distance(encoding, q, k, 30, seq_len=40) for q, k in zip(q_PxD, k_PxD)], 0)
+  np.testing.assert_allclose(mean, want, rtol=1e-6, atol=1e-6)
+
+
 def test_plans_resolve_matched_parameters_and_parse_json():
   plan = ev.plan_from_json('{"name": "pi", "factor": "matched", "base": 10000}')
   assert plan.label == "pi s=L/L0" and plan.is_matched

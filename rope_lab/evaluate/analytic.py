@@ -40,13 +40,13 @@ def probe_score_grid(encoding: pe.Encoding, pairs, positions: np.ndarray, *, seq
 
   Scores of j > i (the future, which causal attention never uses) are set to NaN.
   """
-  grid = np.mean([similarity.score_grid(encoding, q, k, positions, positions, seq_len=seq_len)
-                  for q, k in pairs], axis=0)
+  q_PxD, k_PxD = (np.stack(side) for side in zip(*pairs))
+  grid = similarity.score_grid(encoding, q_PxD, k_PxD, positions, positions, seq_len=seq_len).mean(axis=0)
   grid[positions[:, None] < positions[None, :]] = np.nan
   return grid
 
 
 def probe_score_by_distance(encoding: pe.Encoding, pairs, max_distance: int, *, seq_len: int) -> np.ndarray:
   """[max_distance + 1] score at relative distance d (query at d, key at 0), averaged over pairs."""
-  return np.mean([similarity.score_by_distance(encoding, q, k, max_distance, seq_len=seq_len)
-                  for q, k in pairs], axis=0)
+  q_PxD, k_PxD = (np.stack(side) for side in zip(*pairs))
+  return similarity.score_by_distance(encoding, q_PxD, k_PxD, max_distance, seq_len=seq_len).mean(axis=0)
