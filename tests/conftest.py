@@ -28,6 +28,12 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
 # 7.5 s with two threads against 0.8 s with one). Inherited by workers and subprocesses.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# XLA's optimisation passes (LLVM's above all) cost more than they save on the suite's tiny
+# programs: compiling dominates most tests, and the numbers the tests check do not depend
+# on the passes. Off for the whole run, workers and subprocesses alike (they inherit the
+# environment); a module whose programs run long opts back in with ``optimized_compiles``.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # An implicit broadcast between arrays of different rank is an error in every test: a
@@ -35,26 +41,24 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
-def _without_optimizations():
+def _optimizations_disabled(disabled: bool):
   previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
+  jax.config.update("jax_disable_most_optimizations", disabled)
   yield
   jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture(scope="module")
-def fast_compiles():
-  """XLA's optimisation passes dominate tiny programs' cost; the numbers do not need them.
-
-  Modules opt in with ``pytestmark = pytest.mark.usefixtures("fast_compiles")``.
-  """
-  yield from _without_optimizations()
+def optimized_compiles():
+  """XLA's optimisations back on for a module whose programs run long enough to repay them
+  (a 30-layer model's forward pass over a thousand tokens)."""
+  yield from _optimizations_disabled(False)
 
 
 @pytest.fixture
 def fast_compiles_in_test():
-  """``fast_compiles`` for one test (its module's other programs keep the optimisations)."""
-  yield from _without_optimizations()
+  """The run's default (no XLA optimisations) for one test of an ``optimized_compiles`` module."""
+  yield from _optimizations_disabled(True)
 
 
 # Modules whose tests take the longest (tens of seconds to minutes each on 2 cores), in

@@ -19,7 +19,6 @@ from rope_lab.errors import ConfigError
 from rope_lab.model import ModelConfig, Transformer
 from tests.test_attention import B, DH, L, hooks_for, meta_for, qkv
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 ATOL = 2e-5
 LONGROPE = {"short_factor": (1.0, 1.5, 2.0, 3.0), "long_factor": (1.0, 2.0, 4.0, 8.0), "factor": 4.0,

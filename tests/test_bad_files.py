@@ -14,7 +14,6 @@ from rope_lab.errors import CheckpointError, ConfigError, DataError, MissingFile
 from rope_lab.evaluate import checkpoint_eval, plans, runs
 from tests import train_helpers as th
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,7 @@ def test_front_and_back_chunks_give_every_device_equal_causal_work():
 
 
 def test_data2_sequence4_mesh_matches_one_device_for_rope_yarn_xpos_alibi_and_kernels_run_per_shard():
-  # Default XLA optimisation: at -O0 (the other subprocess tests' fast flags) XLA:CPU
-  # returns NaN gradients for chunked ALiBi attention on one device.
-  env = th.subprocess_env(XLA_FLAGS="")
+  env = th.subprocess_env()
   result = subprocess.run([th.PYTHON, "-m", "tests.context_parallel_worker"], cwd=th.REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

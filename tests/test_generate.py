@@ -37,7 +37,6 @@ FORWARD = jax.jit(lambda p, t, h: Transformer(CFG).apply({"params": p}, t, hooks
 _PARAMS = []  # the module fixture's parameters, for the cached reference
 # Compilation dominates (one program per reference length and encoding); tokens are
 # compared between two programs compiled the same way.
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from rope_lab import pe
 from rope_lab.errors import ConfigError
 from rope_lab.model import ModelConfig, Transformer, init_params
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64, attention="reference")
 ORIGINAL = 12

@@ -12,7 +12,6 @@ from rope_lab import pe
 from rope_lab.interop import hf
 from rope_lab.interop.hf_rope import HFConfigError
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 ORIGINAL = 32
 PAIRS = 8  # head_dim 16

@@ -22,7 +22,6 @@ from rope_lab.model import Dense, ModelConfig, Transformer, init_params, token_m
 from rope_lab.train_step import build_program
 from tests import train_helpers as th
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 
 def _softmax_attention(q, k, v, mask):

@@ -31,7 +31,6 @@ TRAIN_LENGTH = 16
 DATA = DataConfig(dataset="random:", tokenizer="byte")  # validation documents of up to 2048 tokens
 
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def make_params(seed: int = 0):

@@ -15,7 +15,6 @@ import pytest
 from rope_lab import attention
 from tests.test_attention import ATOL, B, DH, L, hooks_for, meta_for, qkv, run
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 
 def alibi_reference_slopes(n_heads):

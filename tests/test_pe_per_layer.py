@@ -12,7 +12,6 @@ from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 from rope_lab import model, pe
 from rope_lab.interop.hf_rope import HFConfigError, encoding_from_hf, encoding_to_hf, per_layer_to_hf
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 HEAD_DIM = 32
 GEMMA_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},

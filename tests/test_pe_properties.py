@@ -7,7 +7,6 @@ from rope_lab import pe
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe import rotary
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 HEAD_DIM, N_HEADS, D_MODEL = 32, 2, 64
 ORIG = 64

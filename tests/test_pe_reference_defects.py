@@ -18,7 +18,6 @@ from rope_lab.evaluate import window_nll
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe import rotary
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 D, H = 16, 2
 CFG = model.ModelConfig(vocab_size=32, d_model=D, n_layers=1, n_heads=H, mlp_dim=32)

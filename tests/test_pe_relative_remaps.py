@@ -21,7 +21,6 @@ from rope_lab.errors import ConfigError
 from rope_lab.pe import relative_remaps
 from rope_lab.pe.rotary import default_inv_freq
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 B, L, H, K, DH, CHUNK = 2, 20, 4, 2, 8, 8
 

@@ -18,7 +18,6 @@ from rope_lab import attention, generate as gen, pe
 from rope_lab.errors import ConfigError
 from rope_lab.model import ModelConfig, Transformer, init_params, token_meta
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 HEAD_DIM, N_HEADS, N_KV = 8, 4, 2
 BASE = 1e5  # SmolLM2's base, as the real-model study loads it

@@ -14,7 +14,6 @@ import pytest
 from rope_lab.data.position_skips import pose_positions
 from rope_lab.errors import ConfigError, DataError
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 
 def decompose(positions):

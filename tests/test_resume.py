@@ -10,7 +10,6 @@ from rope_lab.errors import CheckpointError, WorkdirError
 from rope_lab.evaluate import runs
 from tests import train_helpers as th
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def files_of(workdir):

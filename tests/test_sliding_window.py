@@ -12,7 +12,6 @@ from rope_lab import pe
 from rope_lab.interop import hf
 from rope_lab.model import ModelConfig, ModelConfigError
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 WINDOW = 8
 LENGTH = 29  # several windows, not a multiple of the chunk

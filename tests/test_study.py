@@ -13,7 +13,6 @@ from tests import tiny_config
 from tests import train_helpers as th
 
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def miniature(**changes) -> study.StudyConfig:

@@ -16,7 +16,6 @@ from rope_lab.study import claims as claims_lib
 from rope_lab.study import runs as runs_lib
 from tests.test_study import miniature
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 # Every kind of declared row at test size (training length 16, fine-tunes at 2x = 32 tokens).
 FINETUNES = (

@@ -16,7 +16,6 @@ from rope_lab.study.measurements import Study
 from rope_lab.study.runs import base_run
 from tests.test_study import miniature
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 SMALL_SEARCH = dict(longrope_population=4, longrope_generations=1, longrope_mutations=2, longrope_crossovers=2,
                     longrope_top_k=2, longrope_docs=1)

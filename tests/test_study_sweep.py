@@ -15,7 +15,6 @@ from tests import tiny_study_config
 from tests.test_sweep import parse_run_command
 
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def study_runs(cfg: study.StudyConfig, runs_dir: str) -> dict:

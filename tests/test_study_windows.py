@@ -10,7 +10,6 @@ from rope_lab.data import ByteTokenizer, LongDocument
 from rope_lab.study import statistics as st
 from tests.test_evaluate import CFG, _reference_nll
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from rope_lab import train
 from rope_lab.sweep import local, remote, runs as runs_lib, summary
 from tests import train_helpers as th
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 TINY = os.path.join(th.REPO_ROOT, "tests", "tiny_config.py")
 

@@ -14,7 +14,6 @@ from rope_lab import config as config_lib
 from rope_lab import train
 from tests import train_helpers as th
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 
 def test_exact_resume_after_preemption_gives_bit_identical_parameters(tmp_path):

@@ -18,7 +18,6 @@ from rope_lab.forward import encoding_hooks
 from rope_lab.zero_shot import config as config_lib
 from rope_lab.zero_shot import measure
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tiny programs: XLA's passes cost more than they save
 
 
 def ci_config(**overrides):
