@@ -68,10 +68,11 @@ def fast_compiles_in_test():
 # workers finish together instead of one waiting while the other runs a long file.
 LONGEST_FIRST = (
     "test_real_model.py",
-    "test_notebooks.py",
     "test_generate.py",
+    "test_entry_points.py",
     "test_context_parallel.py",
-    "test_zero_shot.py",
+    "test_notebooks.py",
+    "test_generate_remaps.py",
 )
 
 
