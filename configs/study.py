@@ -15,9 +15,9 @@ e.g. ``--config.seeds=0,1``):
           seed; Giraffe power / truncated, PoSE, LongLoRA on the first), the Giraffe grid,
           the declared pretraining variants (xPos, NoPE every 4th layer), the learned-APE
           comparison, the taught retrieval tasks, passkey and key-value retrieval.
-  quick   one seed, a quarter of the training, shorter fine-tunes, one evaluation document,
-          no APE model, no pretraining variants and no extra grid fine-tunes; the same
-          figures and report.
+  quick   one seed, a quarter of the training, shorter fine-tunes (PI and YaRN only), one
+          evaluation document, no APE model, no pretraining variants and no extra grid
+          fine-tunes; the same figures and report (the other rows' claims are untestable).
   icp     adds In-Context Pretraining's pair of pretraining variants (see pretrain_variants).
 
 The pretraining run is ``configs/tiny_cpu.py``'s model and data (``config.base``).
@@ -162,6 +162,8 @@ def study_config(quick: bool, icp: bool = False) -> ml_collections.ConfigDict:
     config.grid_train_scales = (4,)
     config.ape = False
     config.pretrain_variants = ()  # each is a whole pretraining run
+    # PI and YaRN only (the fine-tunes of every seed); each secondary fine-tune is a run of its own.
+    config.finetunes = config.finetunes[:2]
     config.passkey_lengths = (256, 512, 1024)
     config.passkey_samples = 1
     config.middle_samples = 1
