@@ -200,6 +200,12 @@ class ExperimentConfig:
   encoding: pe.Encoding
   train: TrainConfig
 
+  def __post_init__(self):
+    # LoRA's adapters attach to each layer's modules by name; a scan runs one unnamed block.
+    check(not (self.model.scan_layers and self.train.lora_rank > 0), "config.model.scan_layers",
+          f"False with config.lora_rank={self.train.lora_rank} > 0 (adapters attach to each named layer)",
+          self.model.scan_layers)
+
 
 # ----------------------------------------------------------------------------- conversion
 

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rope_lab import attention, pe
+from rope_lab import attention, layer_scan, pe
 from rope_lab.errors import ConfigError, check
 from rope_lab.model import MLP, Dense, ModelConfig, Norm, token_meta
 from rope_lab.pe import apply as pe_apply
@@ -100,18 +100,25 @@ def resolve_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity
   cover at ``capacity``.
   """
   resolve = lambda n: encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=n)
+  reach = max(capacity, encoding.max_rotary_position(capacity))
+
+  widest = functools.cache(lambda: resolve(capacity))  # only remap rules with their own tables need it
+
+  def pad(hooks: pe.Hooks, layer: int | None) -> pe.Hooks:
+    hooks = hooks.replace(seq_len=max(hooks.seq_len, capacity))
+    if hooks.rotary is not None:
+      hooks = hooks.replace(rotary=_pad_rows(hooks.rotary, -(-reach // hooks.rotary.fine_size)))
+    if hooks.remap is not None and any(rule.rotary is not None for rule in hooks.remap):
+      hooks = hooks.replace(remap=tuple(
+          rule if rule.rotary is None else rule.replace(rotary=_pad_rows(rule.rotary, -(-_covered(wide.rotary)
+                                                                                 // rule.rotary.fine_size)))
+          for rule, wide in zip(hooks.remap, (widest() if layer is None else widest().layers[layer]).remap)))
+    return hooks
+
   hooks = resolve(length)
-  hooks = hooks.replace(seq_len=max(hooks.seq_len, capacity))
-  if hooks.rotary is not None:
-    rows = -(-max(capacity, encoding.max_rotary_position(capacity)) // hooks.rotary.fine_size)
-    hooks = hooks.replace(rotary=_pad_rows(hooks.rotary, rows))
-  if hooks.remap is not None and any(rule.rotary is not None for rule in hooks.remap):
-    widest = resolve(capacity).remap
-    hooks = hooks.replace(remap=tuple(
-        rule if rule.rotary is None else rule.replace(rotary=_pad_rows(rule.rotary, -(-_covered(wide.rotary)
-                                                                               // rule.rotary.fine_size)))
-        for rule, wide in zip(hooks.remap, widest)))
-  return hooks
+  if hooks.layers is not None:  # a per-layer encoding: each layer's tables cover the buffer too
+    hooks = hooks.replace(layers=tuple(pad(h, i) for i, h in enumerate(hooks.layers)))
+  return pad(hooks, None)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
@@ -144,45 +151,49 @@ def same_on_prefix(a: pe.Hooks, b: pe.Hooks, n: int) -> bool:
 # ----------------------------------------------------------------------------- one cached forward
 
 
-def _layer_attention(cfg: ModelConfig, p: dict, x_BxTxD, cache: Cache, layer: int, start, hooks: pe.Hooks,
+def _layer_attention(cfg: ModelConfig, p: dict, x_BxTxD, cache: Cache, start, hooks: pe.Hooks,
                      meta_new: attention.TokenMeta, meta_all: attention.TokenMeta, frozen: bool):
-  """Attention of T new tokens over the cache (positions < start) and themselves; updates the cache."""
+  """Attention of T new tokens over one layer's cache (positions < start) and themselves.
+
+  ``cache`` holds this layer's arrays [B, S, K, Dh]; it is updated in place (the dict)."""
   h, k, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
   proj = lambda name, heads: Dense((heads, dh), ("embed", None, "head_dim"), use_bias=cfg.qkv_bias,
                                    dtype=cfg.dtype).apply({"params": p[name]}, x_BxTxD)
   q, key, value = proj("q", h), proj("k", k), proj("v", k)
   b, t = q.shape[:2]
   write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), start, axis=1)
-  cache["k"] = cache["k"].at[layer].set(write(cache["k"][layer], key))
-  cache["v"] = cache["v"].at[layer].set(write(cache["v"][layer], value))
+  cache["k"] = write(cache["k"], key)
+  cache["v"] = write(cache["v"], value)
   q_pos, all_pos = meta_new.positions, meta_all.positions
-  rot = attention.rotate_cross(hooks, q, cache["k"][layer], q_pos, all_pos)
+  rot = attention.rotate_cross(hooks, q, cache["k"], q_pos, all_pos)
   if frozen:  # keys rotated once, when written, with the hooks of that step
     new = lambda rotated: jax.lax.dynamic_slice_in_dim(rotated, start, t, axis=1)
-    cache["k_rot"] = cache["k_rot"].at[layer].set(write(cache["k_rot"][layer], new(rot.k)))
-    rot = rot._replace(k=cache["k_rot"][layer])
+    cache["k_rot"] = write(cache["k_rot"], new(rot.k))
+    rot = rot._replace(k=cache["k_rot"])
     if rot.k_far is not None:
-      cache["k_far"] = cache["k_far"].at[layer].set(write(cache["k_far"][layer], new(rot.k_far)))
-      rot = rot._replace(k_far=cache["k_far"][layer])
+      cache["k_far"] = write(cache["k_far"], new(rot.k_far))
+      rot = rot._replace(k_far=cache["k_far"])
   if t >= CHUNKED_PREFILL_FROM:  # a long prompt: never form its [T, capacity] scores
-    out = attention.chunked_cross(rot, meta_new, rot, cache["v"][layer], meta_all, hooks,
+    out = attention.chunked_cross(rot, meta_new, rot, cache["v"], meta_all, hooks,
                                   chunk_size=PREFILL_CHUNK, soft_cap=cfg.logit_soft_cap)
     return Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=cfg.dtype).apply(
         {"params": p["o"]}, out.astype(cfg.dtype))
   logits, _ = attention.block_logits(rot, meta_new, meta_all, hooks, cfg.logit_soft_cap)
   probs = jax.nn.softmax(logits, axis=-1).astype(cache["v"].dtype)  # [B, K, G, T, S]
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, cache["v"][layer], preferred_element_type=jnp.float32)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, cache["v"], preferred_element_type=jnp.float32)
   out = out.reshape(b, t, h, dh).astype(cfg.dtype)
   return Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=cfg.dtype).apply(
       {"params": p["o"]}, out)
 
 
 def cached_forward(cfg: ModelConfig, params: dict, tokens_BxT, cache: Cache, start, hooks: pe.Hooks,
-                   frozen: bool = False, last=None):
+                   frozen: bool = False, last=None, layers: layer_scan.Stacked | None = None):
   """(float32 logits [B, V] of new token ``last`` (default the final one), updated cache).
 
   The T new tokens sit at positions start .. start + T - 1 and attend to the cache below
   ``start`` and to each other; their un-rotated keys and values are written into it.
+  ``layers``: the blocks' parameters as ``stack_layers`` arranges them (made once per
+  generation, so scanned decode steps do not copy the weights); None: from ``params``.
   """
   b, t = tokens_BxT.shape
   capacity = cache["k"].shape[2]
@@ -197,18 +208,30 @@ def cached_forward(cfg: ModelConfig, params: dict, tokens_BxT, cache: Cache, sta
   if absolute is not None:
     x = x + absolute.astype(cfg.dtype)
   norm = lambda scope, y: Norm(cfg.norm, cfg.norm_eps, cfg.dtype).apply({"params": scope}, y)
-  hooks = pe_apply.with_sliding_window(hooks, cfg.sliding_window)
-  for i in range(cfg.n_layers):
-    p = params[f"layers_{i}"]
-    x = x + _layer_attention(cfg, p["attn"], norm(p["attn_norm"], x), cache, i, start, hooks, meta_new, meta_all,
-                             frozen)
+
+  def layer(i, x, p, layer_cache):
+    layer_cache = dict(layer_cache)
+    layer_hooks = pe_apply.with_sliding_window(pe_apply.hooks_for_layer(hooks, i), cfg.sliding_window)
+    x = x + _layer_attention(cfg, p["attn"], norm(p["attn_norm"], x), layer_cache, start, layer_hooks, meta_new,
+                             meta_all, frozen)
     x = x + MLP(cfg).apply({"params": p["mlp"]}, norm(p["mlp_norm"], x))
+    return x, layer_cache
+
+  if layers is None:
+    layers = stack_layers(cfg, params, hooks)
+  x, cache = layer_scan.run_layers(layer, x, layers, dict(cache))
   last = norm(params["final_norm"], x[:, -1] if last is None else jnp.take(x, last, axis=1))
   if cfg.tied_embeddings:
     logits = jnp.dot(last, embedding.astype(cfg.dtype).T, preferred_element_type=jnp.float32)
   else:
     logits = jnp.dot(last, params["lm_head"]["kernel"].astype(cfg.dtype), preferred_element_type=jnp.float32)
   return logits, cache
+
+
+def stack_layers(cfg: ModelConfig, params: dict, hooks: pe.Hooks) -> layer_scan.Stacked:
+  """The blocks' parameters arranged for a scan over layers (``cfg.scan_layers``) or unrolled."""
+  return layer_scan.stack([params[f"layers_{i}"] for i in range(cfg.n_layers)], period=pe_apply.layer_period(hooks),
+                          scan=cfg.scan_layers)
 
 
 def empty_cache(cfg: ModelConfig, batch: int, capacity: int, hooks: pe.Hooks) -> Cache:
@@ -221,9 +244,9 @@ def empty_cache(cfg: ModelConfig, batch: int, capacity: int, hooks: pe.Hooks) ->
 
 @functools.lru_cache(maxsize=16)
 def _compiled(cfg: ModelConfig, frozen: bool):
-  def step(params, tokens, cache, start, hooks, last):
-    return cached_forward(cfg, params, tokens, dict(cache), start, hooks, frozen, last)
-  return jax.jit(step, donate_argnums=(2,))
+  def step(params, layers, tokens, cache, start, hooks, last):
+    return cached_forward(cfg, params, tokens, dict(cache), start, hooks, frozen, last, layers)
+  return jax.jit(step, donate_argnums=(3,))
 
 
 # ----------------------------------------------------------------------------- generation
@@ -250,13 +273,14 @@ def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, tempera
   def prefill(length, hooks):
     # The whole buffer in one shape (one compilation): slots from ``length`` on hold zeros,
     # in every real token's future, and are overwritten before any query can see them.
-    return step(params, jnp.asarray(sequence, jnp.int32), empty_cache(cfg, b, capacity, hooks), jnp.int32(0),
+    return step(params, layers, jnp.asarray(sequence, jnp.int32), empty_cache(cfg, b, capacity, hooks), jnp.int32(0),
                 hooks, jnp.int32(length - 1))
 
   cache_hooks = resolve_hooks(cfg, encoding, length, capacity)
   if cache_mode == "frozen" and cache_hooks.remap is not None:
     raise ConfigError(f"generate: cache='frozen' stores keys rotated once, which cannot carry the relative-position "
                       f"remap rules of encoding {encoding.name!r} (several rotations per pair); use cache='exact' or 'rerotate'")
+  layers = stack_layers(cfg, params, cache_hooks)  # once: the decode steps share the stacked weights
   logits, cache = prefill(length, cache_hooks)
   done = np.zeros(b, bool)
   for _ in range(max_new_tokens):
@@ -273,7 +297,7 @@ def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, tempera
     if cache_mode == "exact" and not same_on_prefix(hooks, cache_hooks, reach):
       logits, cache = prefill(length, hooks)  # the hooks moved on cached tokens: recompute them all
     else:
-      logits, cache = step(params, jnp.asarray(sequence[:, cached:length], jnp.int32), cache, jnp.int32(cached),
+      logits, cache = step(params, layers, jnp.asarray(sequence[:, cached:length], jnp.int32), cache, jnp.int32(cached),
                            hooks, jnp.int32(0))
     cache_hooks = hooks
   return sequence[:, prompt_len:length]

@@ -52,7 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rope_lab import attention, attention_fused
+from rope_lab import attention, attention_fused, layer_scan
 from rope_lab.errors import ConfigError, check
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.base import Hooks
@@ -100,6 +100,11 @@ class ModelConfig:
   # Mistral/Qwen2's sliding_window W: a query sees itself and the W - 1 tokens before it
   # (transformers' convention); None: every earlier token.
   sliding_window: int | None = None
+  # True: the layers run as one lax.scan over their stacked weights (one period of a
+  # per-layer pattern compiled once: compile time no longer grows with depth; one copy of
+  # the layer weights per call; rope_lab.layer_scan). Same numbers; same parameter tree.
+  # False: a Python loop, every layer in the program (what LoRA's per-module adapters need).
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_dim", "chunk_size"):
@@ -129,7 +134,7 @@ class ModelConfig:
           ModelConfigError)
     check(_is_real(self.init_std) and self.init_std > 0, "ModelConfig.init_std", "a number > 0", self.init_std,
           ModelConfigError)
-    for name in ("tied_embeddings", "qkv_bias", "segment_masking"):
+    for name in ("tied_embeddings", "qkv_bias", "segment_masking", "scan_layers"):
       check(isinstance(getattr(self, name), bool), f"ModelConfig.{name}", "a bool", getattr(self, name),
             ModelConfigError)
     if self.sliding_window is not None:
@@ -339,13 +344,24 @@ class Transformer(nn.Module):
       x = x + absolute.astype(cfg.dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
-    all_probs = []
-    for i in range(cfg.n_layers):
-      # Static: whether segment ids may mask (the fused kernels pick segment-aware kernels).
-      packed = segment_ids is not None and cfg.segment_masking
-      layer_hooks = pe_apply.with_sliding_window(pe_apply.hooks_for_layer(hooks, i), cfg.sliding_window)
-      x, probs = Block(cfg, name=f"layers_{i}")(x, meta, layer_hooks, return_attention, packed, shifted_group_size)
-      all_probs.append(probs)
+    # Static: whether segment ids may mask (the fused kernels pick segment-aware kernels).
+    packed = segment_ids is not None and cfg.segment_masking
+    layer_hooks = lambda i: pe_apply.with_sliding_window(pe_apply.hooks_for_layer(hooks, i), cfg.sliding_window)
+    if cfg.scan_layers and not self.is_initializing():
+      # The same blocks as pure functions of each layer's parameters, scanned (layer_scan).
+      block = Block(cfg, parent=None)
+      x, all_probs = layer_scan.run_layers(
+          lambda i, x, p, _: block.apply({"params": p}, x, meta, layer_hooks(i), return_attention, packed,
+                                         shifted_group_size),
+          x, layer_scan.stack([self.variables["params"][f"layers_{i}"] for i in range(cfg.n_layers)],
+                              period=pe_apply.layer_period(hooks)))
+    else:
+      all_probs = []
+      for i in range(cfg.n_layers):
+        x, probs = Block(cfg, name=f"layers_{i}")(x, meta, layer_hooks(i), return_attention, packed,
+                                                  shifted_group_size)
+        all_probs.append(probs)
+      all_probs = jnp.stack(all_probs) if return_attention else None
     x = Norm(cfg.norm, cfg.norm_eps, cfg.dtype, name="final_norm")(x)
     if return_hidden and not self.is_initializing():
       return x
@@ -358,7 +374,7 @@ class Transformer(nn.Module):
                      init_std=cfg.init_std, name="lm_head")(x)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     if return_attention:
-      return logits, jnp.stack(all_probs)
+      return logits, all_probs
     return logits
 
 

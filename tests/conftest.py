@@ -55,12 +55,6 @@ def optimized_compiles():
   yield from _optimizations_disabled(False)
 
 
-@pytest.fixture
-def fast_compiles_in_test():
-  """The run's default (no XLA optimisations) for one test of an ``optimized_compiles`` module."""
-  yield from _optimizations_disabled(True)
-
-
 # Modules whose tests take the longest (tens of seconds to minutes each on 2 cores), in
 # decreasing order. pytest.ini hands whole files to the xdist workers (--dist loadfile,
 # so module fixtures such as a loaded model and jit caches are built once) in collection

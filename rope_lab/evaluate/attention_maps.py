@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -101,7 +102,9 @@ def is_qk_projection(module, method_name: str) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _qk_program(cfg: ModelConfig):
-  model = Transformer(cfg)
+  # Unrolled layers: flax captures each layer's q/k under its name ('layers_{i}'), which a
+  # scan over stacked weights (cfg.scan_layers) does not give.
+  model = Transformer(dataclasses.replace(cfg, scan_layers=False))
 
   def capture(params, tokens, hooks):
     _, state = model.apply({"params": params}, tokens, hooks=hooks, capture_intermediates=is_qk_projection,

@@ -71,7 +71,9 @@ def model_config_from_hf(config: dict[str, Any], **overrides) -> ModelConfig:
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         qkv_bias=model_type == "qwen2",
-        **{"sliding_window": model_sliding_window(config), **overrides},
+        # A pretrained model's identical blocks compile once (rope_lab.layer_scan): a 30-layer
+        # SmolLM2's decode program compiles in a third of the time; overridable.
+        **{"sliding_window": model_sliding_window(config), "scan_layers": True, **overrides},
     )
   except KeyError as e:
     raise HFConfigError(f"config: field {e.args[0]!r} is required") from None
@@ -81,7 +83,8 @@ def model_config_for_run(model_dir: str, run_model: ModelConfig) -> ModelConfig:
   """The checkpoint's architecture with the run's attention path, chunk, dtype and masking."""
   return model_config_from_hf(
       read_config(model_dir), attention=run_model.attention, chunk_size=run_model.chunk_size,
-      compute_dtype=run_model.compute_dtype, segment_masking=run_model.segment_masking)
+      compute_dtype=run_model.compute_dtype, segment_masking=run_model.segment_masking,
+      scan_layers=run_model.scan_layers)
 
 
 def sliding_window(config: dict[str, Any]) -> int | None:

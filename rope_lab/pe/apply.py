@@ -19,6 +19,11 @@ def hooks_for_layer(hooks: Hooks, layer: int) -> Hooks:
   return hooks if hooks.layers is None else hooks.layers[layer % len(hooks.layers)]
 
 
+def layer_period(hooks: Hooks) -> int:
+  """How many layers one cycle of the per-layer hooks spans (1 when every layer is alike)."""
+  return 1 if hooks.layers is None else len(hooks.layers)
+
+
 def with_sliding_window(hooks: Hooks, size: int | None) -> Hooks:
   """``hooks`` with keys limited to the last ``size`` tokens (a model's sliding window, None:
   unchanged), intersected with the encoding's own key window; its sinks stay visible."""

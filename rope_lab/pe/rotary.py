@@ -108,7 +108,7 @@ def check_positions_fit(tables: RotaryTables, num_positions: int, *, seq_len: in
 def cos_sin(tables: RotaryTables, positions_BxL: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """float32 cos, sin [B, L, P] at integer positions [B, L] (angle addition; any leading shape)."""
   if not isinstance(positions_BxL, jax.core.Tracer) and np.size(positions_BxL):
-    check_positions_fit(tables, int(np.max(positions_BxL)) + 1)
+    check_positions_fit(tables, int(np.max(np.asarray(positions_BxL))) + 1)
   positions_BxL = positions_BxL.astype(jnp.int32)
   n_coarse = tables.cos_coarse.shape[-2]
   hi_BxL = positions_BxL // tables.fine_size

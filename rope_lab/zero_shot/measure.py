@@ -32,7 +32,9 @@ from rope_lab.pe.rotary import cos_sin
 
 @functools.lru_cache(maxsize=16)
 def _window_program(cfg: ModelConfig, query_ends: tuple[int, ...], n_queries: int, edges: tuple[int, ...]):
-  model = Transformer(cfg)
+  # Unrolled layers: flax captures each layer's q/k under its name ('layers_{i}'), which a
+  # scan over stacked weights (cfg.scan_layers) does not give.
+  model = Transformer(dataclasses.replace(cfg, scan_layers=False))
   edges_arr = np.asarray(edges)
 
   def score(params, inputs_1xL, targets_1xL, hooks):
