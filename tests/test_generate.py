@@ -1,14 +1,16 @@
 """Cached generation equals recomputing the whole sequence at every step, token for token.
 
-The reference is the plain forward pass (``Transformer.apply`` over the whole sequence
-with the encoding resolved at its length), argmax at the last position, one token at a
-time: exactly what "recompute everything" means, with no cache anywhere. It compiles once
-per length (the model refuses inputs longer than the length its hooks were made for, so
-the input cannot be padded to one shape); rows of equal length share each call, and each
-encoding's reference is computed once for the module.
+The reference is the plain forward pass (``Transformer.apply`` over the sequence with the
+encoding resolved at its length), argmax at the last position: exactly what "recompute
+everything" means, with no cache anywhere. Causal attention makes the logits at position
+n - 1 of a longer sequence those of its first n tokens alone whenever the hooks resolved
+at the longer length act on those tokens as the hooks at n do, which each method's paper
+fixes: RoPE and SelfExtend never depend on the length, LongRoPE switches once (short
+factors up to its original length, long factors beyond), Dynamic NTK and Dynamic YaRN
+are plain RoPE up to the original length and change at every length beyond it. So one
+forward pass per such group of lengths scores every step of a generation against its
+own prefix (teacher forcing), instead of one compilation per length.
 """
-
-import functools
 
 import jax
 import numpy as np
@@ -31,12 +33,17 @@ ENCODINGS = {
     "self_extend": pe.make("self_extend", group_size=2, window=6, original_max_position_embeddings=ORIGINAL),
     "rope": pe.make("rope"),
 }
+# Lengths whose hooks act alike on a shorter prefix share a group (see the module docstring).
+HOOKS_GROUP = {
+    "rope": lambda length: 0,
+    "self_extend": lambda length: 0,
+    "longrope": lambda length: length > ORIGINAL,
+    "dynamic_ntk": lambda length: length if length > ORIGINAL else 0,
+    "dynamic_yarn": lambda length: length if length > ORIGINAL else 0,
+}
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8], [9, 8, 7, 6, 5, 4, 3, 2]]  # one batch of two rows
 NEW = 16
 FORWARD = jax.jit(lambda p, t, h: Transformer(CFG).apply({"params": p}, t, hooks=h))
-_PARAMS = []  # the module fixture's parameters, for the cached reference
-# Compilation dominates (one program per reference length and encoding); tokens are
-# compared between two programs compiled the same way.
 
 
 @pytest.fixture(scope="module")
@@ -47,44 +54,43 @@ def params():
   return jax.tree_util.tree_map(lambda x: x * 8 if x.ndim >= 2 else x, p)
 
 
-@functools.lru_cache(maxsize=None)
-def _reference(name, prompts, n):
-  """Greedy continuations of ``prompts`` (a tuple of equal-length tuples) under ENCODINGS[name]."""
-  encoding, rows = ENCODINGS[name], [list(p) for p in prompts]
-  for _ in range(n):
-    length = len(rows[0])
-    hooks = encoding.hooks(head_dim=CFG.head_dim, n_heads=CFG.n_heads, d_model=CFG.d_model, seq_len=length)
-    logits = FORWARD(_PARAMS[0], np.asarray(rows, np.int32), hooks)
-    for row, logit in zip(rows, np.asarray(logits[:, -1])):
-      row.append(int(np.argmax(logit)))
-  return [row[len(prompts[0]):] for row in rows]
+def recomputed(params, name, prompts, generated):
+  """The greedy token after every prefix of prompt + generated, each from a full forward pass.
 
-
-def recompute(params, encoding, prompt, n):
-  name = next(k for k, v in ENCODINGS.items() if v is encoding)
-  _PARAMS[:] = [params]
-  return _reference(name, (tuple(prompt),), n)[0]
-
-
-def recompute_rows(params, name, prompts, n):
-  """recompute() for every prompt, prompts of one length in one batch."""
-  _PARAMS[:] = [params]
-  return _reference(name, tuple(tuple(p) for p in prompts), n)
+  ``prompts`` (of one length) and ``generated`` are lists of rows; the result has the
+  shape of ``generated``: generation is right exactly when the two are equal.
+  """
+  encoding = ENCODINGS[name]
+  rows = np.asarray([list(p) + list(g) for p, g in zip(prompts, generated)], np.int32)
+  prompt_len, total = len(prompts[0]), rows.shape[1]
+  groups: dict = {}
+  for length in range(prompt_len, total):  # the prefix length whose next token is predicted
+    groups.setdefault(HOOKS_GROUP[name](length), []).append(length)
+  predicted = np.zeros((len(rows), total - prompt_len), np.int64)
+  for lengths in groups.values():
+    longest = max(lengths)
+    hooks = encoding.hooks(head_dim=CFG.head_dim, n_heads=CFG.n_heads, d_model=CFG.d_model, seq_len=longest)
+    logits = np.asarray(FORWARD(params, rows[:, :longest], hooks))
+    for length in lengths:
+      predicted[:, length - prompt_len] = logits[:, length - 1].argmax(-1)
+  return predicted.tolist()
 
 
 @pytest.mark.parametrize("name", sorted(set(ENCODINGS) - {"rope"}))
 def test_exact_cache_equals_full_recomputation(params, name):
   encoding = ENCODINGS[name]
   model = gen.Model(CFG, params, encoding)
-  want = recompute_rows(params, name, PROMPTS, NEW)
-  assert gen.generate(model, PROMPTS, NEW) == want
+  got = gen.generate(model, PROMPTS, NEW)
+  assert all(len(row) == NEW for row in got)
+  assert got == recomputed(params, name, PROMPTS, got)
 
 
 def test_frozen_and_rerotated_caches_drift_under_dynamic_ntk(params):
   """The cheap caches are measurably different beyond the original length (why 'exact' is the default)."""
   encoding = ENCODINGS["dynamic_ntk"]
   model = gen.Model(CFG, params, encoding)
-  want = recompute_rows(params, "dynamic_ntk", PROMPTS, NEW)
+  want = gen.generate(model, PROMPTS, NEW)
+  assert want == recomputed(params, "dynamic_ntk", PROMPTS, want)
   frozen = gen.generate(model, PROMPTS, NEW, cache="frozen")
   rerotated = gen.generate(model, PROMPTS, NEW, cache="rerotate")
   assert frozen != want and rerotated != want
@@ -98,7 +104,8 @@ def test_static_encoding_caches_agree_and_prompts_of_several_lengths(params):
   model = gen.Model(CFG, params, ENCODINGS["rope"])
   prompts = PROMPTS + [[5, 5, 5]]  # decoded as two groups, answered in the prompts' order
   exact = gen.generate(model, prompts, NEW)
-  assert exact == recompute_rows(params, "rope", PROMPTS, NEW) + [recompute(params, ENCODINGS["rope"], [5, 5, 5], NEW)]
+  assert all(len(row) == NEW for row in exact)
+  assert exact == recomputed(params, "rope", PROMPTS, exact[:2]) + recomputed(params, "rope", [[5, 5, 5]], exact[2:])
   assert gen.generate(model, prompts, NEW, cache="frozen") == exact
 
 
