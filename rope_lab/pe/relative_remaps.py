@@ -49,9 +49,17 @@ def check_rules(rules) -> None:
 
 
 def mapped_positions_end(index_map: IndexMap, seq_len: int) -> int:
-  """1 + the largest position ``index_map`` gives a token at 0..seq_len-1 (what tables must cover)."""
+  """1 + the largest position ``index_map`` gives a token at 0..seq_len-1 (what tables must cover).
+
+  The map clip((p mod period) // group + offset, 0, cap) never decreases in p mod period,
+  so its largest value is at the largest p mod period: min(seq_len, period) - 1. One
+  position of one shape is mapped (generation asks at every length; an arange of each
+  length would compile the map's operations once per length).
+  """
   from rope_lab.pe import apply  # local import: apply imports base, as this module does
-  return int(np.max(np.asarray(apply.index_map(index_map, jnp.arange(seq_len)[None])))) + 1
+  period = int(index_map.period)
+  last = seq_len - 1 if period <= 0 else min(seq_len, period) - 1
+  return int(np.asarray(apply.index_map(index_map, np.full((1, 1), last, np.int32)))[0, 0]) + 1
 
 
 def self_extend_rules(group: int, window: int) -> list[RemapRule]:
