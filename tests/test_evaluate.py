@@ -75,8 +75,8 @@ def test_blockwise_loss_from_hidden_states_equals_torch_cross_entropy_of_the_log
   tokens = jnp.asarray(np.random.default_rng(2).integers(0, 258, size=(2, 14)), jnp.int32)
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
   model = Transformer(cfg)
-  logits = model.apply({"params": p}, inputs, hooks=hooks)
-  hidden = model.apply({"params": p}, inputs, hooks=hooks, return_hidden=True)
+  logits, hidden = jax.jit(lambda p, h: (model.apply({"params": p}, inputs, hooks=h),
+                                         model.apply({"params": p}, inputs, hooks=h, return_hidden=True)))(p, hooks)
   assert hidden.shape == (2, 13, cfg.d_model)
   expected = torch.nn.functional.cross_entropy(torch.from_numpy(np.asarray(logits)).reshape(-1, 258),
                                                torch.from_numpy(np.asarray(targets)).long().reshape(-1),

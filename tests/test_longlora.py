@@ -234,7 +234,7 @@ def test_longlora_finetune_resumes_exactly_and_its_checkpoint_evaluates_as_merge
   hooks = encoding_hooks(run.model, run.encoding, 32)
   unmerged_params = lora.replace_leaves(run.params, lora_state["frozen"])
   with lora.unmerged(lora_state["adapters"], 8.0 / 4):
-    expected = model.apply({"params": unmerged_params}, jnp.asarray(tokens), hooks=hooks)
+    expected = jax.jit(lambda p, h: model.apply({"params": p}, jnp.asarray(tokens), hooks=h))(unmerged_params, hooks)
   np.testing.assert_allclose(np.asarray(evaluated), np.asarray(expected), atol=1e-4)
   assert np.abs(np.asarray(_flat(lora_state["adapters"])["layers_0/attn/q/b"])).max() > 0
 

@@ -239,8 +239,9 @@ def test_the_model_runs_remaps_through_reference_and_chunked_attention():
   segments = jnp.asarray(np.stack([np.r_[np.ones(9), 2 * np.ones(L - 9)], np.ones(L)]), jnp.int32)
   logits = {}
   for impl in ("reference", "chunked", "dot_product"):
-    logits[impl] = np.asarray(model.Transformer(dataclasses.replace(cfg, attention=impl)).apply(
-        {"params": params}, tokens, hooks=hooks, positions=positions, segment_ids=segments))
+    forward = jax.jit(lambda p, h, m=model.Transformer(dataclasses.replace(cfg, attention=impl)): m.apply(
+        {"params": p}, tokens, hooks=h, positions=positions, segment_ids=segments))
+    logits[impl] = np.asarray(forward(params, hooks))
   for impl in ("chunked", "dot_product"):
     np.testing.assert_allclose(logits[impl], logits["reference"], atol=2e-5, err_msg=impl)
   assert np.all(np.isfinite(logits["reference"]))

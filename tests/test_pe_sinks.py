@@ -123,7 +123,8 @@ def test_generation_equals_the_full_forward_pass():
   got = gen.generate(gen.Model(CFG, params, enc), prompts, new)
   sequence = np.asarray([p + g[:-1] for p, g in zip(prompts, got)], np.int32)
   hooks = enc.hooks(head_dim=CFG.head_dim, n_heads=CFG.n_heads, d_model=CFG.d_model, seq_len=sequence.shape[1])
-  logits = np.asarray(Transformer(CFG).apply({"params": params}, sequence, hooks=hooks))
+  logits = np.asarray(jax.jit(lambda p, t, h: Transformer(CFG).apply({"params": p}, t, hooks=h))(
+      params, sequence, hooks))
   assert [len(g) for g in got] == [new, new]
   assert np.argmax(logits[:, len(prompts[0]) - 1:], axis=-1).tolist() == got
   with pytest.raises(ConfigError, match="streaming_llm"):
