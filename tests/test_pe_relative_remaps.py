@@ -25,6 +25,11 @@ from rope_lab.pe.rotary import default_inv_freq
 B, L, H, K, DH, CHUNK = 2, 20, 4, 2, 8, 8
 
 
+# Jitted: one compilation per shape and path, where eager calls compile every operation.
+ATTEND = jax.jit(attention.attend, static_argnames=("implementation", "chunk_size", "soft_cap", "fused_kernel",
+                                                    "packed"))
+
+
 def qkv(seed):
   rng = np.random.RandomState(seed)
   return tuple(rng.standard_normal((B, L, n, DH)).astype(np.float32) for n in (H, K, K))
@@ -60,7 +65,7 @@ def run(name, params, impl, q, k, v, positions=None, segments=None):
   pos = jnp.tile(jnp.arange(L)[None], (B, 1)) if positions is None else jnp.asarray(positions)
   seg = jnp.ones_like(pos) if segments is None else jnp.asarray(segments)
   meta = attention.TokenMeta(jnp.tile(jnp.arange(L)[None], (B, 1)), pos, seg, jnp.zeros_like(pos))
-  return np.asarray(attention.attend(q, k, v, meta, hooks, implementation=impl, chunk_size=CHUNK))
+  return np.asarray(ATTEND(q, k, v, meta, hooks, implementation=impl, chunk_size=CHUNK))
 
 
 def rerope_phi(window):
@@ -131,8 +136,8 @@ def test_rules_reproduce_self_extend():
   pos = jnp.tile(jnp.arange(L)[None], (B, 1))
   meta = attention.TokenMeta(pos, pos, jnp.ones_like(pos), jnp.zeros_like(pos))
   for impl in ("reference", "chunked"):
-    np.testing.assert_allclose(attention.attend(q, k, v, meta, rule_hooks, implementation=impl, chunk_size=CHUNK),
-                               attention.attend(q, k, v, meta, se_hooks, implementation="reference"),
+    np.testing.assert_allclose(ATTEND(q, k, v, meta, rule_hooks, implementation=impl, chunk_size=CHUNK),
+                               ATTEND(q, k, v, meta, se_hooks, implementation="reference"),
                                atol=2e-6, err_msg=impl)
 
 
@@ -149,7 +154,7 @@ def test_packed_segments_each_see_their_own_chunks():
   n = L - cut
   pos = jnp.tile(jnp.arange(n)[None], (B, 1))
   meta = attention.TokenMeta(pos, pos, jnp.ones_like(pos), jnp.zeros_like(pos))
-  alone = attention.attend(q[:, tail], k[:, tail], v[:, tail], meta, hooks, implementation="reference")
+  alone = ATTEND(q[:, tail], k[:, tail], v[:, tail], meta, hooks, implementation="reference")
   np.testing.assert_allclose(packed[:, tail], alone, atol=2e-6)
 
 
@@ -162,7 +167,7 @@ def test_gradients_are_finite_and_match_between_paths():
   meta = attention.TokenMeta(pos, pos, jnp.ones_like(pos), jnp.zeros_like(pos))
   grads = {}
   for impl in ("reference", "chunked"):
-    loss = lambda q, k, v: jnp.sum(attention.attend(q, k, v, meta, hooks, implementation=impl,
+    loss = lambda q, k, v: jnp.sum(ATTEND(q, k, v, meta, hooks, implementation=impl,
                                                     chunk_size=CHUNK) ** 2)
     grads[impl] = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
     assert all(np.all(np.isfinite(g)) for g in grads[impl]), impl

@@ -9,6 +9,8 @@ cache, rotate the cached keys at their places 0..n-1 in the cache and the query 
 sequence at once with a key window and remap rules; both must give the same outputs.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,13 +56,19 @@ def streaming_attention(q_LxHxD, k_LxKxD, v_LxKxD, start_size, recent_size):
   return out
 
 
+@functools.partial(jax.jit, static_argnames=("implementation",))
+def _attend(q, k, v, hooks, implementation):
+  # Jitted: one compilation per case, where eager calls compile every operation separately.
+  positions = jnp.arange(q.shape[1], dtype=jnp.int32)[None]
+  meta, _ = token_meta(hooks, positions, None, segment_masking=False, rng=None)
+  return attention.attend(q, k, v, meta, hooks, implementation=implementation, chunk_size=8)
+
+
 def rope_lab_attention(encoding, q, k, v, implementation):
   length = q.shape[0]
   hooks = encoding.hooks(head_dim=HEAD_DIM, n_heads=N_HEADS, d_model=HEAD_DIM * N_HEADS, seq_len=length)
-  positions = jnp.arange(length, dtype=jnp.int32)[None]
-  meta, _ = token_meta(hooks, positions, None, segment_masking=False, rng=None)
   as_jnp = lambda x: jnp.asarray(x[None], jnp.float32)
-  out = attention.attend(as_jnp(q), as_jnp(k), as_jnp(v), meta, hooks, implementation=implementation, chunk_size=8)
+  out = _attend(as_jnp(q), as_jnp(k), as_jnp(v), hooks, implementation)
   return np.asarray(out[0], np.float64)
 
 
