@@ -69,11 +69,12 @@ def with_rope(reference, rope: dict):
   return reference
 
 
-def mean_nll(logits_BxLxV, tokens_BxL) -> float:
+def token_nll(logits_BxLxV, tokens_BxL) -> np.ndarray:
+  """float64 [B, L - 1]: each next token's negative log-likelihood."""
   logits = logits_BxLxV[:, :-1].astype(np.float64)
   log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
   target = np.take_along_axis(logits, tokens_BxL[:, 1:, None].astype(np.int64), -1)[..., 0]
-  return float((log_z - target).mean())
+  return log_z - target
 
 
 @pytest.mark.parametrize("rope_name", sorted(ROPE))
@@ -96,8 +97,9 @@ def _compare_at_lengths(model, ref, text_ids, rope_name):
   with torch.no_grad():
     want = ref(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
   assert np.abs(got - want).max() <= 1e-3, (rope_name, length, np.abs(got - want).max())
+  token_got, token_want = token_nll(got, tokens), token_nll(want, tokens)
   for n in sorted({256, length}):  # the mean loss over a short prefix and over the whole window
-    nll_got, nll_want = mean_nll(got[:, :n], tokens[:, :n]), mean_nll(want[:, :n], tokens[:, :n])
+    nll_got, nll_want = float(token_got[:, :n - 1].mean()), float(token_want[:, :n - 1].mean())
     assert abs(nll_got - nll_want) <= 1e-5 * nll_want, (rope_name, n, nll_got, nll_want)
     assert nll_want < 6.0  # real text under a real model (a broken load gives ~log(49152) = 10.8)
 
