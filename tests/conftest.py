@@ -62,11 +62,12 @@ def optimized_compiles():
 # workers finish together instead of one waiting while the other runs a long file.
 LONGEST_FIRST = (
     "test_real_model.py",
-    "test_generate.py",
     "test_entry_points.py",
     "test_context_parallel.py",
     "test_notebooks.py",
-    "test_generate_remaps.py",
+    "test_train.py",
+    "test_generate.py",
+    "test_sweep.py",
 )
 
 
