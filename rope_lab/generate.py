@@ -46,7 +46,7 @@ import numpy as np
 
 from rope_lab import attention, layer_scan, pe
 from rope_lab.errors import ConfigError, check
-from rope_lab.model import MLP, Dense, ModelConfig, Norm, token_meta
+from rope_lab.model import MLP, Dense, ModelConfig, Norm, stack_layers, token_meta
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.rotary import cos_sin
 
@@ -101,7 +101,6 @@ def resolve_hooks(cfg: ModelConfig, encoding: pe.Encoding, length: int, capacity
   """
   resolve = lambda n: encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=n)
   reach = max(capacity, encoding.max_rotary_position(capacity))
-
   widest = functools.cache(lambda: resolve(capacity))  # only remap rules with their own tables need it
 
   def pad(hooks: pe.Hooks, layer: int | None) -> pe.Hooks:
@@ -226,12 +225,6 @@ def cached_forward(cfg: ModelConfig, params: dict, tokens_BxT, cache: Cache, sta
   else:
     logits = jnp.dot(last, params["lm_head"]["kernel"].astype(cfg.dtype), preferred_element_type=jnp.float32)
   return logits, cache
-
-
-def stack_layers(cfg: ModelConfig, params: dict, hooks: pe.Hooks) -> layer_scan.Stacked:
-  """The blocks' parameters arranged for a scan over layers (``cfg.scan_layers``) or unrolled."""
-  return layer_scan.stack([params[f"layers_{i}"] for i in range(cfg.n_layers)], period=pe_apply.layer_period(hooks),
-                          scan=cfg.scan_layers)
 
 
 def empty_cache(cfg: ModelConfig, batch: int, capacity: int, hooks: pe.Hooks) -> Cache:

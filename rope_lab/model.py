@@ -353,8 +353,7 @@ class Transformer(nn.Module):
       x, all_probs = layer_scan.run_layers(
           lambda i, x, p, _: block.apply({"params": p}, x, meta, layer_hooks(i), return_attention, packed,
                                          shifted_group_size),
-          x, layer_scan.stack([self.variables["params"][f"layers_{i}"] for i in range(cfg.n_layers)],
-                              period=pe_apply.layer_period(hooks)))
+          x, stack_layers(cfg, self.variables["params"], hooks))
     else:
       all_probs = []
       for i in range(cfg.n_layers):
@@ -376,6 +375,13 @@ class Transformer(nn.Module):
     if return_attention:
       return logits, all_probs
     return logits
+
+
+def stack_layers(cfg: ModelConfig, params, hooks: Hooks) -> layer_scan.Stacked:
+  """The blocks' parameters (``params['layers_{i}']``) arranged for ``layer_scan.run_layers``:
+  scanned one period of the per-layer hooks at a time when ``cfg.scan_layers``, else unrolled."""
+  return layer_scan.stack([params[f"layers_{i}"] for i in range(cfg.n_layers)], period=pe_apply.layer_period(hooks),
+                          scan=cfg.scan_layers)
 
 
 def output_logits(cfg: ModelConfig, params, x_BxLxD) -> jnp.ndarray:
