@@ -2,6 +2,7 @@
 
   python -m benchmarks.real_model_forward                      # 8K and 16K tokens
   python -m benchmarks.real_model_forward --lengths=8192 --repeats=0
+  python -m benchmarks.real_model_forward --lengths=8192 --unrolled   # rope_lab's layers unrolled
 
 Both systems read the same file from the asset store (``python -m
 experiments.fetch_assets``) and score one window of L tokens of the Paul Graham essays
@@ -41,7 +42,7 @@ def _tokens(length: int):
   return np.asarray(ids[:length + 1], np.int32)
 
 
-def worker_rope_lab(length: int, repeats: int, threads: int) -> dict:
+def worker_rope_lab(length: int, repeats: int, threads: int, unrolled: bool = False) -> dict:
   os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=true "
                              f"intra_op_parallelism_threads={threads}")
   import jax  # pylint: disable=g-import-not-at-top
@@ -50,7 +51,7 @@ def worker_rope_lab(length: int, repeats: int, threads: int) -> dict:
   from rope_lab.data import Window  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate import encoding_hooks, eval_model_config, window_nll  # pylint: disable=g-import-not-at-top
   from rope_lab.interop import gguf  # pylint: disable=g-import-not-at-top
-  model = gguf.load(assets.smollm2_gguf())
+  model = gguf.load(assets.smollm2_gguf(), scan_layers=not unrolled)
   tokens = _tokens(length)
   window = Window(tokens[:-1], tokens[1:], np.ones(length, np.float32))
   cfg = eval_model_config(model.config, length)
@@ -61,10 +62,12 @@ def worker_rope_lab(length: int, repeats: int, threads: int) -> dict:
     nll = window_nll(cfg, model.params, [window], hooks, batch_size=1)
     times.append(time.perf_counter() - start)
   return {"nll": nll.total, "first_s": times[0], "steady_s": min(times[1:] or times),
-          "detail": f"jax {jax.__version__}, {cfg.attention} attention, chunk {cfg.chunk_size}"}
+          "detail": f"jax {jax.__version__}, {cfg.attention} attention, chunk {cfg.chunk_size}, "
+                    f"{'scanned' if cfg.scan_layers else 'unrolled'} layers"}
 
 
-def worker_transformers(length: int, repeats: int, threads: int) -> dict:
+def worker_transformers(length: int, repeats: int, threads: int, unrolled: bool = False) -> dict:
+  del unrolled  # rope_lab's option
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from rope_lab import assets  # pylint: disable=g-import-not-at-top
@@ -89,9 +92,9 @@ def worker_transformers(length: int, repeats: int, threads: int) -> dict:
 WORKERS = {"rope_lab": worker_rope_lab, "transformers": worker_transformers}
 
 
-def measure(system: str, length: int, repeats: int, threads: int, timeout: int) -> dict:
+def measure(system: str, length: int, repeats: int, threads: int, timeout: int, unrolled: bool) -> dict:
   command = [sys.executable, "-m", "benchmarks.real_model_forward", f"--worker={system}", f"--lengths={length}",
-             f"--repeats={repeats}", f"--threads={threads}"]
+             f"--repeats={repeats}", f"--threads={threads}"] + (["--unrolled"] if unrolled else [])
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   try:
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
@@ -111,11 +114,13 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads, both sides")
   parser.add_argument("--repeats", type=int, default=1, help="steady-state calls after the first")
   parser.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
+  parser.add_argument("--unrolled", action="store_true",
+                      help="rope_lab runs its 30 layers unrolled (default: one lax.scan, as gguf.load gives)")
   parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
   args = parser.parse_args()
   lengths = [int(n) for n in args.lengths.split(",")]
   if args.worker:
-    result = WORKERS[args.worker](lengths[0], args.repeats, args.threads)
+    result = WORKERS[args.worker](lengths[0], args.repeats, args.threads, args.unrolled)
     result["vm_hwm_kib"] = _vm_hwm_kib()
     print(json.dumps(result))
     return
@@ -124,7 +129,7 @@ def main() -> None:
   for length in lengths:
     rows = {}
     for system in WORKERS:
-      rows[system] = r = measure(system, length, args.repeats, args.threads, args.timeout)
+      rows[system] = r = measure(system, length, args.repeats, args.threads, args.timeout, args.unrolled)
       if "error" in r:
         print(f"{system:<13} {length:>7} {r['error']}")
         continue
