@@ -10,7 +10,7 @@ byte vocabulary) with the *same* random weights: rope_lab initialises them and
 ``LlamaForCausalLM`` loads with ``attn_implementation="sdpa"``. Systems:
 
 * ``rope_lab``: one CPU device, exactly the study's evaluation path (``window_nll`` with
-  the chunked attention, 256-token blocks);
+  the chunked attention in blocks of ``eval_chunk_size`` tokens unless ``--chunk`` sets them);
 * ``rope_lab:N``: the same program with the parameters placed on a tensor-parallel mesh
   of N host devices (``--xla_force_host_platform_device_count``) by the model's own
   logical-axis rules, so the attention of each group of heads runs on its own thread;
@@ -51,7 +51,6 @@ SHAPES = {
     "smollm2": dict(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64,
                     mlp_dim=1536, tied_embeddings=True),
 }
-CHUNK = 256
 
 
 def _tokens(length: int, seed: int = 0):
@@ -100,7 +99,7 @@ def worker_rope_lab(checkpoint: str, length: int, chunk: int, repeats: int, host
   params = jax.device_put(params, nn.logical_to_mesh_sharding(param_logical_axes(cfg, hooks), mesh, rules))
   tokens = _tokens(length)[0]
   window = Window(tokens[:-1], tokens[1:], np.ones(length, np.float32))
-  cfg = eval_model_config(cfg, length, chunk_size=chunk)
+  cfg = eval_model_config(cfg, length, chunk_size=chunk or None)
   times = []
   with sharding.logical_context(mesh, rules):
     for _ in range(1 + repeats):
@@ -192,7 +191,8 @@ def main() -> None:
                            "split over N host devices), rope_lab:seqN (rows split along their length over N "
                            "host devices), transformers")
   parser.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
-  parser.add_argument("--chunk", type=int, default=CHUNK, help="rope_lab's attention block length")
+  parser.add_argument("--chunk", type=int, default=0,
+                      help="rope_lab's attention block length (0: the evaluation's own, eval_chunk_size)")
   parser.add_argument("--host_devices", type=int, default=1, help=argparse.SUPPRESS)
   parser.add_argument("--split", default="tensor", help=argparse.SUPPRESS)
   parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny",

@@ -32,11 +32,13 @@ Implementations (``IMPLEMENTATIONS``), all honouring every hook:
   is then exactly the merged softmax (at 4x the logit flops). The soft cap cannot be
   expressed; ``ModelConfig`` rejects that combination.
 * ``chunked``: blockwise attention with an online softmax (Milakov & Gimelshein 2018; Dao
-  et al. 2022): a scan over query blocks and, for each, a scan over key blocks in which
+  et al. 2022): a loop over query blocks and, for each, a loop over key blocks in which
   blocks wholly in the future (or, with a key window, wholly outside it and its sinks) are
-  skipped by ``lax.cond``. Logits, bias, masks, the remap rules and the SelfExtend merge
-  are computed per [C, C] block from the token metadata, so memory grows linearly with L. Each query block is rematerialised in the backward pass
-  (``jax.checkpoint``), so gradients also stay linear in memory.
+  skipped. Logits, bias, masks, the remap rules and the SelfExtend merge are computed per
+  [C, C] block from the token metadata, so memory grows linearly with L. The forward pass
+  loops only over each query block's needed key blocks; the backward pass differentiates
+  fixed-length scans over all of them (what reverse mode needs) and rematerialises each
+  query block (``jax.checkpoint``), so gradients also stay linear in memory.
 * ``fused``: the platform's fused kernel (cuDNN or Pallas on GPU, splash on TPU), chosen
   per call by ``rope_lab.attention_fused``, which falls back to ``chunked`` for what no
   kernel expresses.
@@ -44,6 +46,7 @@ Implementations (``IMPLEMENTATIONS``), all honouring every hook:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -129,19 +132,28 @@ def allowed(q_meta: TokenMeta, k_meta: TokenMeta, key_window: KeyWindow | None =
 # dimensions markedly slower.
 
 
-def _scores(q_BxQxKxGxD, k_BxSxKxD) -> jnp.ndarray:
-  """q . k in float32: [B, K, G, Q, S]."""
-  b, n_q, n_kv, n_group, head_dim = q_BxQxKxGxD.shape
-  q = q_BxQxKxGxD.transpose(0, 2, 3, 1, 4).reshape(b, n_kv, n_group * n_q, head_dim)
-  s = jnp.einsum("bkqd,bskd->bkqs", q, k_BxSxKxD, preferred_element_type=jnp.float32)
+def _scores(q, k, heads_major: bool = False) -> jnp.ndarray:
+  """q . k in float32: [B, K, G, Q, S], from q [B, Q, K, G, D] and k [B, S, K, D], or with
+  ``heads_major`` from q [B, K, G, Q, D] and k [B, K, S, D] (the chunked path's blocks,
+  transposed once outside its loops instead of in every block)."""
+  if heads_major:
+    b, n_kv, n_group, n_q, head_dim = q.shape
+    q = q.reshape(b, n_kv, n_group * n_q, head_dim)
+  else:
+    b, n_q, n_kv, n_group, head_dim = q.shape
+    q = q.transpose(0, 2, 3, 1, 4).reshape(b, n_kv, n_group * n_q, head_dim)
+  s = jnp.einsum("bkqd,bksd->bkqs" if heads_major else "bkqd,bskd->bkqs", q, k,
+                 preferred_element_type=jnp.float32)
   return s.reshape(b, n_kv, n_group, n_q, -1)
 
 
-def _weighted_sum(p_BxKxGxQxS, v_BxSxKxD) -> jnp.ndarray:
-  """sum_s p v in float32: [B, K, G, Q, D]; p is cast to v's dtype first."""
+def _weighted_sum(p_BxKxGxQxS, v, heads_major: bool = False) -> jnp.ndarray:
+  """sum_s p v in float32: [B, K, G, Q, D] from v [B, S, K, D] (``heads_major``: [B, K, S, D]);
+  p is cast to v's dtype first."""
   b, n_kv, n_group, n_q, n_s = p_BxKxGxQxS.shape
-  p = p_BxKxGxQxS.astype(v_BxSxKxD.dtype).reshape(b, n_kv, n_group * n_q, n_s)
-  out = jnp.einsum("bkqs,bskd->bkqd", p, v_BxSxKxD, preferred_element_type=jnp.float32)
+  p = p_BxKxGxQxS.astype(v.dtype).reshape(b, n_kv, n_group * n_q, n_s)
+  out = jnp.einsum("bkqs,bksd->bkqd" if heads_major else "bkqs,bskd->bkqd", p, v,
+                   preferred_element_type=jnp.float32)
   return out.reshape(b, n_kv, n_group, n_q, -1)
 
 
@@ -158,25 +170,28 @@ def scale_queries(rot: Rotated, hooks: Hooks) -> Rotated:
 
 
 def block_scores(rot: Rotated, q_meta: TokenMeta, k_meta: TokenMeta, hooks: Hooks,
-                 soft_cap: float | None, *, queries_scaled: bool = False) -> jnp.ndarray:
+                 soft_cap: float | None, *, queries_scaled: bool = False,
+                 heads_major: bool = False) -> jnp.ndarray:
   """Unmasked float32 logits [B, K, G, Lq, Lk] for one block (``block_logits`` before the mask).
 
   ``rot`` holds the query rows of the block in q/q_far and its key rows in k/k_far;
-  ``queries_scaled``: its queries already carry the logit scale (``scale_queries``).
+  ``queries_scaled``: its queries already carry the logit scale (``scale_queries``);
+  ``heads_major``: q/k are laid out as ``_scores(heads_major=True)`` takes them.
   """
-  _, _, n_kv, n_group, head_dim = rot.q.shape
+  n_kv, n_group, head_dim = rot.q.shape[1:3] + rot.q.shape[4:] if heads_major else rot.q.shape[2:]
+  _scores_of = functools.partial(_scores, heads_major=heads_major)
   scale = 1.0 if queries_scaled else logit_scale(hooks, head_dim)
   if hooks.remap is None:
-    s = _scores(rot.q, rot.k) * scale
+    s = _scores_of(rot.q, rot.k) * scale
   else:  # each pair scored with the first remap rule whose condition holds
     qs, ks = (rot.q,) + tuple(rot.remap_q), (rot.k,) + tuple(rot.remap_k)
     rule_of_pair = pe_apply.remap_rule_index(hooks.remap, q_meta.positions, k_meta.positions)[:, None, None]
-    s = _scores(qs[-1], ks[-1]) * scale
+    s = _scores_of(qs[-1], ks[-1]) * scale
     for r, (q, k) in enumerate(zip(qs[:-1], ks[:-1])):
-      s = jnp.where(rule_of_pair == r, _scores(q, k) * scale, s)
+      s = jnp.where(rule_of_pair == r, _scores_of(q, k) * scale, s)
   if hooks.self_extend is not None:
     near = pe_apply.self_extend_use_normal(hooks.self_extend, q_meta.positions, k_meta.positions)
-    s = jnp.where(near[:, None, None], s, _scores(rot.q_far, rot.k_far) * scale)
+    s = jnp.where(near[:, None, None], s, _scores_of(rot.q_far, rot.k_far) * scale)
   if soft_cap is not None:
     s = soft_cap * jnp.tanh(s / soft_cap)
   if hooks.alibi_slopes is not None:
@@ -305,7 +320,38 @@ def chunked_cross(
   keys' row in any order (a context-parallel shard). A key block is skipped when none of
   its pairs can be allowed (``needed``: wholly in the future, outside the key window, or in
   other segments or windows than every query of the block).
+
+  The forward pass visits, for each query block, only the key blocks from its first to its
+  last needed one (a loop with a data-dependent trip count: a causal row does about half
+  the iterations of a fixed scan over every key block); the backward pass differentiates
+  the same computation written as fixed-length scans, which reverse-mode needs. Both add
+  the same blocks in the same order, so their outputs are equal.
   """
+  return _chunked_cross(q_rot, q_meta, k_rot, v_BxSxKxD, k_meta, hooks, chunk_size, soft_cap)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _chunked_cross(q_rot, q_meta, k_rot, v, k_meta, hooks, chunk_size, soft_cap):
+  return _blockwise(q_rot, q_meta, k_rot, v, k_meta, hooks, chunk_size, soft_cap, bounded=True)
+
+
+def _chunked_cross_fwd(q_rot, q_meta, k_rot, v, k_meta, hooks, chunk_size, soft_cap):
+  out = _blockwise(q_rot, q_meta, k_rot, v, k_meta, hooks, chunk_size, soft_cap, bounded=True)
+  return out, (q_rot, q_meta, k_rot, v, k_meta, hooks)
+
+
+def _chunked_cross_bwd(chunk_size, soft_cap, inputs, out_cotangent):
+  scanned = lambda *args: _blockwise(*args, chunk_size, soft_cap, bounded=False)
+  return jax.vjp(scanned, *inputs)[1](out_cotangent)
+
+
+_chunked_cross.defvjp(_chunked_cross_fwd, _chunked_cross_bwd)
+
+
+def _blockwise(q_rot: Rotated, q_meta: TokenMeta, k_rot: Rotated, v_BxSxKxD, k_meta: TokenMeta, hooks: Hooks,
+               chunk_size: int, soft_cap: float | None, *, bounded: bool) -> jnp.ndarray:
+  """The online-softmax attention of ``chunked_cross``; ``bounded``: loop over each query
+  block's needed key blocks only (forward only), else scan every key block (differentiable)."""
   b, n_q, n_kv, n_group, head_dim = q_rot.q.shape
   n_k = k_rot.k.shape[1]
   # Scaling each query once saves a pass over every [C, C] block of logits.
@@ -316,9 +362,13 @@ def chunked_cross(
   k_blocks_of = lambda x, fill=0: None if x is None else _to_blocks(x, nk_blocks, chunk, fill)
   meta_blocks = lambda m, blocks: TokenMeta(blocks(m.index, _PAD_INDEX), blocks(m.positions),
                                             blocks(m.segments), blocks(m.windows))
-  q_blocks = (q_blocks_of(q_rot.q), q_blocks_of(q_rot.q_far), tuple(map(q_blocks_of, q_rot.remap_q)))
-  kv_blocks = (k_blocks_of(k_rot.k), k_blocks_of(k_rot.k_far), tuple(map(k_blocks_of, k_rot.remap_k)),
-               k_blocks_of(v_BxSxKxD))
+  # Heads-major blocks (q [n, B, K, G, C, Dh], k/v [n, B, K, C, Dh]), so that the block
+  # products inside the loops are plain batched matrix products with no transposes.
+  q_major = lambda x: None if x is None else jnp.moveaxis(q_blocks_of(x), 2, 4)
+  k_major = lambda x: None if x is None else jnp.moveaxis(k_blocks_of(x), 2, 3)
+  q_blocks = (q_major(q_rot.q), q_major(q_rot.q_far), tuple(map(q_major, q_rot.remap_q)))
+  kv_blocks = (k_major(k_rot.k), k_major(k_rot.k_far), tuple(map(k_major, k_rot.remap_k)),
+               k_major(v_BxSxKxD))
   q_meta_blocks, k_meta_blocks = meta_blocks(q_meta, q_blocks_of), meta_blocks(k_meta, k_blocks_of)
   # Padded query rows carry _PAD_INDEX too; their key range must not widen the block's.
   q_last = lambda idx: jnp.where(idx == _PAD_INDEX, -1, idx).max()
@@ -350,7 +400,7 @@ def chunked_cross(
 
       def update(carry, masked: bool):
         m, l, acc = carry
-        s = block_scores(rot, q_meta, k_meta, hooks, soft_cap, queries_scaled=True)
+        s = block_scores(rot, q_meta, k_meta, hooks, soft_cap, queries_scaled=True, heads_major=True)
         if masked:
           mask = allowed(q_meta, k_meta, key_window)[:, None, None]
           s = jnp.where(mask, s, NEG_INF)
@@ -361,7 +411,7 @@ def chunked_cross(
         if masked:  # a wholly masked row has m_new = NEG_INF, where exp(s - m_new) = 1
           p = jnp.where(mask, p, 0.0)
         l = l * correction + p.sum(axis=-1)
-        return m_new, l, acc * correction[..., None] + _weighted_sum(p, v)
+        return m_new, l, acc * correction[..., None] + _weighted_sum(p, v, heads_major=True)
 
       # 0: key block wholly in the future of every query of the block, or outside its key
       # window (skipped); 1: some pairs masked (the diagonal, segment or window edges); 2:
@@ -373,12 +423,25 @@ def chunked_cross(
 
     stats = (b, n_kv, n_group, chunk)
     init = (jnp.full(stats, NEG_INF), jnp.zeros(stats), jnp.zeros(stats + (head_dim,)))
-    (_, l, acc), _ = jax.lax.scan(key_block, init, (*kv_blocks, k_meta_blocks))
+    key_xs = (*kv_blocks, k_meta_blocks)
+    if bounded:
+      # Only the key blocks from the first needed one to the last: the others would be
+      # skipped by the switch anyway, but each costs a loop iteration and its slices.
+      need = jax.vmap(lambda k_meta: needed(q_meta, k_meta, last_query))(k_meta_blocks)
+      first = jnp.argmax(need)
+      stop = jnp.where(need.any(), nk_blocks - jnp.argmax(need[::-1]), first)
+      block_at = lambda j: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, j, keepdims=False), key_xs)
+      m, l, acc = jax.lax.fori_loop(first, stop, lambda j, carry: key_block(carry, block_at(j))[0], init)
+    else:
+      (m, l, acc), _ = jax.lax.scan(key_block, init, key_xs)
+    del m
     # Every real row sees at least itself; padded rows (l = 0) are dropped below.
     out = acc / jnp.where(l > 0, l, 1.0)[..., None]
     return jnp.moveaxis(out, 3, 1).astype(v_BxSxKxD.dtype)  # [B, C, K, G, Dh]
 
-  out = jax.lax.map(jax.checkpoint(query_block), (*q_blocks, q_meta_blocks))
+  # The scan form rematerialises each query block in the backward pass, so gradients stay
+  # linear in memory.
+  out = jax.lax.map(query_block if bounded else jax.checkpoint(query_block), (*q_blocks, q_meta_blocks))
   out = jnp.moveaxis(out, 0, 1).reshape(b, nq_blocks * chunk, n_kv * n_group, head_dim)
   return out[:, :n_q]
 

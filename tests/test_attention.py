@@ -266,3 +266,31 @@ def test_chunked_skips_blocks_of_other_segments_and_windows_exactly():
   want = attention.attend(q, k, v, meta, hooks, implementation="reference")
   got = attention.attend(q, k, v, meta, hooks, implementation="chunked", chunk_size=8)
   np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("sinks", [0, 2])
+def test_chunked_forward_over_needed_key_blocks_equals_reference_and_the_full_scan(sinks):
+  # A sliding key window of 10 tokens over 48 tokens in blocks of 8: without sinks the first
+  # needed key block of the later query blocks is not block 0, so the forward's loop starts
+  # part-way; with sinks block 0 is always needed. Row 0 is packed (two documents), row 1
+  # is one document, and the row is not a multiple of the block length.
+  from rope_lab.pe.base import KeyWindow  # pylint: disable=g-import-not-at-top
+  length = 45
+  hooks = hooks_for("rope", {}, length=length).replace(
+      key_window=KeyWindow(size=jnp.int32(10), sinks=jnp.int32(sinks)))
+  q, k, v = qkv(11, 4, 2, length=length)
+  positions = jnp.asarray(np.stack([np.r_[np.arange(20), np.arange(25)], np.arange(length)]), jnp.int32)
+  segments = jnp.asarray(np.stack([[1] * 20 + [2] * 25, [1] * length]), jnp.int32)
+  meta = attention.TokenMeta(jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (B, length)), positions,
+                             segments, jnp.zeros((B, length), jnp.int32))
+  want = run(q, k, v, meta, hooks, "reference")
+  rot = attention.rotate(hooks, q, k, meta.positions)
+  forward = jit(functools.partial(attention._blockwise, chunk_size=8, soft_cap=None, bounded=True))  # pylint: disable=protected-access
+  scanned = jit(functools.partial(attention._blockwise, chunk_size=8, soft_cap=None, bounded=False))  # pylint: disable=protected-access
+  got = forward(rot, meta, rot, v, meta, hooks)
+  np.testing.assert_allclose(got, want, atol=ATOL)
+  np.testing.assert_allclose(got, scanned(rot, meta, rot, v, meta, hooks), atol=1e-6)
+  # Queries that see no key at all (a shard of padding): zero output, not NaN.
+  pad = attention.TokenMeta(jnp.full((B, 8), attention._PAD_INDEX, jnp.int32), *(jnp.zeros((B, 8), jnp.int32),) * 3)  # pylint: disable=protected-access
+  q_pad = attention.Rotated(rot.q[:, :8], rot.k)
+  assert np.all(np.asarray(forward(q_pad, pad, rot, v, meta, hooks)) == 0)

@@ -40,19 +40,32 @@ def _reference_nll(params, encoding, windows):
   return total
 
 
-@pytest.mark.parametrize("length", [24, 512])  # fused attention below 512 tokens, chunked from 512 on
-def test_sliding_window_perplexity_matches_a_direct_computation(params, length):
+# Fused attention below 512 tokens, chunked from 512 on: in blocks of 128, and of the
+# evaluation's own choice (eval_chunk_size: 1024 for 2 heads, so one masked block of 512).
+@pytest.mark.parametrize("length,chunk", [(24, 128), (512, 128), (512, None)])
+def test_sliding_window_perplexity_matches_a_direct_computation(params, length, chunk):
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 256, size=int(length * 2.3)).astype(np.int32)
   doc = LongDocument("doc", tokens, num_bytes=len(tokens))
   tok = ByteTokenizer()
   encoding = pe.make("dynamic_yarn", original_max_position_embeddings=TRAIN_LENGTH)
   result = ev.perplexity_at_length(CFG, params, encoding, [doc], length, stride=length // 2, tokenizer=tok,
-                                   chunk_size=128)
+                                   chunk_size=chunk)
   windows = ev.document_windows([doc], length, length // 2, tok.pad_id)
   assert result.tokens == len(tokens) - 1 == result.bytes  # each target scored once
   np.testing.assert_allclose(result.loss * result.tokens, _reference_nll(params, encoding, windows), rtol=2e-5)
   assert result.bits_per_byte == pytest.approx(result.loss / np.log(2))
+
+
+def test_evaluation_blocks_keep_every_heads_logits_within_16_mib():
+  # The measured best blocks (benchmarks/README.md): 1024 for the tiny model's 4 heads, 512
+  # for SmolLM2-135M's 9; never below 256 tokens, whatever the head count.
+  chunk_of = lambda heads: ev.eval_model_config(dataclasses.replace(CFG, n_heads=heads, n_kv_heads=heads,
+                                                                    d_model=heads * 16),
+                                                32768).chunk_size
+  assert [chunk_of(h) for h in (2, 4, 9, 16, 64, 128)] == [1024, 1024, 512, 512, 256, 256]
+  assert ev.eval_model_config(CFG, 600).chunk_size == 600  # one block for a short window
+  assert ev.eval_model_config(CFG, 600, chunk_size=128).chunk_size == 128
 
 
 def test_window_batches_padded_with_masked_rows_give_the_same_total(params):

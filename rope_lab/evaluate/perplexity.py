@@ -9,8 +9,8 @@ Dynamic NTK/YaRN, Llama 3, power and truncated bases all do): only arrays change
 params and windows, one Hooks value per candidate.
 
 Long windows use the chunked (memory-linear, flash-style) attention: the [L, L] logits
-of a 32K-token window would not fit in memory otherwise, and on CPU small blocks are
-also the fastest path (see benchmarks/long_eval.py). For the same reason the loss is
+of a 32K-token window would not fit in memory otherwise, and on CPU blocks of a few MiB
+are also the fastest path (``eval_chunk_size``; see benchmarks/long_eval.py). For the same reason the loss is
 taken from the final hidden states ``LOSS_BLOCK_TOKENS`` at a time
 (``forward.blockwise_token_losses``): the [L, V] logits are never formed.
 """
@@ -35,7 +35,11 @@ from rope_lab.model import ModelConfig, Transformer
 
 # Windows at least this long use the chunked attention (shorter ones the fused XLA path).
 CHUNKED_FROM = 512
-DEFAULT_CHUNK = 256
+DEFAULT_CHUNK = None  # eval_chunk_size: from the model's head count
+# Blocks of the chunked attention: the largest power of two in this range whose float32
+# logits for all heads ([H, C, C]) fit in EVAL_BLOCK_LOGITS values (16 MiB).
+EVAL_CHUNK_RANGE = (256, 1024)
+EVAL_BLOCK_LOGITS = 4 * 1024 * 1024
 DEFAULT_BATCH_TOKENS = 16384
 # The loss is taken this many tokens (rows x positions) at a time from the hidden states:
 # a 49K vocabulary's logits are then 200 MB, not 6 GiB at 32K tokens.
@@ -50,10 +54,27 @@ def trace_count() -> int:
   return sum(_TRACES.values())
 
 
-def eval_model_config(cfg: ModelConfig, length: int, *, chunk_size: int = DEFAULT_CHUNK,
+def eval_chunk_size(cfg: ModelConfig) -> int:
+  """The chunked attention's block length for evaluating ``cfg``: the largest power of two in
+  EVAL_CHUNK_RANGE whose [H, C, C] float32 logits fit in EVAL_BLOCK_LOGITS values.
+
+  Measured on 2 CPU cores (benchmarks/README.md, long-context evaluation): the tiny model's 4
+  heads ran fastest at 1024 tokens a block at 32K, SmolLM2-135M's 9 heads at 512; smaller
+  blocks pay the loop's per-block cost more often, larger ones spill out of the caches.
+  """
+  low, high = EVAL_CHUNK_RANGE
+  chunk = high
+  while chunk > low and cfg.n_heads * chunk * chunk > EVAL_BLOCK_LOGITS:
+    chunk //= 2
+  return chunk
+
+
+def eval_model_config(cfg: ModelConfig, length: int, *, chunk_size: int | None = DEFAULT_CHUNK,
                       chunked_from: int = CHUNKED_FROM) -> ModelConfig:
-  """``cfg`` with the attention path for windows of ``length`` tokens (parameters unchanged)."""
+  """``cfg`` with the attention path for windows of ``length`` tokens (parameters unchanged);
+  ``chunk_size`` None: ``eval_chunk_size``."""
   if length >= chunked_from:
+    chunk_size = chunk_size or eval_chunk_size(cfg)
     return dataclasses.replace(cfg, attention="chunked", chunk_size=min(chunk_size, length))
   attention = "dot_product" if cfg.logit_soft_cap is None else "reference"
   return dataclasses.replace(cfg, attention=attention)
@@ -185,7 +206,7 @@ def stride_for(length: int, stride_fraction: float) -> int:
 
 def perplexity_at_length(cfg: ModelConfig, params, encoding: pe.Encoding,
                          documents: Sequence[LongDocument], length: int, *, stride: int,
-                         tokenizer, chunk_size: int = DEFAULT_CHUNK,
+                         tokenizer, chunk_size: int | None = DEFAULT_CHUNK,
                          batch_size: int | None = None) -> LengthResult:
   """Sliding-window perplexity of ``documents`` with windows of ``length`` tokens.
 
@@ -207,7 +228,7 @@ def perplexity_at_length(cfg: ModelConfig, params, encoding: pe.Encoding,
 
 def perplexity_vs_length(cfg: ModelConfig, params, encoding_at, documents: Sequence[LongDocument],
                          lengths: Sequence[int], *, stride_fraction: float, tokenizer,
-                         chunk_size: int = DEFAULT_CHUNK) -> list[LengthResult]:
+                         chunk_size: int | None = DEFAULT_CHUNK) -> list[LengthResult]:
   """``perplexity_at_length`` for each length; ``encoding_at(length)`` gives the encoding to use."""
   return [perplexity_at_length(cfg, params, encoding_at(length), documents, length,
                                stride=stride_for(length, stride_fraction), tokenizer=tokenizer,

@@ -57,7 +57,7 @@ class RetrievalScore:
 
 
 def score_examples(cfg: ModelConfig, params, encoding: pe.Encoding,
-                   examples: Sequence[RetrievalExample], *, chunk_size: int = DEFAULT_CHUNK,
+                   examples: Sequence[RetrievalExample], *, chunk_size: int | None = DEFAULT_CHUNK,
                    batch_tokens: int = DEFAULT_BATCH_TOKENS) -> list[RetrievalScore]:
   """Scores every example under ``encoding``, resolved at each example's length."""
   by_length = collections.defaultdict(list)
