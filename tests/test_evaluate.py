@@ -41,7 +41,7 @@ def _reference_nll(params, encoding, windows):
 
 
 # Fused attention below 512 tokens, chunked from 512 on: in blocks of 128, and of the
-# evaluation's own choice (eval_chunk_size: 1024 for 2 heads, so one masked block of 512).
+# evaluation's own choice (eval_chunk_size: 256 for a 512-token window).
 @pytest.mark.parametrize("length,chunk", [(24, 128), (512, 128), (512, None)])
 def test_sliding_window_perplexity_matches_a_direct_computation(params, length, chunk):
   rng = np.random.default_rng(0)
@@ -57,14 +57,13 @@ def test_sliding_window_perplexity_matches_a_direct_computation(params, length, 
   assert result.bits_per_byte == pytest.approx(result.loss / np.log(2))
 
 
-def test_evaluation_blocks_keep_every_heads_logits_within_16_mib():
+def test_evaluation_blocks_keep_every_heads_logits_within_16_mib_and_cut_a_window_in_8():
   # The measured best blocks (benchmarks/README.md): 1024 for the tiny model's 4 heads, 512
-  # for SmolLM2-135M's 9; never below 256 tokens, whatever the head count.
-  chunk_of = lambda heads: ev.eval_model_config(dataclasses.replace(CFG, n_heads=heads, n_kv_heads=heads,
-                                                                    d_model=heads * 16),
-                                                32768).chunk_size
-  assert [chunk_of(h) for h in (2, 4, 9, 16, 64, 128)] == [1024, 1024, 512, 512, 256, 256]
-  assert ev.eval_model_config(CFG, 600).chunk_size == 600  # one block for a short window
+  # for SmolLM2-135M's 9 at long windows; at least 8 blocks a window; never below 256 tokens.
+  chunk_of = lambda heads, length: ev.eval_model_config(
+      dataclasses.replace(CFG, n_heads=heads, n_kv_heads=heads, d_model=heads * 16), length).chunk_size
+  assert [chunk_of(h, 32768) for h in (2, 4, 9, 16, 64, 128)] == [1024, 1024, 512, 512, 256, 256]
+  assert [chunk_of(4, n) for n in (512, 1024, 2048, 4096, 8192)] == [256, 256, 256, 512, 1024]
   assert ev.eval_model_config(CFG, 600, chunk_size=128).chunk_size == 128
 
 

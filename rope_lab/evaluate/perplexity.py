@@ -35,10 +35,12 @@ from rope_lab.model import ModelConfig, Transformer
 
 # Windows at least this long use the chunked attention (shorter ones the fused XLA path).
 CHUNKED_FROM = 512
-DEFAULT_CHUNK = None  # eval_chunk_size: from the model's head count
+DEFAULT_CHUNK = None  # eval_chunk_size: from the model's head count and the window length
 # Blocks of the chunked attention: the largest power of two in this range whose float32
-# logits for all heads ([H, C, C]) fit in EVAL_BLOCK_LOGITS values (16 MiB).
+# logits for all heads ([H, C, C]) fit in EVAL_BLOCK_LOGITS values (16 MiB), and that cuts the
+# window into at least EVAL_MIN_BLOCKS blocks.
 EVAL_CHUNK_RANGE = (256, 1024)
+EVAL_MIN_BLOCKS = 8
 EVAL_BLOCK_LOGITS = 4 * 1024 * 1024
 DEFAULT_BATCH_TOKENS = 16384
 # The loss is taken this many tokens (rows x positions) at a time from the hidden states:
@@ -54,17 +56,20 @@ def trace_count() -> int:
   return sum(_TRACES.values())
 
 
-def eval_chunk_size(cfg: ModelConfig) -> int:
-  """The chunked attention's block length for evaluating ``cfg``: the largest power of two in
-  EVAL_CHUNK_RANGE whose [H, C, C] float32 logits fit in EVAL_BLOCK_LOGITS values.
+def eval_chunk_size(cfg: ModelConfig, length: int) -> int:
+  """The chunked attention's block length for evaluating ``cfg`` on windows of ``length``
+  tokens: the largest power of two in EVAL_CHUNK_RANGE whose [H, C, C] float32 logits fit in
+  EVAL_BLOCK_LOGITS values and that gives at least EVAL_MIN_BLOCKS blocks.
 
-  Measured on 2 CPU cores (benchmarks/README.md, long-context evaluation): the tiny model's 4
-  heads ran fastest at 1024 tokens a block at 32K, SmolLM2-135M's 9 heads at 512; smaller
-  blocks pay the loop's per-block cost more often, larger ones spill out of the caches.
+  Measured on 2 CPU cores (benchmarks/README.md, long-context evaluation): larger blocks pay
+  the loop's per-block cost less often, until they spill out of the caches (the tiny model's
+  4 heads ran fastest at 1024 tokens a block at 32K, SmolLM2-135M's 9 heads at 512 at 8K);
+  and the diagonal blocks are computed whole, so a window of few blocks wastes up to half
+  its work on future keys (a 1024-token window: 9 ms in blocks of 256, 19 ms in one block).
   """
   low, high = EVAL_CHUNK_RANGE
   chunk = high
-  while chunk > low and cfg.n_heads * chunk * chunk > EVAL_BLOCK_LOGITS:
+  while chunk > low and (cfg.n_heads * chunk * chunk > EVAL_BLOCK_LOGITS or chunk * EVAL_MIN_BLOCKS > length):
     chunk //= 2
   return chunk
 
@@ -74,7 +79,7 @@ def eval_model_config(cfg: ModelConfig, length: int, *, chunk_size: int | None =
   """``cfg`` with the attention path for windows of ``length`` tokens (parameters unchanged);
   ``chunk_size`` None: ``eval_chunk_size``."""
   if length >= chunked_from:
-    chunk_size = chunk_size or eval_chunk_size(cfg)
+    chunk_size = chunk_size or eval_chunk_size(cfg, length)
     return dataclasses.replace(cfg, attention="chunked", chunk_size=min(chunk_size, length))
   attention = "dot_product" if cfg.logit_soft_cap is None else "reference"
   return dataclasses.replace(cfg, attention=attention)
