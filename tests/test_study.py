@@ -165,6 +165,32 @@ def test_the_fine_tuning_rate_is_chosen_on_validation_once(tmp_path, monkeypatch
   assert "ft_pi2_lr0.003_s0" in [s.name for s in study.finetune_specs(runner)]
 
 
+def test_the_best_zero_shot_method_for_giraffes_contrast_is_chosen_on_validation(tmp_path, monkeypatch):
+  # Giraffe's grid fine-tune at 2a is compared with the best training-free method at 2a x L:
+  # every zero-shot plan is scored there on validation (first seed only), and the claim's
+  # baseline is the best of those, whatever the test documents say.
+  from rope_lab.study import claims, phases  # pylint: disable=g-import-not-at-top
+  cfg = miniature(seeds=(0, 1), eval_scales=(1, 2, 4), longrope_search=False)
+  runner = study.Study(cfg, str(tmp_path), log=lambda m: None)
+  scored = []
+  monkeypatch.setattr(runner, "perplexity", lambda spec, plan, scales, *, split=None, record=True:
+                      scored.append((spec.name, plan.id, tuple(scales), split)))
+  study.evaluate_perplexity(runner, [], [])
+  zero_shot = {p.id for p in phases.zero_shot_plans(cfg)}
+  chosen_on = [(name, plan, scales) for name, plan, scales, split in scored if split == "validation"]
+  assert sorted(chosen_on) == sorted(("base_s0", plan, (4,)) for plan in zero_shot)
+  assert {(name, split) for name, _, _, split in scored if split != "validation"} == {("base_s0", None),
+                                                                                     ("base_s1", None)}
+  # Synthetic rows: YaRN is best on validation, NTK on test; the claim's baseline is YaRN.
+  row = lambda plan, split, bpb: {"kind": "perplexity", "split": split, "run_kind": "base", "length": 64,
+                                  "plan_id": plan, "plan": plan, "seed": 0, "run": "base_s0",
+                                  "metrics": {"bits_per_byte": bpb}}
+  rows = [row("yarn_s2", "validation", 1.0), row("ntk_s2", "validation", 1.2), row("yarn_s2", "test", 1.3),
+          row("ntk_s2", "test", 1.1)]
+  assert claims.best_zero_shot(claims.Context(rows, cfg), 4) == "yarn_s2"
+  assert claims.best_zero_shot(claims.Context(rows[2:], cfg), 4) is None  # never chosen on test
+
+
 def test_plan_ids_are_distinct_and_the_labels_of_older_rows_map_onto_them():
   from rope_lab.evaluate import plans
   every = plans.rope_family_plans(128, base=1e4, scale=4.0) + plans.ape_plans(128, max_length=128)

@@ -50,6 +50,15 @@ def evaluate_perplexity(study: Study, extra: list[RunSpec], finetunes: list[RunS
     for plan in zero_shot:
       study.log(f"perplexity {spec.name} {plan.label}")
       study.perplexity(spec, plan, cfg.eval_scales)
+  # Giraffe's grid fine-tune at 2a is compared with the best training-free method at 2a x L
+  # (rope_lab/study/claims.py): that method is chosen on the choice split, on the first
+  # seed's base model, never on the reported documents.
+  choice_scale = 2 * cfg.finetune_scale
+  if choice_scale in cfg.eval_scales:
+    spec = base_run(cfg, cfg.seeds[0])
+    for plan in zero_shot:
+      study.log(f"perplexity {spec.name} {plan.label} on {cfg.choice_split} (choosing the best zero-shot method)")
+      study.perplexity(spec, plan, [choice_scale], split=cfg.choice_split)
   for spec in finetunes:
     study.log(f"perplexity {spec.name}")
     study.perplexity(spec, trained_plan(spec), cfg.eval_scales)
