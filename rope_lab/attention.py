@@ -431,10 +431,9 @@ def _blockwise(q_rot: Rotated, q_meta: TokenMeta, k_rot: Rotated, v_BxSxKxD, k_m
       first = jnp.argmax(need)
       stop = jnp.where(need.any(), nk_blocks - jnp.argmax(need[::-1]), first)
       block_at = lambda j: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, j, keepdims=False), key_xs)
-      m, l, acc = jax.lax.fori_loop(first, stop, lambda j, carry: key_block(carry, block_at(j))[0], init)
+      _, l, acc = jax.lax.fori_loop(first, stop, lambda j, carry: key_block(carry, block_at(j))[0], init)
     else:
-      (m, l, acc), _ = jax.lax.scan(key_block, init, key_xs)
-    del m
+      (_, l, acc), _ = jax.lax.scan(key_block, init, key_xs)
     # Every real row sees at least itself; padded rows (l = 0) are dropped below.
     out = acc / jnp.where(l > 0, l, 1.0)[..., None]
     return jnp.moveaxis(out, 3, 1).astype(v_BxSxKxD.dtype)  # [B, C, K, G, Dh]
