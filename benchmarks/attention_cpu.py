@@ -1,11 +1,12 @@
-"""Causal attention alone on CPU: rope_lab's chunked attention vs PyTorch's SDPA, same arrays.
+"""Causal attention alone on CPU: rope_lab's C++ kernel and chunked attention vs PyTorch's SDPA.
 
   python -m benchmarks.attention_cpu                                    # tiny heads, 8K and 32K
   python -m benchmarks.attention_cpu --shape=smollm2 --lengths=8192 --chunks=256,512,1024
 
 One row of random q, k, v (float32) of the study's tiny model's heads (4 of 32) or
 SmolLM2-135M's (9 query / 3 kv heads of 64), causal, no positional encoding (the rotation
-happens before the attention in both systems and is not timed). rope_lab runs
+happens before the attention in both systems and is not timed). rope_lab runs its C++ flash
+kernel (``rope_lab/kernels``, what the ``fused`` attention and the evaluation use on CPU) and
 ``attention.chunked`` jitted, at each ``--chunks`` block length; PyTorch runs
 ``scaled_dot_product_attention(is_causal=True, enable_gqa=True)`` under ``inference_mode``.
 Each system runs in its own subprocess (so neither's thread pools or allocator affect the
@@ -64,6 +65,19 @@ def worker_rope_lab(shape: str, length: int, chunk: int, repeats: int) -> dict:
   return {"seconds": seconds, "sum": float(out.sum()), "detail": f"jax {jax.__version__}, chunk {chunk}"}
 
 
+def worker_cpu_flash(shape: str, length: int, chunk: int, repeats: int) -> dict:
+  del chunk
+  import jax  # pylint: disable=g-import-not-at-top
+  from rope_lab.kernels import cpu_flash  # pylint: disable=g-import-not-at-top
+  ready, detail = cpu_flash.available()
+  if not ready:
+    raise RuntimeError(detail)
+  q, k, v = _arrays(shape, length)
+  attend = jax.jit(lambda q, k, v: cpu_flash.attention(q, k, v, SHAPES[shape][2] ** -0.5))
+  seconds, out = _best(lambda: jax.block_until_ready(attend(q, k, v)), repeats)
+  return {"seconds": seconds, "sum": float(out.sum()), "detail": f"jax {jax.__version__}, C++ kernel"}
+
+
 def worker_torch(shape: str, length: int, chunk: int, repeats: int) -> dict:
   del chunk
   import torch  # pylint: disable=g-import-not-at-top
@@ -75,14 +89,15 @@ def worker_torch(shape: str, length: int, chunk: int, repeats: int) -> dict:
           "detail": f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
 
 
-WORKERS = {"rope_lab": worker_rope_lab, "torch": worker_torch}
+WORKERS = {"rope_lab": worker_rope_lab, "cpu_flash": worker_cpu_flash, "torch": worker_torch}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
   parser.add_argument("--lengths", default="8192,32768")
-  parser.add_argument("--chunks", default="256,512,1024", help="rope_lab block lengths to time")
+  parser.add_argument("--chunks", default="256,512,1024",
+                      help="block lengths of rope_lab's chunked attention to time (the C++ kernel always runs)")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--threads", type=int, choices=(0, 1), default=0,
                       help="1: pin each subprocess to one core (taskset -c 0); 0: all cores")
@@ -103,7 +118,7 @@ def main() -> None:
         f"{'1 core' if pin else f'{os.cpu_count()} cores'}")
   print(f"{'system':18s} {'tokens':>7s} {'best s':>8s} {'vs torch':>8s}  output sum")
   for length in lengths:
-    runs = [("torch", 0)] + [("rope_lab", c) for c in chunks]
+    runs = [("torch", 0), ("cpu_flash", 0)] + [("rope_lab", c) for c in chunks]
     results = {}
     for worker, chunk in runs:
       command = pin + [sys.executable, "-m", "benchmarks.attention_cpu", f"--worker={worker}",
@@ -116,7 +131,7 @@ def main() -> None:
       results[(worker, chunk)] = json.loads(done.stdout.strip().splitlines()[-1])
     torch_s = results.get(("torch", 0), {}).get("seconds")
     for (worker, chunk), r in results.items():
-      name = worker if worker == "torch" else f"rope_lab:{chunk}"
+      name = f"rope_lab:{chunk}" if worker == "rope_lab" else worker
       ratio = f"{r['seconds'] / torch_s:.2f}x" if torch_s else ""
       print(f"{name:18s} {length:7d} {r['seconds']:8.3f} {ratio:>8s}  {r['sum']:.4f}   ({r['detail']})")
 

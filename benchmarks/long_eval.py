@@ -1,4 +1,4 @@
-"""Long-context evaluation: rope_lab (JAX, chunked attention) vs transformers (PyTorch CPU, SDPA).
+"""Long-context evaluation: rope_lab (JAX, its CPU attention kernel) vs transformers (PyTorch CPU, SDPA).
 
   python -m benchmarks.long_eval                          # 8K and 32K tokens
   python -m benchmarks.long_eval --lengths=131072 --systems=rope_lab --rounds=1 --repeats=0
@@ -9,8 +9,10 @@ byte vocabulary) with the *same* random weights: rope_lab initialises them and
 ``rope_lab.interop.hf.save_pretrained`` writes them as a Llama checkpoint that
 ``LlamaForCausalLM`` loads with ``attn_implementation="sdpa"``. Systems:
 
-* ``rope_lab``: one CPU device, exactly the study's evaluation path (``window_nll`` with
-  the chunked attention in blocks of ``eval_chunk_size`` tokens unless ``--chunk`` sets them);
+* ``rope_lab``: one CPU device, exactly the study's evaluation path (``window_nll`` with the
+  ``fused`` attention: the C++ flash kernel of ``rope_lab/kernels``; with
+  ``ROPE_LAB_CPU_KERNEL=0`` in the environment, the chunked attention in blocks of
+  ``eval_chunk_size`` tokens unless ``--chunk`` sets them);
 * ``rope_lab:N``: the same program with the parameters placed on a tensor-parallel mesh
   of N host devices (``--xla_force_host_platform_device_count``) by the model's own
   logical-axis rules, so the attention of each group of heads runs on its own thread;
@@ -82,7 +84,7 @@ def worker_rope_lab(checkpoint: str, length: int, chunk: int, repeats: int, host
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rope_lab import pe, sharding  # pylint: disable=g-import-not-at-top
+  from rope_lab import attention_fused, pe, sharding  # pylint: disable=g-import-not-at-top
   from rope_lab.data import Window  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate import eval_model_config, window_nll  # pylint: disable=g-import-not-at-top
   from rope_lab.interop import hf  # pylint: disable=g-import-not-at-top
@@ -106,8 +108,9 @@ def worker_rope_lab(checkpoint: str, length: int, chunk: int, repeats: int, host
       start = time.perf_counter()
       nll = window_nll(cfg, params, [window], hooks, batch_size=1)
       times.append(time.perf_counter() - start)
+  ran = sorted({c.kernel for c in attention_fused.CHOICES}) if cfg.attention == "fused" else [cfg.attention]
   return {"nll": nll.total, "first_s": times[0], "steady_s": min(times[1:] or times),
-          "detail": f"jax {jax.__version__}, {cfg.attention} attention, chunk {cfg.chunk_size}, "
+          "detail": f"jax {jax.__version__}, attention {'+'.join(ran)}, chunk {cfg.chunk_size}, "
                     f"{host_devices} host device(s)" + (f" over {split}" if host_devices > 1 else "")}
 
 

@@ -480,7 +480,8 @@ def attend(
   if implementation == "fused":
     choice = attention_fused.choose_kernel(
         fused_kernel, jax.default_backend(),
-        attention_fused.features_of(hooks, packed=packed, soft_cap=soft_cap, dtype=q_BxLxHxD.dtype))
+        attention_fused.features_of(hooks, packed=packed, soft_cap=soft_cap, dtype=q_BxLxHxD.dtype,
+                                    q_shape=q_BxLxHxD.shape, kv_heads=k_BxLxKxD.shape[2]))
     attention_fused.record(choice)
     if choice.kernel != attention_fused.FALLBACK:
       q = rot.q.reshape(q_BxLxHxD.shape)

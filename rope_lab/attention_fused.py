@@ -14,6 +14,9 @@ take their softmax scale as a compile-time number. The kernels:
 * ``splash`` (TPU): ``jax.experimental.pallas.ops.tpu.splash_attention``, causal mask and
   segment ids, the logit soft cap in the kernel; one kernel per batch row (``vmap``),
   kv heads repeated for grouped queries.
+* ``cpu_flash`` (CPU): rope_lab's own C++ kernel (``rope_lab/kernels``), causal over whole
+  rows, grouped kv heads read in place, float32 inside; built with the machine's C++ compiler
+  on first use. No segment ids, bias or soft cap; its gradient is the chunked path's.
 
 Both Pallas kernels pad L to their block size: padded keys come after every real query,
 so causality hides them, and padded query rows are dropped. Under a mesh they run inside
@@ -26,7 +29,8 @@ sinks and recent window, Mistral's sliding window: a traced hook), absolute-tabl
 encodings (their parallel context windows are a traced hook, so the window mask cannot be
 ruled out when the program is built),
 ALiBi on TPU (splash takes no bias), the soft cap on GPU, ALiBi in float32 on GPU (cuDNN
-takes only 16-bit inputs) and any platform without a kernel (CPU). Forcing a kernel (``ModelConfig.fused_kernel``) that cannot express the
+takes only 16-bit inputs), and on CPU packed rows, ALiBi, the soft cap, head dims the kernel
+has no code for, or no C++ compiler to build it with. Forcing a kernel (``ModelConfig.fused_kernel``) that cannot express the
 hooks is an error naming the reason; forcing a Pallas kernel on another platform runs it
 in interpret mode (slow; meant for tests). Every choice is logged once and kept in
 :data:`CHOICES`, so a benchmark can say which kernel ran.
@@ -43,13 +47,14 @@ import jax.numpy as jnp
 from absl import logging
 
 from rope_lab.errors import ConfigError
+from rope_lab.kernels import cpu_flash
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.base import Hooks
 
-KERNELS = ("cudnn", "pallas_gpu", "splash")
+KERNELS = ("cudnn", "pallas_gpu", "splash", "cpu_flash")
 CHOICES_ALLOWED = ("auto",) + KERNELS
 FALLBACK = "chunked"
-_PLATFORM_OF = {"cudnn": "gpu", "pallas_gpu": "gpu", "splash": "tpu"}
+_PLATFORM_OF = {"cudnn": "gpu", "pallas_gpu": "gpu", "splash": "tpu", "cpu_flash": "cpu"}
 _SPLASH_BLOCK = 128  # splash's blocks must be multiples of 128 tokens
 
 
@@ -64,6 +69,9 @@ class Features(NamedTuple):
   half_precision: bool = True  # q/k/v in bfloat16 or float16 (cuDNN takes nothing else)
   remap: bool = False  # relative-position remap rules (ReRoPE, STRING, Dual Chunk Attention)
   key_window: bool = False  # a local key window (StreamingLLM sinks, Mistral sliding window)
+  head_dim: int = 64
+  n_heads: int = 1
+  n_kv_heads: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +84,15 @@ class KernelChoice:
 CHOICES: list[KernelChoice] = []  # appended each time a call is traced
 
 
-def features_of(hooks: Hooks, *, packed: bool, soft_cap: float | None, dtype=jnp.bfloat16) -> Features:
+def features_of(hooks: Hooks, *, packed: bool, soft_cap: float | None, dtype=jnp.bfloat16,
+                q_shape=(1, 1, 1, 64), kv_heads: int = 1) -> Features:
+  """``q_shape`` [B, L, H, Dh] and ``kv_heads``: what the CPU kernel needs to know."""
   return Features(packed=packed, alibi=hooks.alibi_slopes is not None,
                   self_extend=hooks.self_extend is not None, remap=hooks.remap is not None,
                   key_window=hooks.key_window is not None,
                   windows_possible=hooks.absolute != "none", soft_cap=soft_cap is not None,
-                  half_precision=jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)))
+                  half_precision=jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)),
+                  head_dim=q_shape[-1], n_heads=q_shape[2], n_kv_heads=kv_heads)
 
 
 def _unsupported(kernel: str, f: Features) -> str | None:
@@ -103,7 +114,19 @@ def _unsupported(kernel: str, f: Features) -> str | None:
     return "the Pallas GPU kernel takes no bias and no soft cap"
   if kernel == "splash" and f.alibi:
     return "splash attention takes no bias (ALiBi)"
+  if kernel == "cpu_flash":
+    if f.packed:
+      return "the CPU kernel takes no segment ids (packed rows)"
+    if f.alibi or f.soft_cap:
+      return "the CPU kernel takes no bias (ALiBi) and no soft cap"
+    return cpu_flash.unsupported(head_dim=f.head_dim, n_heads=f.n_heads, n_kv_heads=f.n_kv_heads)
   return None
+
+
+def _cpu_kernel_missing() -> str | None:
+  """Why the CPU kernel cannot be built or loaded here (None: it is ready)."""
+  ready, detail = cpu_flash.available()
+  return None if ready else detail
 
 
 def choose_kernel(requested: str, platform: str, f: Features) -> KernelChoice:
@@ -113,6 +136,9 @@ def choose_kernel(requested: str, platform: str, f: Features) -> KernelChoice:
     if why_not is not None:
       raise ConfigError(f"ModelConfig.fused_kernel={requested!r} cannot run this call: {why_not}; "
                         f"use fused_kernel='auto' (falls back to '{FALLBACK}') or another attention")
+    if requested == "cpu_flash" and (why_not := _cpu_kernel_missing() if platform == "cpu" else
+                                     f"it runs on the CPU only; this platform is {platform!r}"):
+      raise ConfigError(f"ModelConfig.fused_kernel='cpu_flash' cannot run: {why_not}")
     if _PLATFORM_OF[requested] == platform:
       return KernelChoice(requested, "forced")
     if requested == "cudnn":
@@ -124,9 +150,11 @@ def choose_kernel(requested: str, platform: str, f: Features) -> KernelChoice:
     preferred = "pallas_gpu" if (f.packed or not f.half_precision) and not f.alibi else "cudnn"
   elif platform == "tpu":
     preferred = "splash"
+  elif platform == "cpu":
+    preferred = "cpu_flash"
   else:
     return KernelChoice(FALLBACK, f"no fused kernel on {platform}")
-  why_not = _unsupported(preferred, f)
+  why_not = _unsupported(preferred, f) or (_cpu_kernel_missing() if preferred == "cpu_flash" else None)
   if why_not is not None:
     return KernelChoice(FALLBACK, why_not)
   return KernelChoice(preferred, "packed rows: segment ids" if preferred == "pallas_gpu" else "auto")
@@ -250,6 +278,8 @@ def attend(choice: KernelChoice, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segments_BxL, 
     fn = lambda q, k, v, s, p, h: pallas_gpu(q, k, v, s, h, interpret=choice.interpret)
   elif choice.kernel == "splash":
     fn = lambda q, k, v, s, p, h: splash(q, k, v, s, h, soft_cap=soft_cap, interpret=choice.interpret)
+  elif choice.kernel == "cpu_flash":
+    fn = lambda q, k, v, s, p, h: cpu_flash.attention(_scaled_q(q, h), k, v, 1.0)
   else:
     raise ValueError(f"not a fused kernel: {choice.kernel!r}")
   return _on_mesh(fn, q_BxLxHxD, k_BxLxKxD, v_BxLxKxD, segments, positions_BxL, hooks)

@@ -139,7 +139,7 @@ def _features(**on):
     ("tpu", {"soft_cap": True}, "splash"),
     ("tpu", {"alibi": True}, "chunked"),
     ("tpu", {"self_extend": True}, "chunked"),
-    ("cpu", {}, "chunked"),
+    ("cpu", {"packed": True}, "chunked"),  # the CPU kernel: tests/test_cpu_flash.py
 ])
 def test_auto_choice_follows_what_each_kernel_can_express(platform, features, kernel):
   choice = attention_fused.choose_kernel("auto", platform, _features(**features))

@@ -8,9 +8,13 @@ Dynamic NTK/YaRN, Llama 3, power and truncated bases all do): only arrays change
 :func:`window_nll` is also the scorer a LongRoPE search uses for a population: same
 params and windows, one Hooks value per candidate.
 
-Long windows use the chunked (memory-linear, flash-style) attention: the [L, L] logits
-of a 32K-token window would not fit in memory otherwise, and on CPU blocks of a few MiB
-are also the fastest path (``eval_chunk_size``; see benchmarks/long_eval.py). For the same reason the loss is
+Long windows use memory-linear attention: the [L, L] logits of a 32K-token window would not
+fit in memory otherwise. On CPU that is the ``fused`` path, whose C++ flash kernel
+(``rope_lab/kernels``) keeps each block in cache and is about twice as fast as the chunked
+path (benchmarks/long_eval.py); what the kernel cannot express (packed rows, ALiBi,
+SelfExtend, remap rules, key windows) falls back to ``chunked``, and so does every other
+platform (its fused kernels take 16-bit inputs or are checked here only in interpret mode),
+with blocks of ``eval_chunk_size``. For the same reason the loss is
 taken from the final hidden states ``LOSS_BLOCK_TOKENS`` at a time
 (``forward.blockwise_token_losses``): the [L, V] logits are never formed.
 """
@@ -33,7 +37,7 @@ from rope_lab.data import LongDocument, Window, bits_per_byte, sliding_windows
 from rope_lab.forward import blockwise_token_losses, encoding_hooks
 from rope_lab.model import ModelConfig, Transformer
 
-# Windows at least this long use the chunked attention (shorter ones the fused XLA path).
+# Windows at least this long use the memory-linear attention (shorter ones XLA's dot product).
 CHUNKED_FROM = 512
 DEFAULT_CHUNK = None  # eval_chunk_size: from the model's head count and the window length
 # Blocks of the chunked attention: the largest power of two in this range whose float32
@@ -80,7 +84,8 @@ def eval_model_config(cfg: ModelConfig, length: int, *, chunk_size: int | None =
   ``chunk_size`` None: ``eval_chunk_size``."""
   if length >= chunked_from:
     chunk_size = chunk_size or eval_chunk_size(cfg, length)
-    return dataclasses.replace(cfg, attention="chunked", chunk_size=min(chunk_size, length))
+    attention = "fused" if jax.default_backend() == "cpu" else "chunked"
+    return dataclasses.replace(cfg, attention=attention, fused_kernel="auto", chunk_size=min(chunk_size, length))
   attention = "dot_product" if cfg.logit_soft_cap is None else "reference"
   return dataclasses.replace(cfg, attention=attention)
 
