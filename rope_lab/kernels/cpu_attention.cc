@@ -169,18 +169,26 @@ void block_values(const float* p, int64_t keys, const float* v, int64_t v_stride
   }
 }
 
+// A block's scratch (up to 576 KiB: on the heap, as the pool's threads may have small stacks),
+// kept per thread and reused by its later blocks and calls.
+float* thread_scratch(size_t floats) {
+  thread_local std::unique_ptr<float, decltype(&std::free)> buffer(nullptr, &std::free);
+  thread_local size_t capacity = 0;
+  if (capacity < floats) {
+    buffer.reset(static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64)));
+    if (!buffer) std::abort();
+    capacity = floats;
+  }
+  return buffer.get();
+}
+
 constexpr int rows_for(int dv) { return dv <= 2 ? 8 : dv <= 4 ? 6 : dv <= 8 ? 3 : 1; }
 
 // One query block of one head: queries [q0, q0 + 48) against keys [0, q1).
 template <int DV>
 void query_block(const Problem& pr, int64_t b, int64_t h, int64_t q0) {
   constexpr int D = DV * kLanes;
-  // Scratch on the heap (up to 576 KiB): the pool's threads may have small stacks.
-  constexpr size_t kFloats = 2 * kQueryBlock * D + kQueryBlock * kKeyBlock + 3 * kQueryBlock;
-  std::unique_ptr<float, decltype(&std::free)> scratch(
-      static_cast<float*>(std::aligned_alloc(64, kFloats * sizeof(float))), &std::free);
-  if (!scratch) std::abort();
-  float* q_rows = scratch.get();
+  float* q_rows = thread_scratch(2 * kQueryBlock * D + kQueryBlock * kKeyBlock + 3 * kQueryBlock);
   float* acc = q_rows + kQueryBlock * D;
   float* scores = acc + kQueryBlock * D;
   float* m = scores + kQueryBlock * kKeyBlock;
