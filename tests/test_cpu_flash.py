@@ -183,14 +183,15 @@ def test_a_missing_compiler_or_a_failed_build_is_reported_not_raised(monkeypatch
 def test_model_evaluation_on_cpu_runs_the_kernel_and_scores_as_the_reference():
   """eval_model_config picks the fused path for long windows on CPU; unpacked rows run the
   kernel, and the logits equal the reference attention's."""
-  shape = dict(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=128)
+  length = perplexity.CHUNKED_FROM
+  shape = dict(vocab_size=64, d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, mlp_dim=128)
   hooks = pe.make("yarn", factor=4.0, original_max_position_embeddings=128).hooks(
-      head_dim=16, n_heads=4, d_model=64, seq_len=600)
-  tokens = jnp.asarray(np.random.RandomState(0).randint(0, 64, (1, 600)), jnp.int32)
+      head_dim=16, n_heads=4, d_model=64, seq_len=length)
+  tokens = jnp.asarray(np.random.RandomState(0).randint(0, 64, (1, length)), jnp.int32)
   reference = Transformer(ModelConfig(**shape, attention="reference"))
   params = reference.init(jax.random.key(0), tokens, hooks=hooks)
   want = jax.jit(reference.apply)(params, tokens, hooks=hooks)
-  cfg = perplexity.eval_model_config(ModelConfig(**shape), 600)
+  cfg = perplexity.eval_model_config(ModelConfig(**shape), length)
   assert (cfg.attention, cfg.fused_kernel) == ("fused", "auto")
   attention_fused.CHOICES.clear()
   got = jax.jit(Transformer(cfg).apply)(params, tokens, hooks=hooks)

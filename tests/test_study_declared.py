@@ -106,6 +106,14 @@ def test_declared_lengths_overrides_and_filled_parameters():
   assert [s.method for s in specs.values() if s.matched_eval] == ["pi"]
 
 
+def test_a_variant_that_tokenizes_differently_is_refused_before_training(tmp_path):
+  cfg = miniature(ape=False, pretrain_variants=("other=rope | data.dataset=kjv | data.tokenizer=bpe | "
+                                                "data.vocab_size=512",))
+  with pytest.raises(ConfigError, match="'other_s0'.*tokenizes differently"):
+    study.Study(cfg, str(tmp_path))
+  assert not (tmp_path / "runs").exists()
+
+
 def test_every_declared_row_reaches_results_figures_and_report(tmp_path):
   # One entry per path through the study (compiles dominate the time): the power basis takes the
   # truncated basis's path, NoPE-every-4th xPos's (an encoding other than the base model's).

@@ -55,9 +55,13 @@ class _EmbeddedCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     documents = list(self._raw_documents())
     return {split: self._generate_examples(documents, split) for split in SPLITS}
 
+  def _split_id(self, doc: corpora.RawDocument) -> str:
+    """What the split is a hash of (the document id unless parts of one work share it)."""
+    return doc.doc_id
+
   def _generate_examples(self, documents, split):
     for doc in documents:
-      if split_of(doc.doc_id, self.SPLIT_SALT) == split:
+      if split_of(self._split_id(doc), self.SPLIT_SALT) == split:
         yield doc.doc_id, {"id": doc.doc_id, "title": doc.title, "text": doc.text}
 
 
@@ -70,6 +74,20 @@ class Kjv(_EmbeddedCorpus):
 
   def _raw_documents(self):
     return corpora.kjv_documents()
+
+
+class KjvChapters(_EmbeddedCorpus):
+  """The King James Bible, one document per chapter, each in its book's ``kjv`` split."""
+
+  SPLIT_SALT = Kjv.SPLIT_SALT
+  DESCRIPTION = ("King James Bible, 1,189 chapters as documents (a book's chapters concatenate to "
+                 "its kjv document). Split by the book: sha256('kjv-v1:' + book id) % 100, as kjv.")
+
+  def _raw_documents(self):
+    return corpora.kjv_chapter_documents()
+
+  def _split_id(self, doc: corpora.RawDocument) -> str:
+    return corpora.kjv_book_of(doc.doc_id)
 
 
 class Pystdlib(_EmbeddedCorpus):
@@ -85,4 +103,5 @@ class Pystdlib(_EmbeddedCorpus):
     return corpora.stdlib_documents()
 
 
-EMBEDDED_BUILDERS: dict[str, type[_EmbeddedCorpus]] = {"kjv": Kjv, "pystdlib": Pystdlib}
+EMBEDDED_BUILDERS: dict[str, type[_EmbeddedCorpus]] = {"kjv": Kjv, "kjv_chapters": KjvChapters,
+                                                         "pystdlib": Pystdlib}

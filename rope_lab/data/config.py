@@ -28,7 +28,8 @@ class DataConfig:
   """Where training text comes from and how it becomes batches.
 
   Attributes:
-    dataset: ``kjv`` (default; King James Bible, one document per book),
+    dataset: ``kjv`` (default; King James Bible, one document per book), ``kjv_chapters`` (the same
+      text, one document per chapter, split by book),
       ``pystdlib`` (Python standard library source, one document per file),
       ``a+b`` (documents of both), ``tfds:<name>[/<config>]`` (a prepared TFDS
       catalog dataset), ``files:<glob>`` (local UTF-8 files, one document per

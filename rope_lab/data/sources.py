@@ -28,7 +28,7 @@ from rope_lab.data import integrity
 from rope_lab.data.errors import DatasetNotPreparedError, DocumentError, UnknownDatasetError
 from rope_lab.data.splits import split_of
 
-EMBEDDED_DATASETS = ("kjv", "pystdlib")
+EMBEDDED_DATASETS = ("kjv", "kjv_chapters", "pystdlib")
 FILES_SPLIT_SALT = "files-v1"
 _TEXT_FEATURE_PREFERENCE = ("text", "book_text", "content", "article", "document")
 _ID_FEATURE_PREFERENCE = ("id", "doc_id", "book_id", "url", "title", "book_title")
@@ -53,7 +53,7 @@ class DatasetSpec:
 
 
 def known_dataset_names() -> str:
-  return ("'kjv', 'pystdlib', 'a+b' mixtures, 'tfds:<name>[/<config>]', 'files:<glob>' "
+  return ("'kjv', 'kjv_chapters', 'pystdlib', 'a+b' mixtures, 'tfds:<name>[/<config>]', 'files:<glob>' "
           "or 'random:[<num_docs>]'")
 
 

@@ -25,7 +25,7 @@ from rope_lab.evaluate.retrieval_data import passkey_mix_source, retrieval_mix_s
 from rope_lab.evaluate.runs import TrainedRun, load_run
 from rope_lab.errors import check
 from rope_lab.study.config import StudyConfig
-from rope_lab.study.runs import RunSpec, base_run, finetune_run, trained_plan
+from rope_lab.study.runs import RunSpec, base_run, extra_runs, finetune_run, trained_plan
 
 RESULTS_FILE = "results.jsonl"
 # The attention maps keep the last this-many queries against the last this-many keys of each
@@ -76,11 +76,24 @@ class Study:
     self.tokenizer = get_tokenizer(cfg.base.data)
     self._runs: dict[str, TrainedRun] = {}
     self.finetune_lr = cfg.finetune_learning_rates[0]
+    for spec in extra_runs(cfg):  # a run that would tokenize differently fails here, before any training
+      self.check_tokenizer(spec)
     self.documents(cfg.eval_split)  # too few long test documents fail here, before any training
     if cfg.retrieval_mix:  # a training row too short for the tasks fails here, before any training
       for task in ("short_passkey", "mqar"):
         for length in {cfg.train_length + 1, cfg.retrieval_min_length or cfg.train_length + 1}:
           retrieval_training_row(task, self.tokenizer, length, np.random.default_rng(0))
+
+  def check_tokenizer(self, spec: RunSpec) -> None:
+    """Every model is scored on the base models' tokens, so a run whose data (another dataset,
+    such as the chapter documents of In-Context Pretraining) must tokenize exactly as theirs."""
+    data = spec.exp.data
+    if data == self.cfg.base.data or get_tokenizer(data).cache_key == self.tokenizer.cache_key:
+      return
+    raise config_lib.ConfigError(
+        f"study run {spec.name!r}: its data (dataset {data.dataset!r}, tokenizer {data.tokenizer!r}) "
+        f"tokenizes differently from the base models' ({self.cfg.base.data.dataset!r}, "
+        f"{self.cfg.base.data.tokenizer!r}); every model is scored on the base models' tokens")
 
   # -- bookkeeping ---------------------------------------------------------------
 

@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from rope_lab.data import corpora
-from rope_lab.data.builders import Kjv
+from rope_lab.data import DataConfig, corpora, get_tokenizer
+from rope_lab.data.builders import Kjv, KjvChapters
 from rope_lab.data.splits import SPLITS, split_bucket, split_of
 
 
@@ -51,6 +51,34 @@ def test_kjv_documents_are_books_with_verses():
   books = list(corpora.kjv_documents())
   assert len(books) == 66 and books[0].doc_id == "1-01-Genesis"
   assert books[0].text.splitlines()[2].startswith("1:1 In the beginning")
+
+
+def test_kjv_chapters_concatenate_to_their_books():
+  books = {d.doc_id: d.text for d in corpora.kjv_documents()}
+  chapters = list(corpora.kjv_chapter_documents())
+  assert len(chapters) == 1189  # the Protestant canon's chapter count
+  assert chapters[0].doc_id == "1-01-Genesis/001" and chapters[-1].doc_id == "2-27-Revelation/022"
+  assert chapters[1].text.startswith("2:1 ")  # a later chapter starts with its first verse
+  joined = {}
+  for chapter in chapters:
+    joined[corpora.kjv_book_of(chapter.doc_id)] = joined.get(corpora.kjv_book_of(chapter.doc_id), "") + chapter.text
+  assert joined == books
+
+
+def test_kjv_chapters_keep_their_books_splits_and_tokenizer(kjv_data_dir, tmp_path):
+  """In-Context Pretraining's chapter documents hold out exactly kjv's held-out books, and a
+  SentencePiece model trained on them is kjv's (the study scores every model on kjv's tokens)."""
+  _, book_ids = _split_ids(kjv_data_dir)
+  builder = KjvChapters(data_dir=str(tmp_path), file_format="array_record")
+  builder.download_and_prepare()
+  for split in SPLITS:
+    source = builder.as_data_source(split=split)
+    books = {corpora.kjv_book_of(source[i]["id"].decode()) for i in range(len(source))}
+    assert books == set(book_ids[split]), split
+  (tmp_path / "data").mkdir()
+  bpe = lambda dataset: get_tokenizer(DataConfig(dataset=dataset, tokenizer="bpe", vocab_size=512,
+                                                 data_dir=str(tmp_path / "data")))
+  assert bpe("kjv_chapters").cache_key == bpe("kjv").cache_key
 
 
 def test_stdlib_files_exclude_tests_and_site_packages():
