@@ -109,6 +109,8 @@ def worker_rope_lab(checkpoint: str, length: int, chunk: int, repeats: int, host
       nll = window_nll(cfg, params, [window], hooks, batch_size=1)
       times.append(time.perf_counter() - start)
   ran = sorted({c.kernel for c in attention_fused.CHOICES}) if cfg.attention == "fused" else [cfg.attention]
+  if split == "sequence" and host_devices > 1:  # context parallelism runs its own blockwise attention
+    ran = ["context-parallel chunked"]
   return {"nll": nll.total, "first_s": times[0], "steady_s": min(times[1:] or times),
           "detail": f"jax {jax.__version__}, attention {'+'.join(ran)}, chunk {cfg.chunk_size}, "
                     f"{host_devices} host device(s)" + (f" over {split}" if host_devices > 1 else "")}

@@ -89,8 +89,9 @@ def main() -> None:
 
 
 def fused_kernels_on_a_mesh() -> dict:
-  """Largest |difference| from the reference of each Pallas kernel (interpreted) run per
-  shard over a (data 2, fsdp 2, tensor 2) mesh, the kv heads split over tensor."""
+  """Largest |difference| from the reference of each Pallas kernel (interpreted, packed rows) and
+  of the CPU kernel (unpacked rows) run per shard over a (data 2, fsdp 2, tensor 2) mesh, the kv
+  heads split over tensor."""
   hooks = pe.make("rope").hooks(head_dim=8, n_heads=4, d_model=32, seq_len=L)
   rs = np.random.RandomState(3)
   q, k, v = (jnp.asarray(rs.standard_normal((4, L, heads, 8)), jnp.float32) for heads in (4, 2, 2))
@@ -107,6 +108,16 @@ def fused_kernels_on_a_mesh() -> dict:
         q, k, v, meta, hooks, implementation="fused", fused_kernel=kernel))
     with sharding.logical_context(sharding.make_mesh((2, 2, 2, 1)), sharding.DEFAULT_RULES):
       diffs[kernel] = float(np.abs(np.asarray(run(q, k, v, meta, hooks)) - want).max())
+  # The CPU kernel: unpacked rows, head dim 16 (its smallest).
+  hooks = pe.make("rope").hooks(head_dim=16, n_heads=4, d_model=64, seq_len=L)
+  q, k, v = (jnp.asarray(rs.standard_normal((4, L, heads, 16)), jnp.float32) for heads in (4, 2, 2))
+  one_row = meta._replace(segments=jnp.ones_like(meta.segments))
+  want = np.asarray(jax.jit(lambda q, k, v, meta: attention.attend(q, k, v, meta, hooks,
+                                                                   implementation="reference"))(q, k, v, one_row))
+  run = jax.jit(lambda q, k, v, meta, hooks: attention.attend(q, k, v, meta, hooks, implementation="fused",
+                                                              fused_kernel="cpu_flash", packed=False))
+  with sharding.logical_context(sharding.make_mesh((2, 2, 2, 1)), sharding.DEFAULT_RULES):
+    diffs["cpu_flash"] = float(np.abs(np.asarray(run(q, k, v, one_row, hooks)) - want).max())
   return {"fused_on_mesh": diffs}
 
 
