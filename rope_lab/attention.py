@@ -39,7 +39,8 @@ Implementations (``IMPLEMENTATIONS``), all honouring every hook:
   loops only over each query block's needed key blocks; the backward pass differentiates
   fixed-length scans over all of them (what reverse mode needs) and rematerialises each
   query block (``jax.checkpoint``), so gradients also stay linear in memory.
-* ``fused``: the platform's fused kernel (cuDNN or Pallas on GPU, splash on TPU), chosen
+* ``fused``: the platform's fused kernel (cuDNN or Pallas on GPU, splash on TPU, rope_lab's
+  C++ kernel on CPU), chosen
   per call by ``rope_lab.attention_fused``, which falls back to ``chunked`` for what no
   kernel expresses.
 """

@@ -16,7 +16,8 @@ take their softmax scale as a compile-time number. The kernels:
   kv heads repeated for grouped queries.
 * ``cpu_flash`` (CPU): rope_lab's own C++ kernel (``rope_lab/kernels``), causal over whole
   rows, grouped kv heads read in place, float32 inside; built with the machine's C++ compiler
-  on first use. No segment ids, bias or soft cap; its gradient is the chunked path's.
+  on first use. No segment ids, bias or soft cap; forward only, its gradient is a plain-JAX
+  blockwise recomputation (``cpu_flash.blockwise_reference``).
 
 Both Pallas kernels pad L to their block size: padded keys come after every real query,
 so causality hides them, and padded query rows are dropped. Under a mesh they run inside
@@ -123,8 +124,13 @@ def _unsupported(kernel: str, f: Features) -> str | None:
   return None
 
 
-def _cpu_kernel_missing() -> str | None:
-  """Why the CPU kernel cannot be built or loaded here (None: it is ready)."""
+def _missing_here(kernel: str, platform: str) -> str | None:
+  """Why ``kernel`` cannot run on this machine at all (None: nothing stops it). Only the CPU
+  kernel can be missing: it is built here, on first use."""
+  if kernel != "cpu_flash":
+    return None
+  if platform != "cpu":
+    return f"it runs on the CPU only; this platform is {platform!r}"
   ready, detail = cpu_flash.available()
   return None if ready else detail
 
@@ -136,9 +142,9 @@ def choose_kernel(requested: str, platform: str, f: Features) -> KernelChoice:
     if why_not is not None:
       raise ConfigError(f"ModelConfig.fused_kernel={requested!r} cannot run this call: {why_not}; "
                         f"use fused_kernel='auto' (falls back to '{FALLBACK}') or another attention")
-    if requested == "cpu_flash" and (why_not := _cpu_kernel_missing() if platform == "cpu" else
-                                     f"it runs on the CPU only; this platform is {platform!r}"):
-      raise ConfigError(f"ModelConfig.fused_kernel='cpu_flash' cannot run: {why_not}")
+    why_not = _missing_here(requested, platform)
+    if why_not is not None:
+      raise ConfigError(f"ModelConfig.fused_kernel={requested!r} cannot run: {why_not}")
     if _PLATFORM_OF[requested] == platform:
       return KernelChoice(requested, "forced")
     if requested == "cudnn":
@@ -154,7 +160,7 @@ def choose_kernel(requested: str, platform: str, f: Features) -> KernelChoice:
     preferred = "cpu_flash"
   else:
     return KernelChoice(FALLBACK, f"no fused kernel on {platform}")
-  why_not = _unsupported(preferred, f) or (_cpu_kernel_missing() if preferred == "cpu_flash" else None)
+  why_not = _unsupported(preferred, f) or _missing_here(preferred, platform)
   if why_not is not None:
     return KernelChoice(FALLBACK, why_not)
   return KernelChoice(preferred, "packed rows: segment ids" if preferred == "pallas_gpu" else "auto")

@@ -10,8 +10,8 @@ params and windows, one Hooks value per candidate.
 
 Long windows use memory-linear attention: the [L, L] logits of a 32K-token window would not
 fit in memory otherwise. On CPU that is the ``fused`` path, whose C++ flash kernel
-(``rope_lab/kernels``) keeps each block in cache and is about twice as fast as the chunked
-path (benchmarks/long_eval.py); what the kernel cannot express (packed rows, ALiBi,
+(``rope_lab/kernels``) keeps each block in cache: its attention is about twice as fast as the
+chunked path's (benchmarks/attention_cpu.py); what the kernel cannot express (packed rows, ALiBi,
 SelfExtend, remap rules, key windows) falls back to ``chunked``, and so does every other
 platform (its fused kernels take 16-bit inputs or are checked here only in interpret mode),
 with blocks of ``eval_chunk_size``. For the same reason the loss is

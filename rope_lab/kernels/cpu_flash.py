@@ -35,14 +35,12 @@ SYMBOL = "RopeLabCpuFlashForward"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 LANES = 16
 MAX_HEAD_DIM = 256
-HEAD_DIMS = tuple(d for d in range(LANES, 8 * LANES + 1, LANES)) + (MAX_HEAD_DIM,)
+HEAD_DIMS = tuple(range(LANES, 8 * LANES + 1, LANES)) + (MAX_HEAD_DIM,)  # the kernel's instantiations
 
 
 def _compiler() -> str | None:
-  for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-    if name and shutil.which(name):
-      return shutil.which(name)
-  return None
+  found = (shutil.which(name) for name in (os.environ.get("CXX"), "c++", "g++", "clang++") if name)
+  return next((path for path in found if path), None)
 
 
 def _cpu_identity() -> str:
