@@ -58,7 +58,7 @@ def test_a_bad_study_run_argument_is_a_clear_error(tmp_path):
     study_configs.get_config("run=giraffe")
   with pytest.raises(ValueError, match="run=finetune needs method=<a label of finetunes"):
     study_configs.get_config("run=finetune,method=alibi,scale=4,lr=0.001")
-  with pytest.raises(ValueError, match=r"run=variant needs method=<a label of pretrain_variants \['nope4', 'xpos'\]"):
+  with pytest.raises(ValueError, match=r"run=variant needs method=<a label of pretrain_variants \['icp_in_context', 'icp_random', 'nope4', 'xpos'\]"):
     study_configs.get_config("run=variant,method=alibi")
   with pytest.raises(runs_lib.ConfigError, match="sweeps: base, finetune, seeds"):
     runs_lib.expand("configs/study.py:sweep=grid", str(tmp_path))
