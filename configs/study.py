@@ -94,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-def study_config(quick: bool, icp: bool = True) -> ml_collections.ConfigDict:
+def study_config(quick: bool, icp: bool) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.base = base_experiment(steps=PRETRAIN_STEPS)
   config.seeds = (0, 1, 2)
@@ -201,7 +201,7 @@ def finetunes(train_length: int, scale: int) -> tuple[str, ...]:
   )
 
 
-def pretrain_variants(rope_base: float, icp: bool = True) -> tuple[str, ...]:
+def pretrain_variants(rope_base: float, icp: bool) -> tuple[str, ...]:
   variants = (
       "xpos=xpos",  # xPos (Sun et al. 2022), evaluated as trained
       # NoPE every 4th layer, RoPE elsewhere (Llama 4's iRoPE pattern; 'L' = RoPE with local_base).
