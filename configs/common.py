@@ -21,6 +21,7 @@ keys are config arguments (``pe``, ``factor``, ...), which rebuild the config.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import ml_collections
@@ -162,6 +163,18 @@ def pe_config(name: str, *, context: dict[str, Any] | None = None,
 
 
 # ----------------------------------------------------------------------------- sweeps
+
+
+def embedding_multiplier(pe_name: str, d_model: int) -> float:
+  """The token-embedding multiplier that goes with an encoding: sqrt(d_model) with the sinusoidal
+  table (Vaswani et al. 2017, §3.4), so that the fixed unit-amplitude table does not swamp token
+  embeddings initialised at std 0.02; 1 otherwise."""
+  return math.sqrt(d_model) if pe_name == "sinusoidal" else 1.0
+
+
+def sinusoidal_ape_model(d_model: int) -> str:
+  """A study's sinusoidal-APE model declared with its embedding multiplier (configs/study.py)."""
+  return f"sinusoidal | model.embedding_multiplier={embedding_multiplier('sinusoidal', d_model)!r}"
 
 
 def sweep(key: str, values) -> list[dict[str, Any]]:

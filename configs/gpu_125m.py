@@ -79,6 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.pe = common.pe_config(
       name, **({"factor": factor} if factor else {}),
       context={"base": ROPE_BASE, "original_max_position_embeddings": PRETRAIN_LENGTH})
+  # on token embeddings: sqrt(d_model) with pe=sinusoidal (Vaswani et al. 2017, §3.4), else 1
+  config.model.embedding_multiplier = common.embedding_multiplier(name, config.model.d_model)
 
   config.seq_len = 8192 if ft else PRETRAIN_LENGTH  # tokens per training row
   config.global_batch_size = 8 if ft else 32  # rows per step, all processes

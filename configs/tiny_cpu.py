@@ -90,6 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.compute_dtype = "float32"  # activations; parameters stay float32
   config.model.segment_masking = True  # packed documents do not attend to each other
   config.model.init_std = 0.02  # normal init of the projections
+  config.model.embedding_multiplier = 1.0  # on token embeddings; sqrt(d_model) with pe=sinusoidal (below)
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "kjv"  # King James Bible, one document per book (embedded, no download)
@@ -112,6 +113,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.pe = common.pe_config(
       name, **({"factor": factor} if factor and (has_factor or arg.factor) else {}),
       context={"base": ROPE_BASE, "original_max_position_embeddings": PRETRAIN_LENGTH})
+  config.model.embedding_multiplier = common.embedding_multiplier(name, config.model.d_model)
 
   config.seq_len = seq_len  # tokens per training row
   config.global_batch_size = 4 if arg.finetune else 16  # rows per step, all processes

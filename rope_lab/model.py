@@ -97,6 +97,11 @@ class ModelConfig:
   compute_dtype: str = "float32"  # "float32" or "bfloat16"; parameters stay float32
   segment_masking: bool = True  # no attention across packed segments
   init_std: float = 0.02  # stddev of the normal initialiser of every kernel and embedding
+  # Token embeddings are multiplied by this before any absolute table is added. Vaswani et al.
+  # (2017, §3.4) and Gemma use sqrt(d_model): a fixed unit-amplitude sinusoid table added to
+  # embeddings initialised at std init_std would otherwise swamp the tokens (configs set it with
+  # the sinusoidal table). The output layer never sees it (tied logits use the raw table).
+  embedding_multiplier: float = 1.0
   # Mistral/Qwen2's sliding_window W: a query sees itself and the W - 1 tokens before it
   # (transformers' convention); None: every earlier token.
   sliding_window: int | None = None
@@ -134,6 +139,8 @@ class ModelConfig:
           ModelConfigError)
     check(_is_real(self.init_std) and self.init_std > 0, "ModelConfig.init_std", "a number > 0", self.init_std,
           ModelConfigError)
+    check(_is_real(self.embedding_multiplier) and self.embedding_multiplier > 0, "ModelConfig.embedding_multiplier",
+          "a number > 0", self.embedding_multiplier, ModelConfigError)
     for name in ("tied_embeddings", "qkv_bias", "segment_masking", "scan_layers"):
       check(isinstance(getattr(self, name), bool), f"ModelConfig.{name}", "a bool", getattr(self, name),
             ModelConfigError)
@@ -335,6 +342,8 @@ class Transformer(nn.Module):
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=jnp.float32,
                      embedding_init=_init(cfg.init_std, ("vocab", "embed")), name="embed")
     x = embed(tokens_BxL)
+    if cfg.embedding_multiplier != 1.0:
+      x = x * jnp.asarray(cfg.embedding_multiplier, cfg.dtype)
     table = None
     if hooks.absolute == "learned":
       table = self.param("pos_embed", _init(cfg.init_std, (None, "embed")),

@@ -223,10 +223,14 @@ def test_plans_resolve_matched_parameters_and_parse_json():
   plan = ev.plan_from_json('{"name": "pi", "factor": "matched", "base": 10000}')
   assert plan.label == "pi s=L/L0" and plan.is_matched
   assert plan.resolve(64, 16)["factor"] == 4.0 and plan.resolve(8, 16)["factor"] == 1.0
-  ape = {p.label: p for p in ev.ape_plans(16, max_length=16)}
+  ape = {p.label: p for p in ev.ape_plans(16, {"name": "learned", "max_length": 16, "extension": "none"})}
   interp = ape["APE interpolate"].encoding(64, 16)
   assert interp.extension_factor == pytest.approx(63 / 15)  # the last position maps onto row 15
   interp.hooks(head_dim=8, n_heads=2, d_model=16, seq_len=64)  # fits the 16-row table
+  # A sinusoidal model keeps its own table parameters under every extension.
+  sin = {p.label: p for p in ev.ape_plans(16, {"name": "sinusoidal", "max_timescale": 100.0})}
+  grouped = sin["APE grouped"].encoding(64, 16)
+  assert (grouped.name, grouped.max_timescale, grouped.extension) == ("sinusoidal", 100.0, "grouped")
   labels = [p.label for p in ev.rope_family_plans(128, base=10000.0, scale=4.0)]
   assert labels[:2] == ["RoPE", "PI s=4"] and "Dynamic YaRN" in labels and len(labels) == len(set(labels))
   with pytest.raises(ValueError, match="factor"):

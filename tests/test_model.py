@@ -90,6 +90,7 @@ def test_config_resolves_defaults():
     ("logit_soft_cap", dict(logit_soft_cap=30.0, attention="dot_product")),
     ("tied_embeddings", dict(tied_embeddings="yes")),
     ("chunk_size", dict(chunk_size=0)),
+    ("embedding_multiplier", dict(embedding_multiplier=0.0)),
 ])
 def test_config_rejects_bad_field_by_name(field, kwargs):
   with pytest.raises(model.ModelConfigError, match=f"ModelConfig.{field} "):
@@ -209,6 +210,18 @@ def test_attention_paths_agree_through_the_model(case, params):
   for impl in ("dot_product", "chunked"):
     got = forward(dataclasses.replace(CFG, attention=impl), params, tokens(), hooks, positions, segments)
     np.testing.assert_allclose(got, want, atol=1e-5, err_msg=impl)
+
+
+def test_embedding_multiplier_scales_the_tokens_not_the_table_or_the_output(params):
+  """Vaswani et al. §3.4: the token embeddings are multiplied by sqrt(d_model), then the sinusoid
+  table is added unscaled; an untied output layer is untouched. So the multiplier must equal a
+  token table scaled by it (and not equal the table added to unscaled tokens)."""
+  hooks = hooks_for("sinusoidal")
+  scaled_tokens = dict(params, embed={"embedding": params["embed"]["embedding"] * np.sqrt(D)})
+  want = forward(CFG, scaled_tokens, tokens(), hooks)
+  got = forward(dataclasses.replace(CFG, embedding_multiplier=float(np.sqrt(D))), params, tokens(), hooks)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(forward(CFG, params, tokens(), hooks), want, atol=1e-3)
 
 
 def test_loss_at_t_has_zero_gradient_from_later_inputs(params):

@@ -193,7 +193,7 @@ def test_the_best_zero_shot_method_for_giraffes_contrast_is_chosen_on_validation
 
 def test_plan_ids_are_distinct_and_the_labels_of_older_rows_map_onto_them():
   from rope_lab.evaluate import plans
-  every = plans.rope_family_plans(128, base=1e4, scale=4.0) + plans.ape_plans(128, max_length=128)
+  every = plans.rope_family_plans(128, base=1e4, scale=4.0) + plans.ape_plans(128, {"name": "learned", "max_length": 128})
   assert len({p.id for p in every}) == len(every)
   assert {p.id for p in every} >= {"rope", "pi_matched", "yarn_s4", "dynamic_yarn", "ape_pcw"}
   for plan in every:

@@ -46,6 +46,9 @@ VARIANTS = (
     (dict(pretrain_variants=("base=xpos",)), r"config\.pretrain_variants.*other than base"),
     (dict(pretrain_variants=("x y=xpos",)), r"config\.pretrain_variants\[0\].*label 'x y'"),
     (dict(grid_finetune="truncated"), r"config\.grid_finetune.*a label of finetunes"),
+    (dict(ape_model="rope"), r"config\.ape_model must be an absolute-position table"),
+    (dict(ape_model="sinusoidal | model.embedding_multiplier=0"),
+     r"config\.ape_model: entry 'sinusoidal \| model\.embedding_multiplier=0'.*embedding_multiplier"),
     (dict(finetunes=("pi=pi", "power=power | seeds=0")), r"config\.finetunes\[1\]: entry 'power=power \| seeds=0': "
      r"seeds='0' must be an int >= 1"),
 ])
@@ -205,16 +208,19 @@ def test_within_claims_use_their_threshold_and_rows_without_windows_are_inconclu
 
 def test_study_config_json_round_trips_and_older_files_read_as_declarations(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
-  cfg = miniature(finetunes=FINETUNES, pretrain_variants=VARIANTS)
+  ape_model = "sinusoidal | model.embedding_multiplier=4.0"
+  cfg = miniature(finetunes=FINETUNES, pretrain_variants=VARIANTS, ape_model=ape_model)
   study.save_config(cfg, str(tmp_path))
   path = os.path.join(str(tmp_path), study.config.CONFIG_FILE)
   with open(path) as f:
     values = json.load(f)
   assert values["finetunes"] == list(FINETUNES) and values["pretrain_variants"] == list(VARIANTS)
+  assert values["ape_model"] == ape_model
   assert study.read_study_config(str(tmp_path)) == cfg
   # A study directory written before runs were declared: PI / YaRN by method name and an xPos flag.
   values.pop("pretrain_variants")
   values.pop("finetunes")
+  values.pop("ape_model")  # a learned table then
   values.update(finetune_methods=["pi", "yarn"], xpos=True)
   with open(path, "w") as f:
     json.dump(values, f)

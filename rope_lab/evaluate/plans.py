@@ -138,9 +138,11 @@ def rope_family_plans(train_length: int, *, base: float, scale: float) -> list[E
   ]
 
 
-def ape_plans(train_length: int, *, max_length: int) -> list[EncodingPlan]:
-  """LongEmbed's training-free extensions of a learned-APE checkpoint with a ``max_length`` table."""
-  common = {"name": "learned", "max_length": max_length}
+def ape_plans(train_length: int, trained: dict) -> list[EncodingPlan]:
+  """LongEmbed's training-free extensions of an APE checkpoint trained at ``train_length`` with the
+  absolute encoding ``trained`` (a ``pe.to_dict``: learned or sinusoidal, its table parameters kept)."""
+  common = {k: v for k, v in trained.items()
+            if k not in ("extension", "extension_factor", "extension_mode", "original_max_position_embeddings")}
   orig = {"original_max_position_embeddings": train_length}
   return [
       EncodingPlan.of("APE PCW", {**common, "extension": "pcw", **orig}, "ape_pcw"),

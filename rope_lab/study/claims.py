@@ -359,7 +359,7 @@ def longembed_retrieval(c: Context) -> Claim:
   inside = [r for r in passkey if r["length"] <= c.cfg.train_length and r["run_kind"] in ("ape", "base")]
   if not ape or not rope:
     return Claim("Training-free extension works better for RoPE models than for APE models", source, rule,
-                 f"no {task} rows for the learned-APE model", UNTESTABLE, statistic="accuracy", below=False)
+                 f"no {task} rows for the absolute-position (APE) model", UNTESTABLE, statistic="accuracy", below=False)
   def pooled_accuracy(rows):
     return (sum(r["metrics"]["accuracy"] * r["metrics"]["examples"] for r in rows)
             / max(1, sum(r["metrics"]["examples"] for r in rows)))

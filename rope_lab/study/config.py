@@ -7,6 +7,7 @@ import json
 import os
 
 from rope_lab import config as config_lib
+from rope_lab import pe
 from rope_lab import results as results_lib
 from rope_lab.errors import ConfigError, check
 from rope_lab.study.declarations import RunDeclaration, parse_runs
@@ -44,7 +45,10 @@ class StudyConfig:
   finetune_warmup_steps: int = 5
   grid_train_scales: tuple[int, ...] = (2, 4, 8)  # Giraffe grid: PI fine-tunes at these scales
   grid_seeds: int = 1  # the grid's extra fine-tunes use the first this-many seeds
-  ape: bool = True  # train a learned-APE model (first seed) for LongEmbed's extensions
+  ape: bool = True  # train an absolute-position model (first seed) for LongEmbed's extensions
+  # That model, declared as the variants are (its label is ignored: the run is ``ape_s<seed>``):
+  # an absolute table, 'learned' or 'sinusoidal' (with its embedding multiplier, model.embedding_multiplier).
+  ape_model: RunDeclaration | str = "learned"
   retrieval_seeds: int = 1  # passkey / lines on the first this-many seeds' models
   passkey_lengths: tuple[int, ...] = (256, 512, 1024, 2048)  # tokens (the prompt alone takes ~170)
   passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -93,6 +97,10 @@ class StudyConfig:
   def __post_init__(self):
     object.__setattr__(self, "finetunes", parse_runs(self.finetunes, "config.finetunes"))
     object.__setattr__(self, "pretrain_variants", parse_runs(self.pretrain_variants, "config.pretrain_variants"))
+    object.__setattr__(self, "ape_model", parse_runs((self.ape_model,), "config.ape_model")[0])
+    ape_fields = {f.name for f in dataclasses.fields(pe.REGISTRY[self.ape_model.method.name])}
+    check("extension" in ape_fields, "config.ape_model",
+          "an absolute-position table LongEmbed's extensions apply to (learned or sinusoidal)", self.ape_model.spec)
     seeds = len(self.seeds)
     finetune_labels = [r.label for r in self.finetunes]
     for ok, field, valid in (
@@ -166,6 +174,7 @@ def save_config(cfg: StudyConfig, workdir: str) -> None:
   values = dataclasses.asdict(dataclasses.replace(cfg, base=None))
   for name in ("finetunes", "pretrain_variants"):  # as declared
     values[name] = [run.spec for run in getattr(cfg, name)]
+  values["ape_model"] = cfg.ape_model.spec
   values["base"] = config_lib.experiment_to_dict(cfg.base)
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
     json.dump(results_lib._plain(values), f, indent=2)  # pylint: disable=protected-access

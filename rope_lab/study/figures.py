@@ -396,7 +396,7 @@ def ape_figure(rows, cfg, figures_dir) -> Figure | None:
   ax.set_title(f"LongEmbed's APE extensions vs the RoPE family (seed {seed}, same data and steps)", fontsize=10)
   fig.tight_layout()
   return _save(fig, figures_dir, "ape_study.png",
-               "A learned-APE model extended without training by parallel context windows, grouped, recurrent "
+               f"A {cfg.ape_model.method.name}-APE model extended without training by parallel context windows, grouped, recurrent "
                "and interpolated positions, against the RoPE model of the same seed under RoPE-family methods, "
                "with the reference lines of the other perplexity figures.")
 

@@ -102,7 +102,7 @@ class Study:
 
   def retrieval_mix(self, spec: RunSpec) -> float:
     """The fraction of short retrieval rows in ``spec``'s training: every pretraining run gets
-    the same mix (base models, the learned-APE model, the declared variants), so that a variant
+    the same mix (base models, the absolute-position model, the declared variants), so that a variant
     and the base model it is compared with saw the same text; fine-tunes get it too unless
     ``finetune_retrieval`` is off (a text-only fine-tune of 5% of the pretraining steps erased
     the taught passkey at every length, the training length included)."""

@@ -1,6 +1,6 @@
 """The phases of the reference study, in order, and the function that runs them.
 
-Phases: base RoPE models (one per seed) -> the learned-APE model, the declared pretraining
+Phases: base RoPE models (one per seed) -> the absolute-position (APE) model, the declared pretraining
 variants (and optionally a passkey probe model) -> LongRoPE's factor search on the first seed's
 base model (validation documents) -> fine-tuning learning rate chosen on
 validation -> the declared fine-tunes at ``finetune_scale`` and the Giraffe grid's ->
@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rope_lab import pe
 from rope_lab import results as results_lib
 from rope_lab.evaluate import attention_maps, plans as plans_lib
 from rope_lab.study import longrope
@@ -66,7 +67,7 @@ def evaluate_perplexity(study: Study, extra: list[RunSpec], finetunes: list[RunS
       study.perplexity(spec, matched_pi, cfg.eval_scales)
   for spec in extra:
     if spec.kind == "ape":
-      for plan in plans_lib.ape_plans(cfg.train_length, max_length=cfg.train_length):
+      for plan in plans_lib.ape_plans(cfg.train_length, pe.to_dict(spec.exp.encoding)):
         study.log(f"perplexity {spec.name} {plan.label}")
         study.perplexity(spec, plan, cfg.eval_scales)
     elif spec.kind == "variant":  # declared pretraining runs: evaluated as trained
@@ -83,7 +84,7 @@ def retrieval_plans(cfg: StudyConfig, train_length: int) -> list[plans_lib.Encod
 def evaluate_retrieval(study: Study, extra: list[RunSpec], finetunes: list[RunSpec]) -> None:
   """Passkey grid, lost-in-the-middle and key-value lines for the first seeds' base models
   (zero-shot encodings), their fine-tunes (as trained) and the probe model if any; with a
-  retrieval mix, the taught short tasks for those and for the learned-APE model under
+  retrieval mix, the taught short tasks for those and for the absolute-position model under
   LongEmbed's extensions (its retrieval is what LongEmbed compares)."""
   cfg = study.cfg
   seeds = cfg.seeds[:cfg.retrieval_seeds]
@@ -96,7 +97,7 @@ def evaluate_retrieval(study: Study, extra: list[RunSpec], finetunes: list[RunSp
               for plan in retrieval_plans(cfg, spec.exp.train.seq_len)]
   taught = ("short_passkey", "mqar") if cfg.retrieval_mix else ()
   ape_targets = [(spec, plan) for spec in extra if spec.kind == "ape" and taught
-                 for plan in plans_lib.ape_plans(cfg.train_length, max_length=cfg.train_length)]
+                 for plan in plans_lib.ape_plans(cfg.train_length, pe.to_dict(spec.exp.encoding))]
   middle_depths = tuple(float(d) for d in np.linspace(0, 1, cfg.middle_depths))
   for spec, plan in targets + ape_targets:
     study.log(f"retrieval {spec.name} {plan.label}")

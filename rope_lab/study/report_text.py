@@ -234,7 +234,7 @@ def write_report(rows, figures, cfg, path: str) -> str:
   parts += ["", "## Fine-tuned models", "", length_table(ppl, ft_labels, lengths)]
   ape = [(label, dict(run_kind="ape", plan_id=p)) for p, label in plans_in_order(results_lib.select(ppl, run_kind="ape"))]
   if ape:
-    parts += ["", "## Absolute positions (LongEmbed extensions of a learned-APE model)", "",
+    parts += ["", f"## Absolute positions (LongEmbed extensions of a {cfg.ape_model.method.name}-APE model)", "",
               length_table(ppl, ape, lengths)]
   parts += variants_section(ppl, cfg, lengths)
   parts += ["", "## Retrieval", "",

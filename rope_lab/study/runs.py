@@ -42,10 +42,13 @@ def _with_train(exp, **changes):
 
 
 def base_run(cfg: StudyConfig, seed: int, kind: str = "base") -> RunSpec:
-  """The base model of ``seed``, or the first seed's learned-APE model or passkey probe (``kind``)."""
+  """The base model of ``seed``, or the first seed's absolute-position model (``config.ape_model``)
+  or passkey probe (``kind``)."""
   exp = _with_train(cfg.base, seed=seed)
   if kind == "ape":
-    exp = dataclasses.replace(exp, encoding=pe.make("learned", max_length=cfg.train_length))
+    exp = declarations.declared_experiment(
+        cfg.base, cfg.ape_model, length=cfg.train_length, train_length=cfg.train_length,
+        defaults=encoding_defaults(cfg), where="config.ape_model", seed=seed)
   elif kind == "passkey":
     rows = max(1, cfg.base.train.global_batch_size * cfg.train_length // cfg.passkey_train_length)
     exp = _with_train(exp, seq_len=cfg.passkey_train_length, global_batch_size=rows)
@@ -75,7 +78,7 @@ def variant_runs(cfg: StudyConfig) -> list[RunSpec]:
 
 
 def extra_runs(cfg: StudyConfig) -> list[RunSpec]:
-  """The first seed's learned-APE and passkey-probe models as the config asks, then the variants."""
+  """The first seed's absolute-position and passkey-probe models as the config asks, then the variants."""
   return [base_run(cfg, cfg.seeds[0], kind) for kind, on in
           (("ape", cfg.ape), ("passkey", cfg.passkey_mix > 0)) if on] + variant_runs(cfg)
 
@@ -123,9 +126,10 @@ def finetune_runs(cfg: StudyConfig, learning_rates, runs_dir: str) -> list[RunSp
 
 
 def declared_runs(cfg: StudyConfig, base_dir: str) -> list[RunSpec]:
-  """Every declared run (variants, fine-tunes at each candidate rate and the grid), built: a bad
+  """Every declared run (the APE model, variants, fine-tunes at each candidate rate and the grid), built: a bad
   entry fails here with its field and entry named, before anything is trained."""
-  return variant_runs(cfg) + finetune_runs(cfg, cfg.finetune_learning_rates, base_dir)
+  ape = [base_run(cfg, cfg.seeds[0], "ape")] if cfg.ape else []
+  return ape + variant_runs(cfg) + finetune_runs(cfg, cfg.finetune_learning_rates, base_dir)
 
 
 def trained_plan(spec: RunSpec) -> plans_lib.EncodingPlan:
