@@ -72,6 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.text_feature = ml_collections.config_dict.placeholder(str)  # None: the dataset's
   config.data.icp_neighbours = 8  # in-context ordering: neighbours per document
   config.data.auto_prepare = True  # build the dataset on first use
+  config.data.retrieval_mix = 0.0  # fraction of training rows replaced by short retrieval rows
+  config.data.retrieval_min_length = 0  # packed retrieval examples of min..max tokens (0, 0: one per row)
+  config.data.retrieval_max_length = 0
 
   # The encoding: RoPE for pretraining; YaRN with s = 8192 / 2048 for finetune_8k.
   name = arg.pe or ("yarn" if ft else "rope")

@@ -317,6 +317,15 @@ def _apply_declaration(run: ml_collections.ConfigDict, declared, *, length: int,
   run.pe = common.pe_config(declared.method.name, **declared.encoding_params(defaults))
 
 
+def _with_retrieval_rows(config: ml_collections.ConfigDict, run: ml_collections.ConfigDict, kind: str) -> None:
+  """The study's short retrieval rows in ``run``'s data, as rope_lab/study/runs.py's with_retrieval_rows."""
+  if not config.get("retrieval_mix", 0.0) or (kind == "finetune" and not config.get("finetune_retrieval", False)):
+    return
+  shortest = config.get("retrieval_min_length", 0)
+  run.data.update(retrieval_mix=config.retrieval_mix, retrieval_min_length=shortest,
+                  retrieval_max_length=config.base.seq_len + 1 if shortest else 0)
+
+
 def training_run(config: ml_collections.ConfigDict, kind: str, *, seed: int, method: str = "",
                  scale: int = 0, lr: float = 0.0, where: str = "study config") -> ml_collections.ConfigDict:
   """The experiment config of one of the study's runs (as rope_lab/study/runs.py builds it)."""
@@ -327,6 +336,7 @@ def training_run(config: ml_collections.ConfigDict, kind: str, *, seed: int, met
   base = run.pe.get("base", None) or 10000.0  # as StudyConfig.base_frequency
   defaults = {"base": float(base), "original_max_position_embeddings": train_length, "max_length": train_length}
   run.seed = seed
+  _with_retrieval_rows(config, run, kind)
   if kind == "ape":
     _apply_declaration(run, _declared_one(config.ape_model, "ape_model"), length=train_length,
                        train_length=train_length, defaults=defaults)

@@ -55,9 +55,16 @@ DataSource = Callable[..., DataIterator]
 
 def rope_lab_data_source(data: DataConfig) -> DataSource:
   """The project's data pipeline: rows of ``split``, tokenized by ``data``'s tokenizer (a
-  SentencePiece model is trained on ``data.train_split`` whichever split is read)."""
+  SentencePiece model is trained on ``data.train_split`` whichever split is read), with
+  ``data.retrieval_mix`` of the training rows replaced by short retrieval rows."""
   def make(split: str, **kwargs) -> DataIterator:
-    return make_train_iterator(data, split=split, **kwargs)
+    iterator = make_train_iterator(data, split=split, **kwargs)
+    if split != data.train_split or not data.retrieval_mix:
+      return iterator
+    from rope_lab.evaluate.retrieval_data import RetrievalMixIterator  # pylint: disable=g-import-not-at-top
+    lengths = (data.retrieval_min_length, data.retrieval_max_length) if data.retrieval_max_length else None
+    return RetrievalMixIterator(iterator, get_tokenizer(data), seq_len=kwargs["seq_len"],
+                                fraction=data.retrieval_mix, seed=kwargs["seed"], example_lengths=lengths)
   return make
 
 

@@ -56,6 +56,13 @@ class DataConfig:
     icp_neighbours: nearest neighbours per document for in-context ordering.
     auto_prepare: prepare an embedded dataset (and train a SentencePiece
       model) on first use instead of failing. Both are fast and offline.
+    retrieval_mix: fraction of training rows replaced by short synthetic
+      retrieval rows (a short passkey or multi-query associative recall, loss
+      on the answers only; ``rope_lab.evaluate.retrieval_data``). 0: none.
+    retrieval_min_length, retrieval_max_length: each replaced row is packed
+      with examples of this many tokens, drawn uniformly, each its own segment
+      with positions from 0 (so the answer is taught at every position up to
+      the longest); both 0: one example filling the row.
   """
 
   dataset: str = "kjv"
@@ -70,6 +77,9 @@ class DataConfig:
   text_feature: str | None = None
   icp_neighbours: int = 8
   auto_prepare: bool = True
+  retrieval_mix: float = 0.0
+  retrieval_min_length: int = 0
+  retrieval_max_length: int = 0
 
   def __post_init__(self):
     check(isinstance(self.dataset, str) and self.dataset.strip() != "",
@@ -109,6 +119,14 @@ class DataConfig:
           "DataConfig.icp_neighbours", "an int >= 1", self.icp_neighbours, DataConfigError)
     check(self.data_dir is None or (isinstance(self.data_dir, str) and self.data_dir != ""),
           "DataConfig.data_dir", "None or a directory path", self.data_dir, DataConfigError)
+    check(isinstance(self.retrieval_mix, (int, float)) and not isinstance(self.retrieval_mix, bool)
+          and 0 <= self.retrieval_mix <= 1, "DataConfig.retrieval_mix", "a fraction in [0, 1]",
+          self.retrieval_mix, DataConfigError)
+    lengths = (self.retrieval_min_length, self.retrieval_max_length)
+    check(all(isinstance(n, int) and not isinstance(n, bool) for n in lengths)
+          and (lengths == (0, 0) or 2 <= lengths[0] <= lengths[1]), "DataConfig.retrieval_min_length",
+          "0 with retrieval_max_length 0 (one example per row), or 2 <= retrieval_min_length <= "
+          "retrieval_max_length", lengths, DataConfigError)
 
 
 def default_data_dir() -> str:

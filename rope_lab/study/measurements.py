@@ -21,7 +21,7 @@ from rope_lab import results as results_lib
 from rope_lab.data import get_tokenizer, load_token_store, long_documents, task_grid
 from rope_lab.evaluate import attention_maps, ngram, perplexity, plans as plans_lib, retrieval
 from rope_lab.data.synthetic import retrieval_training_row
-from rope_lab.evaluate.retrieval_data import passkey_mix_source, retrieval_mix_source
+from rope_lab.evaluate.retrieval_data import passkey_mix_source
 from rope_lab.evaluate.runs import TrainedRun, load_run
 from rope_lab.errors import check
 from rope_lab.study.config import StudyConfig
@@ -100,29 +100,10 @@ class Study:
   def path(self, *parts) -> str:
     return os.path.join(self.workdir, *parts)
 
-  def retrieval_mix(self, spec: RunSpec) -> float:
-    """The fraction of short retrieval rows in ``spec``'s training: every pretraining run gets
-    the same mix (base models, the absolute-position model, the declared variants), so that a variant
-    and the base model it is compared with saw the same text; fine-tunes get it too unless
-    ``finetune_retrieval`` is off (a text-only fine-tune of 5% of the pretraining steps erased
-    the taught passkey at every length, the training length included)."""
-    if spec.kind in ("base", "ape", "variant") or self.cfg.finetune_retrieval:
-      return self.cfg.retrieval_mix
-    return 0.0
-
-  def retrieval_example_lengths(self) -> tuple[int, int] | None:
-    """Packed retrieval examples span retrieval_min_length..L tokens, in every run (L: the
-    pretraining length, also in a fine-tune's longer rows), or fill their row (min length 0)."""
-    if not self.cfg.retrieval_min_length:
-      return None
-    return (self.cfg.retrieval_min_length, self.cfg.train_length + 1)
-
   def measure_hash(self, spec: RunSpec, **settings) -> str:
-    extra = {"retrieval_mix": self.retrieval_mix(spec)} if self.retrieval_mix(spec) else {}
-    if extra and self.retrieval_example_lengths():
-      extra["retrieval_example_lengths"] = self.retrieval_example_lengths()
+    # The run's retrieval rows are part of its experiment (DataConfig.retrieval_mix).
     return results_lib.config_hash({"run": config_lib.experiment_to_dict(spec.exp), "mix": spec.data_mix,
-                                    "eval": settings, **extra})
+                                    "eval": settings})
 
   def record(self, kind: str, key: str, chash: str, spec: RunSpec, metrics: dict, **fields) -> None:
     row = results_lib.make_row(kind, key, metrics=metrics, seed=spec.seed, config_hash=chash,
@@ -151,10 +132,6 @@ class Study:
       source = passkey_mix_source(train_lib.rope_lab_data_source(spec.exp.data), self.tokenizer,
                                   fraction=spec.data_mix, train_split=spec.exp.data.train_split,
                                   seed=spec.seed)
-    elif self.retrieval_mix(spec):
-      source = retrieval_mix_source(train_lib.rope_lab_data_source(spec.exp.data), self.tokenizer,
-                                    fraction=self.retrieval_mix(spec), train_split=spec.exp.data.train_split,
-                                    seed=spec.seed, example_lengths=self.retrieval_example_lengths())
     start = time.perf_counter()
     result = train_lib.run(spec.exp, workdir, data_source=source)
     if result.status == "preempted":  # saved at SIGTERM; the study stops, a rerun resumes it

@@ -41,6 +41,27 @@ def _with_train(exp, **changes):
   return dataclasses.replace(exp, train=dataclasses.replace(exp.train, **changes))
 
 
+def with_retrieval_rows(cfg: StudyConfig, exp: config_lib.ExperimentConfig,
+                        kind: str) -> config_lib.ExperimentConfig:
+  """``exp`` with the study's short retrieval rows in its training data (DataConfig.retrieval_mix).
+
+  Every pretraining run gets the same mix (base models, the absolute-position model, the declared
+  variants), so that a variant and the base model it is compared with saw the same text;
+  fine-tunes get it too unless ``finetune_retrieval`` is off (a text-only fine-tune of 5% of the
+  pretraining steps erased the taught passkey at every length, the training length included).
+  Packed examples span retrieval_min_length..L + 1 tokens in every run (L: the pretraining
+  length, also in a fine-tune's longer rows), or fill their row (retrieval_min_length 0). A
+  declaration that sets its own ``data.retrieval_mix`` keeps it.
+  """
+  if exp.data.retrieval_mix or not cfg.retrieval_mix or kind not in ("base", "ape", "variant", "finetune") or (
+      kind == "finetune" and not cfg.finetune_retrieval):
+    return exp
+  shortest = cfg.retrieval_min_length
+  data = dataclasses.replace(exp.data, retrieval_mix=cfg.retrieval_mix, retrieval_min_length=shortest,
+                             retrieval_max_length=cfg.train_length + 1 if shortest else 0)
+  return dataclasses.replace(exp, data=data)
+
+
 def base_run(cfg: StudyConfig, seed: int, kind: str = "base") -> RunSpec:
   """The base model of ``seed``, or the first seed's absolute-position model (``config.ape_model``)
   or passkey probe (``kind``)."""
@@ -53,7 +74,7 @@ def base_run(cfg: StudyConfig, seed: int, kind: str = "base") -> RunSpec:
     rows = max(1, cfg.base.train.global_batch_size * cfg.train_length // cfg.passkey_train_length)
     exp = _with_train(exp, seq_len=cfg.passkey_train_length, global_batch_size=rows)
     return RunSpec(f"passkey_s{seed}", kind, seed, exp, data_mix=cfg.passkey_mix)
-  return RunSpec(f"{kind}_s{seed}", kind, seed, exp)
+  return RunSpec(f"{kind}_s{seed}", kind, seed, with_retrieval_rows(cfg, exp, kind))
 
 
 def encoding_defaults(cfg: StudyConfig, scale: float | None = None) -> dict:
@@ -68,7 +89,7 @@ def variant_run(cfg: StudyConfig, run: RunDeclaration, seed: int) -> RunSpec:
   exp = declarations.declared_experiment(
       cfg.base, run, length=cfg.train_length, train_length=cfg.train_length, defaults=encoding_defaults(cfg),
       where="config.pretrain_variants", seed=seed)
-  return RunSpec(f"{run.label}_s{seed}", "variant", seed, exp, method=run.label)
+  return RunSpec(f"{run.label}_s{seed}", "variant", seed, with_retrieval_rows(cfg, exp, "variant"), method=run.label)
 
 
 def variant_runs(cfg: StudyConfig) -> list[RunSpec]:
@@ -97,6 +118,7 @@ def finetune_run(cfg: StudyConfig, seed: int, label: str, scale: int, learning_r
       defaults=encoding_defaults(cfg, scale), where="config.finetunes", seed=seed, steps=cfg.finetune_steps,
       learning_rate=learning_rate, lr_schedule="constant", warmup_steps=cfg.finetune_warmup_steps,
       weight_decay=0.0, init_from=base_dir, eval_every=0, checkpoint_every=0)
+  exp = with_retrieval_rows(cfg, exp, "finetune")
   return RunSpec(f"{prefix}_{label}{scale}_lr{learning_rate:g}_s{seed}", "finetune", seed, exp,
                  method=label, train_scale=scale, matched_eval=label == cfg.grid_finetune)
 
