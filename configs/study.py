@@ -14,7 +14,7 @@ e.g. ``--config.seeds=0,1``):
           under the zero-shot encodings, the declared fine-tunes at 4x (PI and YaRN on every
           seed; Giraffe power / truncated, PoSE, LongLoRA on the first), the Giraffe grid,
           the declared pretraining variants (xPos, NoPE every 4th layer, In-Context
-          Pretraining's random / in-context pair), the learned-APE
+          Pretraining's random / in-context pair), the sinusoidal-APE
           comparison, the taught retrieval tasks, passkey and key-value retrieval.
   quick   one seed, a quarter of the training, shorter fine-tunes (PI and YaRN only), one
           evaluation document, no APE model, no pretraining variants and no extra grid
@@ -29,7 +29,7 @@ can train them (each an ``experiments.train`` run in ``<study workdir>/runs/<nam
 study then only evaluates and reports. The fine-tunes start from the base models, so the two
 sweeps run in this order:
 
-  sweep=base      the base models (one per seed), the learned-APE model and the declared
+  sweep=base      the base models (one per seed), the sinusoidal-APE model and the declared
                   pretraining variants (``run=variant,method=<label>``)
   sweep=finetune  the declared fine-tunes x seeds x the candidate learning rates at
                   finetune_scale, and the Giraffe grid's PI fine-tunes (every candidate rate
@@ -120,11 +120,11 @@ def study_config(quick: bool, icp: bool) -> ml_collections.ConfigDict:
   config.grid_seeds = 1
   config.ape = True
   # The absolute-position model LongEmbed's extensions are applied to, declared as the variants
-  # are. A learned table, as in the committed run; at this budget it trains to no positions' loss
-  # and retrieves 2-12% inside L, sinusoidal APE with its sqrt(d_model) embedding multiplier
-  # (common.sinusoidal_ape_model) uses its positions and retrieves 26-62% (benchmarks/README.md,
-  # "Absolute positions at this budget"); neither reaches the 95% LongEmbed's row needs.
-  config.ape_model = "learned"
+  # are: sinusoidal APE with its sqrt(d_model) embedding multiplier. At this budget a learned table
+  # trains to no positions' loss and retrieves the taught passkey 2-12% of the time inside L; this
+  # one uses its positions (validation loss 2.98 vs 3.29) and retrieves 26-62% (benchmarks/README.md,
+  # "Absolute positions at this budget"). Neither reaches the 95% LongEmbed's row needs.
+  config.ape_model = common.sinusoidal_ape_model(config.base.model.d_model)
   config.retrieval_seeds = 1
   # Short retrieval rows taught in pretraining (short passkey, MQAR; loss on the answers), and
   # their evaluation from inside the training length outwards: 100 examples per cell.
