@@ -28,6 +28,7 @@ Results: a markdown table on stdout and <out>/sizing.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -38,7 +39,7 @@ def candidate_experiment(spec: str):
   from rope_lab import config as config_lib  # pylint: disable=g-import-not-at-top
   from rope_lab.data import get_tokenizer  # pylint: disable=g-import-not-at-top
   tokenizer, d_model, n_layers, seq_len, steps, *optional = spec.split(":")
-  batch, _, lr = (optional + ["", "", ""])[:3]  # the mix and shortest fields are the data source's
+  batch, _, lr = (optional + ["", "", ""])[:3]  # the mix and shortest fields: measure() sets them
   base = study_config.base_experiment(int(steps))
   base.update(seq_len=int(seq_len), log_every=50)
   if batch:
@@ -62,7 +63,6 @@ def measure(spec: str, out: str, docs: int, doc_tokens: int, ngram_bytes: int) -
   from rope_lab.evaluate.runs import load_run  # pylint: disable=g-import-not-at-top
   from rope_lab.study.measurements import split_text  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate import retrieval  # pylint: disable=g-import-not-at-top
-  from rope_lab.evaluate.retrieval_data import retrieval_mix_source  # pylint: disable=g-import-not-at-top
   from rope_lab.data.synthetic import task_grid  # pylint: disable=g-import-not-at-top
   exp = candidate_experiment(spec)
   fields = spec.split(":")
@@ -70,13 +70,12 @@ def measure(spec: str, out: str, docs: int, doc_tokens: int, ngram_bytes: int) -
   shortest = int(fields[8]) if len(fields) > 8 and fields[8] else 0
   workdir = os.path.join(out, spec.replace(":", "_"))
   tokenizer = get_tokenizer(exp.data)
-  source = None
-  if mix:
-    source = retrieval_mix_source(train_lib.rope_lab_data_source(exp.data), tokenizer, fraction=mix,
-                                  train_split=exp.data.train_split, seed=exp.train.seed,
-                                  example_lengths=(shortest, exp.train.seq_len + 1) if shortest else None)
+  if mix:  # the short retrieval rows, as the study's runs get them (DataConfig.retrieval_mix)
+    exp = dataclasses.replace(exp, data=dataclasses.replace(
+        exp.data, retrieval_mix=mix, retrieval_min_length=shortest,
+        retrieval_max_length=exp.train.seq_len + 1 if shortest else 0))
   start = time.perf_counter()
-  train_lib.run(exp, workdir, data_source=source)
+  train_lib.run(exp, workdir)
   seconds = time.perf_counter() - start
   run = load_run(workdir)
   length = exp.train.seq_len

@@ -132,15 +132,3 @@ class RetrievalMixIterator(PasskeyMixIterator):
         start += length - 1
     return batch
 
-
-def retrieval_mix_source(base_source, tokenizer, *, fraction: float, train_split: str, seed: int,
-                         tasks: tuple[str, ...] = ("short_passkey", "mqar"),
-                         example_lengths: tuple[int, int] | None = None):
-  """A ``train.run`` data source: ``base_source`` with short retrieval rows mixed into the training split."""
-  def make(split: str, **kwargs):
-    iterator = base_source(split, **kwargs)
-    if split != train_split or fraction == 0.0:
-      return iterator
-    return RetrievalMixIterator(iterator, tokenizer, seq_len=kwargs["seq_len"], fraction=fraction, seed=seed,
-                                tasks=tasks, example_lengths=example_lengths)
-  return make
