@@ -30,6 +30,23 @@ def test_the_full_study_packs_retrieval_rows_up_to_the_pretraining_length_and_ke
     assert _mix(cfg, kind) == (cfg.retrieval_mix, cfg.retrieval_min_length, cfg.train_length + 1), kind
 
 
+def test_a_declared_mix_changes_only_the_fraction_and_sweeps_build_the_same_run():
+  # A declaration's own data.retrieval_mix replaces the study's fraction; the packing lengths stay
+  # the study's, in the study's runs and in configs/study.py's sweep runs alike.
+  from rope_lab import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = study_configs.get_config()
+  config.ape_model = "sinusoidal | model.embedding_multiplier=11.31 | data.retrieval_mix=0.6"
+  config.pretrain_variants = ("mixed=rope | data.retrieval_mix=0.5",)
+  cfg = study_config.study_config_from_config_dict(config)
+  assert _mix(cfg, "ape") == (0.6, cfg.retrieval_min_length, cfg.train_length + 1)
+  assert _mix(cfg, "variant") == (0.5, cfg.retrieval_min_length, cfg.train_length + 1)
+  assert _mix(cfg, "base") == (cfg.retrieval_mix, cfg.retrieval_min_length, cfg.train_length + 1)
+  for kind, method, spec in (("ape", "", runs.base_run(cfg, 0, "ape")),
+                             ("variant", "mixed", runs.variant_runs(cfg)[0])):
+    swept = config_lib.experiment_from_config_dict(study_configs.training_run(config, kind, seed=0, method=method))
+    assert swept == spec.exp, kind
+
+
 def test_text_only_fine_tunes_and_whole_row_examples_remain_options():
   cfg = study_config.study_config_from_config_dict(study_configs.get_config())
   cfg = dataclasses.replace(cfg, finetune_retrieval=False, retrieval_min_length=0)

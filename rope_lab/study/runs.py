@@ -50,10 +50,11 @@ def with_retrieval_rows(cfg: StudyConfig, exp: config_lib.ExperimentConfig,
   fine-tunes get it too unless ``finetune_retrieval`` is off (a text-only fine-tune of 5% of the
   pretraining steps erased the taught passkey at every length, the training length included).
   Packed examples span retrieval_min_length..L + 1 tokens in every run (L: the pretraining
-  length, also in a fine-tune's longer rows), or fill their row (retrieval_min_length 0). A
-  declaration that sets its own ``data.retrieval_mix`` keeps it.
+  length, also in a fine-tune's longer rows), or fill their row (retrieval_min_length 0). This is
+  applied to the base experiment before a run's declaration, so a declaration's own ``data.``
+  fields (``data.retrieval_mix=0.6``, say) change only what they name, as in configs/study.py.
   """
-  if exp.data.retrieval_mix or not cfg.retrieval_mix or kind not in ("base", "ape", "variant", "finetune") or (
+  if not cfg.retrieval_mix or kind not in ("base", "ape", "variant", "finetune") or (
       kind == "finetune" and not cfg.finetune_retrieval):
     return exp
   shortest = cfg.retrieval_min_length
@@ -65,16 +66,16 @@ def with_retrieval_rows(cfg: StudyConfig, exp: config_lib.ExperimentConfig,
 def base_run(cfg: StudyConfig, seed: int, kind: str = "base") -> RunSpec:
   """The base model of ``seed``, or the first seed's absolute-position model (``config.ape_model``)
   or passkey probe (``kind``)."""
-  exp = _with_train(cfg.base, seed=seed)
+  exp = _with_train(with_retrieval_rows(cfg, cfg.base, kind), seed=seed)
   if kind == "ape":
     exp = declarations.declared_experiment(
-        cfg.base, cfg.ape_model, length=cfg.train_length, train_length=cfg.train_length,
+        exp, cfg.ape_model, length=cfg.train_length, train_length=cfg.train_length,
         defaults=encoding_defaults(cfg), where="config.ape_model", seed=seed)
   elif kind == "passkey":
     rows = max(1, cfg.base.train.global_batch_size * cfg.train_length // cfg.passkey_train_length)
     exp = _with_train(exp, seq_len=cfg.passkey_train_length, global_batch_size=rows)
     return RunSpec(f"passkey_s{seed}", kind, seed, exp, data_mix=cfg.passkey_mix)
-  return RunSpec(f"{kind}_s{seed}", kind, seed, with_retrieval_rows(cfg, exp, kind))
+  return RunSpec(f"{kind}_s{seed}", kind, seed, exp)
 
 
 def encoding_defaults(cfg: StudyConfig, scale: float | None = None) -> dict:
@@ -87,9 +88,9 @@ def encoding_defaults(cfg: StudyConfig, scale: float | None = None) -> dict:
 def variant_run(cfg: StudyConfig, run: RunDeclaration, seed: int) -> RunSpec:
   """A declared pretraining variant: the base run with the entry's encoding and overrides."""
   exp = declarations.declared_experiment(
-      cfg.base, run, length=cfg.train_length, train_length=cfg.train_length, defaults=encoding_defaults(cfg),
-      where="config.pretrain_variants", seed=seed)
-  return RunSpec(f"{run.label}_s{seed}", "variant", seed, with_retrieval_rows(cfg, exp, "variant"), method=run.label)
+      with_retrieval_rows(cfg, cfg.base, "variant"), run, length=cfg.train_length, train_length=cfg.train_length,
+      defaults=encoding_defaults(cfg), where="config.pretrain_variants", seed=seed)
+  return RunSpec(f"{run.label}_s{seed}", "variant", seed, exp, method=run.label)
 
 
 def variant_runs(cfg: StudyConfig) -> list[RunSpec]:
@@ -114,11 +115,10 @@ def finetune_run(cfg: StudyConfig, seed: int, label: str, scale: int, learning_r
   same tokens per step."""
   run = finetune_declaration(cfg, label)
   exp = declarations.declared_experiment(
-      cfg.base, run, length=cfg.train_length * scale, train_length=cfg.train_length,
+      with_retrieval_rows(cfg, cfg.base, "finetune"), run, length=cfg.train_length * scale, train_length=cfg.train_length,
       defaults=encoding_defaults(cfg, scale), where="config.finetunes", seed=seed, steps=cfg.finetune_steps,
       learning_rate=learning_rate, lr_schedule="constant", warmup_steps=cfg.finetune_warmup_steps,
       weight_decay=0.0, init_from=base_dir, eval_every=0, checkpoint_every=0)
-  exp = with_retrieval_rows(cfg, exp, "finetune")
   return RunSpec(f"{prefix}_{label}{scale}_lr{learning_rate:g}_s{seed}", "finetune", seed, exp,
                  method=label, train_scale=scale, matched_eval=label == cfg.grid_finetune)
 
