@@ -204,6 +204,28 @@ def test_plan_ids_are_distinct_and_the_labels_of_older_rows_map_onto_them():
   assert plans.plan_from_json('{"name": "pi", "factor": 2, "label": "PI s=L/L0"}').id == "pi_s_l_l0"
 
 
+def test_longembed_needs_each_model_to_retrieve_inside_l_under_its_own_encoding():
+  # Synthetic short-passkey rows at L = 32 and 2L (100 examples each). Inside L the base model
+  # retrieves under RoPE (its own encoding); YaRN s=4 changes its positions there and retrieves
+  # half the time, which must not count against the model. Beyond L: YaRN 0.60, APE PCW 0.20.
+  from rope_lab.study import claims  # pylint: disable=g-import-not-at-top
+  cfg = miniature(retrieval_mix=0.3, retrieval_min_length=8)
+  n = cfg.train_length
+  row = lambda kind, plan, length, accuracy: {"kind": "short_passkey", "run_kind": kind, "plan_id": plan,
+                                              "plan": plan, "length": length, "seed": 0, "run": f"{kind}_s0",
+                                              "metrics": {"accuracy": accuracy, "examples": 100}}
+  def rows(ape_inside):
+    return [row("base", "rope", n, 1.0), row("base", "yarn_s4", n, 0.5), row("base", "rope", 2 * n, 0.0),
+            row("base", "yarn_s4", 2 * n, 0.6), row("ape", "ape_pcw", n, ape_inside),
+            row("ape", "ape_pcw", 2 * n, 0.2)]
+  found = claims.longembed_retrieval(claims.Context(rows(0.97), cfg))
+  # 0.60 - 0.20 = 0.40; half width 1.96 sqrt(0.6 * 0.4 / 100 + 0.2 * 0.8 / 100) = 0.124.
+  assert found.verdict == "agrees" and found.value == pytest.approx(0.40)
+  assert (found.interval.low, found.interval.high) == pytest.approx((0.276, 0.524), abs=1e-3)
+  short = claims.longembed_retrieval(claims.Context(rows(0.90), cfg))
+  assert short.verdict == "untestable" and "APE model 0.90, RoPE model 1.00" in short.measured
+
+
 def committed_rows_and_config():
   """The committed run's rows and the config it was made with (saved beside them)."""
   cfg = study.read_study_config(os.path.join(th.REPO_ROOT, "docs"))

@@ -351,7 +351,8 @@ def longembed_retrieval(c: Context) -> Claim:
   # tiny model's training length and never retrieved); the classic one without a retrieval mix.
   task = "short_passkey" if c.cfg.retrieval_mix else "passkey"
   rule = (f"{task} accuracy beyond the training length: best RoPE-model extension minus best APE-model "
-          "extension, interval above 0 (both models must retrieve inside the training length)")
+          "extension, interval above 0 (each model must first retrieve 95% inside the training length "
+          "under its own encoding)")
   passkey = results_lib.select(c.all_rows, kind=task)
   beyond = [r for r in passkey if r["length"] > c.cfg.train_length]
   ape = [r for r in beyond if r["run_kind"] == "ape"]
@@ -364,10 +365,22 @@ def longembed_retrieval(c: Context) -> Claim:
     return (sum(r["metrics"]["accuracy"] * r["metrics"]["examples"] for r in rows)
             / max(1, sum(r["metrics"]["examples"] for r in rows)))
 
-  if not inside or min(pooled_accuracy([r for r in inside if r["run_kind"] == kind])
-                       for kind in ("ape", "base")) < 0.95:
+  def retrieves_inside(kind):
+    """The model's accuracy inside L under its best plan there. A model retrieves when its own
+    encoding does: RoPE for the base models (a static extension such as YaRN s=4 changes the
+    positions inside L, so pooling it in would judge the extension, not the model); inside L
+    LongEmbed's four extensions leave the APE model's positions unchanged."""
+    by_plan = {}
+    for r in inside:
+      if r["run_kind"] == kind:
+        by_plan.setdefault(r["plan_id"], []).append(r)
+    return max((pooled_accuracy(plan_rows) for plan_rows in by_plan.values()), default=0.0)
+
+  ape_inside, rope_inside = retrieves_inside("ape"), retrieves_inside("base")
+  if min(ape_inside, rope_inside) < 0.95:
     return Claim("Training-free extension works better for RoPE models than for APE models", source, rule,
-                 f"{task} accuracy inside the training length below 95% (the models cannot retrieve)",
+                 f"{task} accuracy inside the training length below 95% (APE model {ape_inside:.2f}, RoPE "
+                 f"model {rope_inside:.2f}): a model that cannot retrieve there has nothing to extend",
                  UNTESTABLE, statistic="accuracy", below=False)
 
   def best(rows):
