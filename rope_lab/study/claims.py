@@ -361,20 +361,22 @@ def longembed_retrieval(c: Context) -> Claim:
   if not ape or not rope:
     return Claim("Training-free extension works better for RoPE models than for APE models", source, rule,
                  f"no {task} rows for the absolute-position (APE) model", UNTESTABLE, statistic="accuracy", below=False)
-  def pooled_accuracy(rows):
-    return (sum(r["metrics"]["accuracy"] * r["metrics"]["examples"] for r in rows)
-            / max(1, sum(r["metrics"]["examples"] for r in rows)))
+  def best(rows):
+    """The plan with the highest accuracy pooled over ``rows``' lengths: (plan id, accuracy, examples)."""
+    pooled = {}
+    for r in rows:
+      hits, n = pooled.get(r["plan_id"], (0.0, 0))
+      pooled[r["plan_id"]] = (hits + r["metrics"]["accuracy"] * r["metrics"]["examples"], n + r["metrics"]["examples"])
+    plan = max(pooled, key=lambda p: pooled[p][0] / pooled[p][1])
+    return plan, pooled[plan][0] / pooled[plan][1], pooled[plan][1]
 
   def retrieves_inside(kind):
     """The model's accuracy inside L under its best plan there. A model retrieves when its own
     encoding does: RoPE for the base models (a static extension such as YaRN s=4 changes the
     positions inside L, so pooling it in would judge the extension, not the model); inside L
     LongEmbed's four extensions leave the APE model's positions unchanged."""
-    by_plan = {}
-    for r in inside:
-      if r["run_kind"] == kind:
-        by_plan.setdefault(r["plan_id"], []).append(r)
-    return max((pooled_accuracy(plan_rows) for plan_rows in by_plan.values()), default=0.0)
+    rows = [r for r in inside if r["run_kind"] == kind]
+    return best(rows)[1] if rows else 0.0
 
   ape_inside, rope_inside = retrieves_inside("ape"), retrieves_inside("base")
   if min(ape_inside, rope_inside) < 0.95:
@@ -382,14 +384,6 @@ def longembed_retrieval(c: Context) -> Claim:
                  f"{task} accuracy inside the training length below 95% (APE model {ape_inside:.2f}, RoPE "
                  f"model {rope_inside:.2f}): a model that cannot retrieve there has nothing to extend",
                  UNTESTABLE, statistic="accuracy", below=False)
-
-  def best(rows):
-    pooled = {}
-    for r in rows:
-      hits, n = pooled.get(r["plan_id"], (0.0, 0))
-      pooled[r["plan_id"]] = (hits + r["metrics"]["accuracy"] * r["metrics"]["examples"], n + r["metrics"]["examples"])
-    plan = max(pooled, key=lambda p: pooled[p][0] / pooled[p][1])
-    return plan, pooled[plan][0] / pooled[plan][1], pooled[plan][1]
 
   (rp, r_acc, rn), (ap, a_acc, an) = best(rope), best(ape)
   diff = r_acc - a_acc
