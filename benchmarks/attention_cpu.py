@@ -49,7 +49,8 @@ def _best(call, repeats: int) -> tuple[float, object]:
 def worker_rope_lab(shape: str, length: int, chunk: int, repeats: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from rope_lab import attention, pe  # pylint: disable=g-import-not-at-top
+  from rope_lab import pe  # pylint: disable=g-import-not-at-top
+  from rope_lab.model import attention
   n_heads, n_kv, head_dim = SHAPES[shape]
   q, k, v = _arrays(shape, length)
   hooks = pe.make("nope").hooks(head_dim=head_dim, n_heads=n_heads, d_model=n_heads * head_dim, seq_len=length)
@@ -68,7 +69,7 @@ def worker_rope_lab(shape: str, length: int, chunk: int, repeats: int) -> dict:
 def worker_cpu_flash(shape: str, length: int, chunk: int, repeats: int) -> dict:
   del chunk
   import jax  # pylint: disable=g-import-not-at-top
-  from rope_lab.kernels import cpu_flash  # pylint: disable=g-import-not-at-top
+  from rope_lab.model.kernels import cpu_flash  # pylint: disable=g-import-not-at-top
   ready, detail = cpu_flash.available()
   if not ready:
     raise RuntimeError(detail)

@@ -53,8 +53,10 @@ def correctness(kernels, dry: bool) -> list[str]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rope_lab import attention, attention_fused, pe  # pylint: disable=g-import-not-at-top
-  from rope_lab.model import token_meta  # pylint: disable=g-import-not-at-top
+  from rope_lab import pe  # pylint: disable=g-import-not-at-top
+  from rope_lab.model import attention
+  from rope_lab.model import attention_fused
+  from rope_lab.model.skeleton import token_meta  # pylint: disable=g-import-not-at-top
 
   b, length, n_heads, n_kv, head_dim = (2, 64, 4, 2, 64) if dry else (2, 1024, 8, 2, 64)
   rs = np.random.RandomState(0)
@@ -118,7 +120,7 @@ def gpu_125m_config(dry: bool):
 
 def mfu(args, fused_kernel: str | None = None) -> str:
   import jax  # pylint: disable=g-import-not-at-top
-  from rope_lab import attention_fused  # pylint: disable=g-import-not-at-top
+  from rope_lab.model import attention_fused  # pylint: disable=g-import-not-at-top
   config, config_lib, tt = gpu_125m_config(args.dry)
   if fused_kernel:
     config.model.fused_kernel = fused_kernel
@@ -144,7 +146,7 @@ def mfu(args, fused_kernel: str | None = None) -> str:
 
 def long_step(args) -> str:
   import jax  # pylint: disable=g-import-not-at-top
-  from rope_lab import attention_fused  # pylint: disable=g-import-not-at-top
+  from rope_lab.model import attention_fused  # pylint: disable=g-import-not-at-top
   config, config_lib, tt = gpu_125m_config(args.dry)
   length = 256 if args.dry else args.long_len
   config.pe = config_lib.pe_config_dict("yarn", factor=length / 2048 if not args.dry else 2.0,

@@ -17,7 +17,7 @@ byte vocabulary) with the *same* random weights: rope_lab initialises them and
   of N host devices (``--xla_force_host_platform_device_count``) by the model's own
   logical-axis rules, so the attention of each group of heads runs on its own thread;
 * ``rope_lab:seqN``: the row split along its length over N host devices (the mesh's
-  sequence axis, ``rope_lab.context_parallel``): activations are not replicated, only the
+  sequence axis, ``rope_lab.model.context_parallel``): activations are not replicated, only the
   parameters; attention gathers the row's keys and values;
 * ``transformers``: ``LlamaForCausalLM`` in PyTorch (all CPU threads).
 
@@ -66,7 +66,7 @@ def make_checkpoint(directory: str, max_length: int, shape: str = "tiny") -> Non
   import numpy as np  # pylint: disable=g-import-not-at-top
   from rope_lab import pe  # pylint: disable=g-import-not-at-top
   from rope_lab.interop import hf  # pylint: disable=g-import-not-at-top
-  from rope_lab.model import ModelConfig, init_params  # pylint: disable=g-import-not-at-top
+  from rope_lab.model.skeleton import ModelConfig, init_params  # pylint: disable=g-import-not-at-top
   cfg = ModelConfig(**SHAPES[shape], attention="dot_product")
   encoding = pe.make("rope")
   hooks = encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=16)
@@ -84,11 +84,13 @@ def worker_rope_lab(checkpoint: str, length: int, chunk: int, repeats: int, host
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rope_lab import attention_fused, pe, sharding  # pylint: disable=g-import-not-at-top
+  from rope_lab import pe  # pylint: disable=g-import-not-at-top
+  from rope_lab.model import attention_fused
+  from rope_lab.running import sharding
   from rope_lab.data import Window  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate import eval_model_config, window_nll  # pylint: disable=g-import-not-at-top
   from rope_lab.interop import hf  # pylint: disable=g-import-not-at-top
-  from rope_lab.model import ModelConfig, param_logical_axes  # pylint: disable=g-import-not-at-top
+  from rope_lab.model.skeleton import ModelConfig, param_logical_axes  # pylint: disable=g-import-not-at-top
   cfg = ModelConfig(**SHAPES[shape])
   encoding = pe.make("rope")
   hooks = encoding.hooks(head_dim=cfg.head_dim, n_heads=cfg.n_heads, d_model=cfg.d_model, seq_len=length)

@@ -58,7 +58,7 @@ def load_model(args):
   from rope_lab import pe  # pylint: disable=g-import-not-at-top
   from rope_lab.data import DataConfig  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate import load_run  # pylint: disable=g-import-not-at-top
-  from rope_lab.model import ModelConfig, init_params  # pylint: disable=g-import-not-at-top
+  from rope_lab.model.skeleton import ModelConfig, init_params  # pylint: disable=g-import-not-at-top
   if args.workdir:
     run = load_run(args.workdir)
     return run.model, run.params, run.encoding, run.exp.data, run.train_length

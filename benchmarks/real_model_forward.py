@@ -33,7 +33,7 @@ from benchmarks.long_eval import _vm_hwm_kib
 
 def _tokens(length: int):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rope_lab import assets  # pylint: disable=g-import-not-at-top
+  from rope_lab.data import assets  # pylint: disable=g-import-not-at-top
   from rope_lab.interop import gguf  # pylint: disable=g-import-not-at-top
   text = "\n\n".join(assets.paul_graham_essays().values())
   ids = gguf.tokenizer(assets.smollm2_gguf()).encode(text).ids
@@ -47,7 +47,7 @@ def worker_rope_lab(length: int, repeats: int, threads: int, unrolled: bool = Fa
                              f"intra_op_parallelism_threads={threads}")
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from rope_lab import assets  # pylint: disable=g-import-not-at-top
+  from rope_lab.data import assets  # pylint: disable=g-import-not-at-top
   from rope_lab.data import Window  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate import encoding_hooks, eval_model_config, window_nll  # pylint: disable=g-import-not-at-top
   from rope_lab.interop import gguf  # pylint: disable=g-import-not-at-top
@@ -70,7 +70,7 @@ def worker_transformers(length: int, repeats: int, threads: int, unrolled: bool 
   del unrolled  # rope_lab's option
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from rope_lab import assets  # pylint: disable=g-import-not-at-top
+  from rope_lab.data import assets  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
   path = assets.smollm2_gguf()
   model = transformers.AutoModelForCausalLM.from_pretrained(

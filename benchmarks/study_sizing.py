@@ -57,7 +57,7 @@ def candidate_experiment(spec: str):
 
 
 def measure(spec: str, out: str, docs: int, doc_tokens: int, ngram_bytes: int) -> dict:
-  from rope_lab import train as train_lib  # pylint: disable=g-import-not-at-top
+  from rope_lab.training import loop as train_lib  # pylint: disable=g-import-not-at-top
   from rope_lab.data import get_tokenizer, long_documents  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate import ngram, perplexity  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate.runs import load_run  # pylint: disable=g-import-not-at-top

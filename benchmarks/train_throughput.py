@@ -2,7 +2,7 @@
 
 CPU (default): one Llama-style model (vocab 256, width 256, 4 layers, 4 heads, SwiGLU
 1024, RoPE, rows of 256, batch 16, float32) trained with AdamW and gradient clipping by
-rope_lab's own train step (rope_lab.train_step, as `experiments.train` runs it) and by
+rope_lab's own train step (rope_lab.training.step, as `experiments.train` runs it) and by
 transformers' LlamaForCausalLM (PyTorch eager, attn_implementation='sdpa') with the same
 thread count. Rounds alternate between the two; each side's best round is reported, then
 the step time of YaRN and xPos relative to NoPE at the same shape.
@@ -87,7 +87,8 @@ class RopeLabTrainer:
   def __init__(self, exp, seed: int = 0):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from rope_lab import sharding, train_step  # pylint: disable=g-import-not-at-top
+    from rope_lab.running import sharding  # pylint: disable=g-import-not-at-top
+    from rope_lab.training import step as train_step
     self._jax, self._sharding = jax, sharding
     self.program = train_step.build_program(exp)
     setup = self.program.setup

@@ -50,8 +50,10 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rope_lab import cli, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from rope_lab import checkpoint, pe  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import cli  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import workdir as workdir_lib
+  from rope_lab import pe  # pylint: disable=g-import-not-at-top
+  from rope_lab.training import checkpoint
   from rope_lab.evaluate import checkpoint_eval, plans, runs  # pylint: disable=g-import-not-at-top
   if _CONFIG.value is not None:
     given = [f"--{f.name}" for f in (_ENCODING, _LENGTHS, _PASSKEY, _LINES) if f.present]
@@ -82,7 +84,7 @@ def main(argv):
 
 
 def _evaluate(workdir: str, results: str, settings, encoding_plans) -> None:
-  from rope_lab import cli  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import cli  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate import checkpoint_eval  # pylint: disable=g-import-not-at-top
   rows = checkpoint_eval.evaluate_checkpoint(workdir, encoding_plans, settings, results,
                                              log=cli.say)
@@ -90,5 +92,5 @@ def _evaluate(workdir: str, results: str, settings, encoding_plans) -> None:
 
 
 if __name__ == "__main__":
-  from rope_lab import cli as _cli  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import cli as _cli  # pylint: disable=g-import-not-at-top
   _cli.run(main)

@@ -13,7 +13,7 @@ import time
 
 from absl import app, flags
 
-from rope_lab import assets
+from rope_lab.data import assets
 from rope_lab.errors import RopeLabError
 
 _DATA_DIR = flags.DEFINE_string(

@@ -19,7 +19,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rope_lab import distributed, search
+from rope_lab import search
+
+from rope_lab.running import distributed
 from rope_lab.errors import RopeLabError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/longrope_search.py[:variant]",

@@ -48,8 +48,12 @@ def main(argv):
   import matplotlib.pyplot as plt
   import numpy as np
 
-  from rope_lab import cli, pe, similarity
+  from rope_lab import pe
 
+
+  from rope_lab.running import cli
+
+  from rope_lab.pe import similarity
   factor = FLAGS.max_distance / FLAGS.train_length
   specs = [_spec(m) for m in FLAGS.method] if FLAGS.method else default_methods(FLAGS.train_length, factor)
   encodings = [pe.from_dict(spec) for spec in specs]  # all validated before any drawing
@@ -102,5 +106,5 @@ def _spec(text: str) -> dict:
 
 
 if __name__ == "__main__":
-  from rope_lab import cli as _cli  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import cli as _cli  # pylint: disable=g-import-not-at-top
   _cli.run(main)

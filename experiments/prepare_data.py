@@ -16,7 +16,7 @@ import time
 
 from absl import app, flags
 
-from rope_lab import cli
+from rope_lab.running import cli
 from rope_lab.data import DataConfig, prepare, resolve_data_dir
 
 _DATASET = flags.DEFINE_string(

@@ -37,7 +37,8 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rope_lab import cli, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import cli  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import workdir as workdir_lib
   workdir = cli.absolute_path(_WORKDIR.value)
   with workdir_lib.locked(workdir):
     cli.log_to_file(workdir)
@@ -45,7 +46,7 @@ def main(argv):
 
 
 def _run(workdir: str) -> None:
-  from rope_lab import cli  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import cli  # pylint: disable=g-import-not-at-top
   if _REPORT_ONLY.value:
     import os  # pylint: disable=g-import-not-at-top
     from rope_lab import study, zero_shot  # pylint: disable=g-import-not-at-top
@@ -71,6 +72,6 @@ def _run(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-  from rope_lab import cli as _cli  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import cli as _cli  # pylint: disable=g-import-not-at-top
   _cli.run(main, resume_hint="run the same command again to resume; finished runs and "
                              "measurements are kept")

@@ -31,7 +31,7 @@ PREEMPTED_EXIT_CODE = 128 + 15  # what a shell reports for a process ended by SI
 
 def initialize_distributed() -> None:
   """Joins a multi-process run (before JAX touches any device); no-op for one process."""
-  from rope_lab import distributed  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import distributed  # pylint: disable=g-import-not-at-top
   from rope_lab.errors import ConfigError  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -61,7 +61,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from rope_lab import cli  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import cli  # pylint: disable=g-import-not-at-top
   from rope_lab.config import experiment_from_config_dict  # pylint: disable=g-import-not-at-top
   workdir = cli.absolute_path(_WORKDIR.value)
   config = _CONFIG.value
@@ -71,7 +71,7 @@ def main(argv):
   exp = experiment_from_config_dict(config)
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
-  from rope_lab import train  # pylint: disable=g-import-not-at-top
+  from rope_lab.training import loop as train  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     cli.log_to_file(workdir)
   result = train.run(exp, workdir)
@@ -81,6 +81,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from rope_lab import cli as _cli  # pylint: disable=g-import-not-at-top
+  from rope_lab.running import cli as _cli  # pylint: disable=g-import-not-at-top
   _cli.run(main, flags_parser=parse_flags,
            resume_hint="run the same command again to resume from the last checkpoint")

@@ -3,7 +3,7 @@
 A config file builds an ``ml_collections.ConfigDict`` with four parts:
 
 * top-level fields: the :class:`TrainConfig` fields (steps, batch, lr schedule, mesh, ...);
-* ``config.model``: the ``rope_lab.model.ModelConfig`` fields;
+* ``config.model``: the ``rope_lab.model.skeleton.ModelConfig`` fields;
 * ``config.data``: the ``rope_lab.data.DataConfig`` fields;
 * ``config.pe``: the positional encoding: ``name`` picks the method and the other
   entries are that method's parameters, nothing else (configs/common.py's ``pe_config``
@@ -26,10 +26,12 @@ from typing import Any, Literal, Union
 import ml_collections
 from ml_collections import config_dict
 
-from rope_lab import lora, pe
+from rope_lab import pe
+
+from rope_lab.model import lora
 from rope_lab.data import DataConfig
-from rope_lab.model import ModelConfig
-from rope_lab.sharding import DEFAULT_RULES, MESH_AXES
+from rope_lab.model.skeleton import ModelConfig
+from rope_lab.running.sharding import DEFAULT_RULES, MESH_AXES
 
 LR_SCHEDULES = ("cosine", "constant")
 # Schemes init_from understands: a local run directory or one on a remote file system
@@ -81,13 +83,13 @@ class TrainConfig:
       tokens at positions skipped to span this length N (each packed segment: a first
       chunk at its own positions, the rest shifted by a random skip), so the fine-tune
       covers distances up to N - 1; the encoding is resolved for N. 0: plain positions.
-    lora_rank: LongLoRA / LoRA (``rope_lab.lora``): rank r of the adapters on the
+    lora_rank: LongLoRA / LoRA (``rope_lab.model.lora``): rank r of the adapters on the
       ``lora_targets`` projections, whose base kernels (and every parameter not named by
       ``lora_trainable``) stay frozen; checkpoints hold the merged weights. 0: train all.
     lora_alpha: the adapters' output is scaled by lora_alpha / lora_rank.
-    lora_targets: Dense modules given adapters, from ``rope_lab.lora.TARGETS``.
+    lora_targets: Dense modules given adapters, from ``rope_lab.model.lora.TARGETS``.
     lora_trainable: parameters trained besides the adapters, from
-      ``rope_lab.lora.TRAINABLE_EXTRAS`` (LongLoRA: embeddings and norms).
+      ``rope_lab.model.lora.TRAINABLE_EXTRAS`` (LongLoRA: embeddings and norms).
     s2_attn_group_fraction: shifted sparse attention (LongLoRA's S2-Attn) while training:
       groups of G = int(seq_len * fraction) tokens, half the heads shifted by G / 2;
       evaluation keeps full attention. The paper uses 1/4. 0: full attention.
@@ -221,7 +223,7 @@ def experiment_from_config_dict(config: ml_collections.ConfigDict) -> Experiment
   train_values = {k: v for k, v in values.items() if k not in _SECTIONS}
   train = dataclass_from_mapping(TrainConfig, train_values, "config")
   # With init_from=hf:<dir> the checkpoint's config.json fixes the architecture: the runner
-  # reads it (rope_lab.train.with_checkpoint_architecture); no file is read here.
+  # reads it (rope_lab.training.loop.with_checkpoint_architecture); no file is read here.
   return ExperimentConfig(
       model=dataclass_from_mapping(ModelConfig, values["model"], "config.model"),
       data=dataclass_from_mapping(DataConfig, values["data"], "config.data"),

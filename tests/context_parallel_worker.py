@@ -23,8 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rope_lab import attention, context_parallel, pe, sharding
-from rope_lab.model import ModelConfig, Transformer, init_params, token_meta
+from rope_lab import pe
+
+from rope_lab.model import attention
+
+from rope_lab.model import context_parallel
+
+from rope_lab.running import sharding
+from rope_lab.model.skeleton import ModelConfig, Transformer, init_params, token_meta
 
 B, L = 2, 32  # 8 chunks of 4 tokens: a front and a back chunk on each sequence device
 ENCODINGS = {

@@ -17,7 +17,7 @@ import tempfile
 
 import jax
 
-from rope_lab import train
+from rope_lab.training import loop as train
 from tests import train_helpers as th
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 4

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from rope_lab import assets
+from rope_lab.data import assets
 from rope_lab.errors import AssetError
 
 

@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rope_lab import attention, pe
-from rope_lab.model import token_meta
+from rope_lab import pe
+
+from rope_lab.model import attention
+from rope_lab.model.skeleton import token_meta
 
 B, L, DH = 2, 19, 8  # L = 19 is not a multiple of the chunk size
 CHUNK = 8

@@ -14,9 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rope_lab import attention, attention_fused, pe
+from rope_lab import pe
+
+from rope_lab.model import attention
+
+from rope_lab.model import attention_fused
 from rope_lab.errors import ConfigError
-from rope_lab.model import ModelConfig, Transformer
+from rope_lab.model.skeleton import ModelConfig, Transformer
 from tests.test_attention import B, DH, L, hooks_for, meta_for, qkv
 
 

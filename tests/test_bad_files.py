@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from rope_lab import checkpoint, train
+from rope_lab.training import checkpoint
+
+from rope_lab.training import loop as train
 from rope_lab.data import DataConfig, load_token_store, sources
 from rope_lab.errors import CheckpointError, ConfigError, DataError, MissingFileError
 from rope_lab.evaluate import checkpoint_eval, plans, runs

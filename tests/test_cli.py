@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from rope_lab import cli
+from rope_lab.running import cli
 from rope_lab.errors import ConfigError, DataError
 
 

@@ -5,7 +5,9 @@ import subprocess
 
 import numpy as np
 
-from rope_lab import context_parallel, train
+from rope_lab.model import context_parallel
+
+from rope_lab.training import loop as train
 from tests import train_helpers as th
 
 

@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from rope_lab import attention, attention_fused, pe
+from rope_lab import pe
+
+from rope_lab.model import attention
+
+from rope_lab.model import attention_fused
 from rope_lab.errors import ConfigError
 from rope_lab.evaluate import perplexity
-from rope_lab.kernels import cpu_flash
-from rope_lab.model import ModelConfig, Transformer
+from rope_lab.model.kernels import cpu_flash
+from rope_lab.model.skeleton import ModelConfig, Transformer
 
 LENGTH = 459  # 3 query blocks (the last partial), 2 key blocks, a partial tile
 ATOL = 2e-5

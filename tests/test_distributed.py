@@ -2,7 +2,7 @@
 
 import pytest
 
-from rope_lab import distributed
+from rope_lab.running import distributed
 from rope_lab.errors import ConfigError
 
 _CLUSTER_VARIABLES = ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS",

@@ -12,8 +12,8 @@ from rope_lab import evaluate as ev
 from rope_lab import pe
 from rope_lab.data import (ByteTokenizer, LongDocument, RetrievalExample, answer_log_likelihood,
                            greedy_exact_match, passkey_example)
-from rope_lab.model import ModelConfig, Transformer, init_params
-from rope_lab.forward import blockwise_token_losses, token_losses
+from rope_lab.model.skeleton import ModelConfig, Transformer, init_params
+from rope_lab.model.forward import blockwise_token_losses, token_losses
 
 CFG = ModelConfig(vocab_size=258, d_model=32, n_layers=1, n_heads=2, mlp_dim=64, attention="dot_product",
                   init_std=0.2)  # a large init makes the random model's predictions position-sensitive
@@ -204,7 +204,7 @@ def test_analytic_pairs_scored_together_equal_each_pair_scored_alone(name, param
   """The trained probe's (q, k) pairs go through the hooks at once, on the head axis; each
   pair's grid must be what scoring it alone gives (ALiBi's bias, remap rules and absolute
   tables included)."""
-  from rope_lab import similarity  # pylint: disable=g-import-not-at-top
+  from rope_lab.pe import similarity  # pylint: disable=g-import-not-at-top
   rs = np.random.default_rng(0)
   q_PxD, k_PxD = rs.normal(size=(3, 16)), rs.normal(size=(3, 16))
   encoding = pe.make(name, **params)

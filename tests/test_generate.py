@@ -16,10 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from rope_lab import generate as gen
+from rope_lab.model import generate as gen
 from rope_lab import pe
 from rope_lab.errors import ConfigError
-from rope_lab.model import ModelConfig, Transformer, init_params
+from rope_lab.model.skeleton import ModelConfig, Transformer, init_params
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_dim=64, attention="reference")
 ORIGINAL = 12  # the encodings' original length: generation runs from 8 to 24 tokens, across it

@@ -130,7 +130,7 @@ def test_malformed_checkpoints_name_the_problem(tmp_path):
 def test_runner_fine_tunes_from_a_hugging_face_directory(tmp_path):
   """--config.init_from=hf:<dir>: the checkpoint fixes the architecture and the starting weights."""
   from tests.train_helpers import saved_params, tiny_experiment
-  from rope_lab import train
+  from rope_lab.training import loop as train
 
   config = transformers.LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                     num_attention_heads=4, num_key_value_heads=2, head_dim=8,

@@ -7,9 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rope_lab import config, generate as gen, layer_scan, pe
+from rope_lab import config, pe
+
+from rope_lab.model import generate as gen
+
+from rope_lab.model import layer_scan
 from rope_lab.errors import ConfigError
-from rope_lab.model import ModelConfig, Transformer, init_params
+from rope_lab.model.skeleton import ModelConfig, Transformer, init_params
 
 # 5 layers under a period-2 pattern: two scanned repetitions and one unrolled tail layer.
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=5, n_heads=4, n_kv_heads=2, mlp_dim=64, attention="reference")

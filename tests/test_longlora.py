@@ -13,13 +13,21 @@ import pytest
 import torch
 from flax import traverse_util
 
-from rope_lab import attention, lora, pe, resume, train
+from rope_lab import pe
+
+from rope_lab.model import attention
+
+from rope_lab.model import lora
+
+from rope_lab.training import resume
+
+from rope_lab.training import loop as train
 from rope_lab import config as config_lib
 from rope_lab.errors import ConfigError, WorkdirError
 from rope_lab.evaluate import perplexity, runs
-from rope_lab.forward import encoding_hooks
-from rope_lab.model import Dense, ModelConfig, Transformer, init_params, token_meta
-from rope_lab.train_step import build_program
+from rope_lab.model.forward import encoding_hooks
+from rope_lab.model.skeleton import Dense, ModelConfig, Transformer, init_params, token_meta
+from rope_lab.training.step import build_program
 from tests import train_helpers as th
 
 

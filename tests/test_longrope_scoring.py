@@ -19,7 +19,7 @@ from rope_lab import search
 from rope_lab.errors import ConfigError
 from rope_lab.data import DataConfig, LongDocument
 from rope_lab.evaluate import document_windows, encoding_hooks, eval_model_config, plan_from_json, window_nll
-from rope_lab.model import ModelConfig, init_params
+from rope_lab.model.skeleton import ModelConfig, init_params
 from rope_lab.search import scoring
 from rope_lab.search.config import SearchConfig, SearchConfigError
 from tests import train_helpers as th

@@ -2,9 +2,9 @@
 
 import pytest
 
-from rope_lab import memory_plan
+from rope_lab.running import memory_plan
 from rope_lab.errors import ConfigError
-from rope_lab.model import ModelConfig
+from rope_lab.model.skeleton import ModelConfig
 
 # V=10, D=4, one layer, H=2 query heads and K=1 kv head of Dh=2, SwiGLU F=6, untied, float32.
 TINY = ModelConfig(vocab_size=10, d_model=4, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=2, mlp_dim=6)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rope_lab import model, pe
+from rope_lab import pe
+
+from rope_lab.model import skeleton as model
 from rope_lab.pe.rotary import interleaved_to_half
 
 L, B, V, D, H, K = 13, 2, 32, 32, 4, 2  # L = 13 is not a multiple of the chunk size

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rope_lab import attention
+from rope_lab.model import attention
 from tests.test_attention import ATOL, B, DH, L, hooks_for, meta_for, qkv, run
 
 

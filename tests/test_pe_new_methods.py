@@ -16,7 +16,9 @@ from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from rope_lab import attention, pe
+from rope_lab import pe
+
+from rope_lab.model import attention
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.reference_rope import apply_rope
 from tests.test_attention import ATOL, DH, hooks_for, meta_for, qkv, run

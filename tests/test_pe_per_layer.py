@@ -9,7 +9,9 @@ import pytest
 from transformers import Gemma3TextConfig, Llama4TextConfig
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
 
-from rope_lab import model, pe
+from rope_lab import pe
+
+from rope_lab.model import skeleton as model
 from rope_lab.interop.hf_rope import HFConfigError, encoding_from_hf, encoding_to_hf, per_layer_to_hf
 
 

@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rope_lab import model, pe
+from rope_lab import pe
+
+from rope_lab.model import skeleton as model
 from rope_lab.data.evaluation import Window
 from rope_lab.evaluate import window_nll
 from rope_lab.pe import apply as pe_apply

@@ -16,7 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rope_lab import attention, attention_fused, pe
+from rope_lab import pe
+
+from rope_lab.model import attention
+
+from rope_lab.model import attention_fused
 from rope_lab.errors import ConfigError
 from rope_lab.pe import relative_remaps
 from rope_lab.pe.rotary import default_inv_freq
@@ -222,7 +226,7 @@ def test_tables_cover_the_mapped_positions():
 
 def test_similarity_scores_follow_the_remapped_distance():
   """ReRoPE's score of a query d tokens after the key is RoPE's score at min(d, w)."""
-  from rope_lab import similarity  # pylint: disable=g-import-not-at-top
+  from rope_lab.pe import similarity  # pylint: disable=g-import-not-at-top
   probe = np.random.RandomState(6).standard_normal(DH)
   window = 5
   rerope = similarity.score_by_distance(pe.make("rerope", window=window), probe, probe, 12, seq_len=16)
@@ -233,7 +237,7 @@ def test_similarity_scores_follow_the_remapped_distance():
 def test_the_model_runs_remaps_through_reference_and_chunked_attention():
   """Through the whole Transformer (packed rows): 'chunked' and 'dot_product' (which falls
   back to 'chunked') equal 'reference'."""
-  from rope_lab import model  # pylint: disable=g-import-not-at-top
+  from rope_lab.model import skeleton as model  # pylint: disable=g-import-not-at-top
   cfg = model.ModelConfig(vocab_size=32, d_model=32, n_layers=1, n_heads=H, n_kv_heads=K, mlp_dim=64,
                           chunk_size=8, init_std=0.2)
   hooks = pe.make("dual_chunk", original_max_position_embeddings=8, chunk_size=6, local_window=2).hooks(

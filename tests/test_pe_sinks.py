@@ -16,9 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rope_lab import attention, generate as gen, pe
+from rope_lab import pe
+
+from rope_lab.model import attention
+
+from rope_lab.model import generate as gen
 from rope_lab.errors import ConfigError
-from rope_lab.model import ModelConfig, Transformer, init_params, token_meta
+from rope_lab.model.skeleton import ModelConfig, Transformer, init_params, token_meta
 
 
 HEAD_DIM, N_HEADS, N_KV = 8, 4, 2

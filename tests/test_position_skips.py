@@ -80,7 +80,7 @@ def test_bad_inputs_are_named():
 def test_the_trainer_applies_pose_when_configured(tmp_path, monkeypatch):
   """config.pose_target_length: every step's rows train at skipped positions beyond the
   row length, within the target; the hooks are resolved for the target length."""
-  from rope_lab import train  # pylint: disable=g-import-not-at-top
+  from rope_lab.training import loop as train  # pylint: disable=g-import-not-at-top
   from tests import train_helpers as th  # pylint: disable=g-import-not-at-top
   seen = []
   real = train.pose_positions
@@ -98,7 +98,7 @@ def test_the_trainer_applies_pose_when_configured(tmp_path, monkeypatch):
 
 
 def test_pose_configs_that_cannot_work_are_refused(tmp_path):
-  from rope_lab import train  # pylint: disable=g-import-not-at-top
+  from rope_lab.training import loop as train  # pylint: disable=g-import-not-at-top
   from tests import train_helpers as th  # pylint: disable=g-import-not-at-top
   with pytest.raises(ConfigError, match="config.pose_target_length must be 0 \\(off\\) or >= seq_len=16"):
     th.tiny_experiment(pose_target_length=8)

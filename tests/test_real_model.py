@@ -16,8 +16,8 @@ import pytest
 import torch
 import transformers
 
-from rope_lab import assets
-from rope_lab import generate as gen
+from rope_lab.data import assets
+from rope_lab.model import generate as gen
 from rope_lab.interop import gguf as gguf_io
 from rope_lab.interop.hf_rope import encoding_from_hf
 

@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from rope_lab import resume, train
+from rope_lab.training import resume
+
+from rope_lab.training import loop as train
 from rope_lab.errors import CheckpointError, WorkdirError
 from rope_lab.evaluate import runs
 from tests import train_helpers as th

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from rope_lab import sharding, train
+from rope_lab.running import sharding
+
+from rope_lab.training import loop as train
 from tests import train_helpers as th
 
 

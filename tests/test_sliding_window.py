@@ -10,7 +10,7 @@ import transformers
 
 from rope_lab import pe
 from rope_lab.interop import hf
-from rope_lab.model import ModelConfig, ModelConfigError
+from rope_lab.model.skeleton import ModelConfig, ModelConfigError
 
 
 WINDOW = 8

@@ -4,7 +4,11 @@ import os
 
 import pytest
 
-from rope_lab import cli, study, train
+from rope_lab import study
+
+from rope_lab.running import cli
+
+from rope_lab.training import loop as train
 from rope_lab import results as results_lib
 from tests.test_study import miniature
 

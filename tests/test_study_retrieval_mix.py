@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import study as study_configs
-from rope_lab import train
+from rope_lab.training import loop as train
 from rope_lab.data import DataConfig, DataConfigError
 from rope_lab.study import config as study_config
 from rope_lab.study import runs

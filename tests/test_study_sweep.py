@@ -9,7 +9,7 @@ import pytest
 from configs import study as study_configs
 from rope_lab import results as results_lib
 from rope_lab import study
-from rope_lab import train
+from rope_lab.training import loop as train
 from rope_lab.sweep import runs as runs_lib
 from tests import tiny_study_config
 from tests.test_sweep import parse_run_command

@@ -14,7 +14,7 @@ from tests.test_evaluate import CFG, _reference_nll
 
 @pytest.fixture(scope="module")
 def params():
-  from rope_lab.model import init_params  # pylint: disable=g-import-not-at-top
+  from rope_lab.model.skeleton import init_params  # pylint: disable=g-import-not-at-top
   hooks = pe.make("rope").hooks(head_dim=CFG.head_dim, n_heads=CFG.n_heads, d_model=CFG.d_model, seq_len=16)
   return init_params(CFG, hooks, jax.random.key(0))
 

@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 from rope_lab import config as config_lib
 from rope_lab import results as results_lib
-from rope_lab import train
+from rope_lab.training import loop as train
 from rope_lab.sweep import local, remote, runs as runs_lib, summary
 from tests import train_helpers as th
 

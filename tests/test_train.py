@@ -11,7 +11,7 @@ import pytest
 from orbax.checkpoint import utils as ocp_utils
 
 from rope_lab import config as config_lib
-from rope_lab import train
+from rope_lab.training import loop as train
 from tests import train_helpers as th
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from rope_lab.data import DataConfig, get_tokenizer
-from rope_lab.train import rope_lab_data_source
+from rope_lab.training.loop import rope_lab_data_source
 
 CFG = DataConfig(dataset="kjv", tokenizer="bpe", vocab_size=512)
 

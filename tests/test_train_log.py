@@ -6,7 +6,7 @@ import struct
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from rope_lab import train_log
+from rope_lab.training import log as train_log
 
 
 def event_message_class():

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from rope_lab import train
+from rope_lab.training import loop as train
 from tests import train_helpers as th
 
 STEPS = 4

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rope_lab import optimizer
+from rope_lab.training import optimizer
 from rope_lab.config import TrainConfig
 
 

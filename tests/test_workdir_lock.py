@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from rope_lab import train
+from rope_lab.training import loop as train
 from rope_lab.errors import WorkdirError
-from rope_lab.workdir import LOCK_FILE, WorkdirLock
+from rope_lab.running.workdir import LOCK_FILE, WorkdirLock
 from tests import train_helpers as th
 
 
@@ -28,7 +28,7 @@ def test_a_second_holder_is_refused_naming_pid_and_host(tmp_path):
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over_with_a_notice(tmp_path):
-  code = ("import os, sys; from rope_lab.workdir import WorkdirLock; "
+  code = ("import os, sys; from rope_lab.running.workdir import WorkdirLock; "
           "WorkdirLock(sys.argv[1]).acquire(); print(os.getpid(), flush=True); os._exit(0)")
   dead = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=th.subprocess_env(),
                         capture_output=True, text=True, timeout=60, check=True)

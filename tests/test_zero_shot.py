@@ -14,7 +14,7 @@ from rope_lab.data import Window
 from rope_lab.errors import ConfigError
 from rope_lab.evaluate.attention_maps import mean_attention_maps
 from rope_lab.evaluate.perplexity import eval_model_config, window_nll
-from rope_lab.forward import encoding_hooks
+from rope_lab.model.forward import encoding_hooks
 from rope_lab.zero_shot import config as config_lib
 from rope_lab.zero_shot import measure
 
@@ -51,7 +51,7 @@ def test_every_size_is_a_valid_config():
 
 @pytest.fixture(scope="module")
 def small_model():
-  from rope_lab import assets  # pylint: disable=g-import-not-at-top
+  from rope_lab.data import assets  # pylint: disable=g-import-not-at-top
   from rope_lab.interop import gguf  # pylint: disable=g-import-not-at-top
   return gguf.load(assets.smollm2_gguf(), n_layers=2)
 

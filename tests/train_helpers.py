@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rope_lab import config as config_lib
-from rope_lab import train
+from rope_lab.training import loop as train
 from tests import tiny_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

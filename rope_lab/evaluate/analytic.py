@@ -1,7 +1,7 @@
 """Analytic query-key similarity maps for the study (Giraffe's heatmaps).
 
 For probe vectors q, k, the pre-softmax score of q at position i against k at position j
-is computed by ``rope_lab.similarity`` through the same hooks the model uses. Three
+is computed by ``rope_lab.pe.similarity`` through the same hooks the model uses. Three
 probes: all-ones, one Gaussian draw (q = k), and a trained model's mean q and k of every
 layer and head (the score averaged over them, each head with its own q and k, since a
 head's query only ever meets its own key space).
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rope_lab import pe, similarity
+from rope_lab import pe
+
+from rope_lab.pe import similarity
 from rope_lab.errors import ConfigError
 
 PROBES = ("ones", "gaussian", "trained")

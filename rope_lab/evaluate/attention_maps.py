@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rope_lab import pe
-from rope_lab.forward import encoding_hooks
-from rope_lab.model import ModelConfig, Transformer
+from rope_lab.model.forward import encoding_hooks
+from rope_lab.model.skeleton import ModelConfig, Transformer
 
 
 @functools.lru_cache(maxsize=8)

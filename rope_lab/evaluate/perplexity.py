@@ -34,8 +34,8 @@ import numpy as np
 
 from rope_lab import pe
 from rope_lab.data import LongDocument, Window, bits_per_byte, sliding_windows
-from rope_lab.forward import blockwise_token_losses, encoding_hooks
-from rope_lab.model import ModelConfig, Transformer
+from rope_lab.model.forward import blockwise_token_losses, encoding_hooks
+from rope_lab.model.skeleton import ModelConfig, Transformer
 
 # Windows at least this long use the memory-linear attention (shorter ones XLA's dot product).
 CHUNKED_FROM = 512

@@ -23,8 +23,8 @@ import numpy as np
 from rope_lab import pe
 from rope_lab.data import RetrievalExample
 from rope_lab.evaluate.perplexity import DEFAULT_BATCH_TOKENS, DEFAULT_CHUNK, eval_model_config
-from rope_lab.forward import encoding_hooks
-from rope_lab.model import ModelConfig, Transformer
+from rope_lab.model.forward import encoding_hooks
+from rope_lab.model.skeleton import ModelConfig, Transformer
 
 
 @functools.lru_cache(maxsize=32)

@@ -15,13 +15,15 @@ from typing import Any
 
 import jax
 
-from rope_lab import checkpoint
+from rope_lab.training import checkpoint
 from rope_lab import config as config_lib
-from rope_lab import pe, resume, sharding
+from rope_lab import pe
+from rope_lab.training import resume
+from rope_lab.running import sharding
 from rope_lab.data import DataConfig
 from rope_lab.errors import CheckpointError, MissingFileError
-from rope_lab.forward import encoding_hooks, param_layout
-from rope_lab.model import ModelConfig
+from rope_lab.model.forward import encoding_hooks, param_layout
+from rope_lab.model.skeleton import ModelConfig
 
 
 def experiment_from_json(values: dict[str, Any]) -> config_lib.ExperimentConfig:
@@ -39,7 +41,7 @@ def experiment_from_json(values: dict[str, Any]) -> config_lib.ExperimentConfig:
 
 def read_experiment(workdir: str) -> config_lib.ExperimentConfig:
   """The experiment of a training run's work directory, with the changes accepted on its
-  resumes applied (``rope_lab.resume``); errors name the file and say what to do."""
+  resumes applied (``rope_lab.training.resume``); errors name the file and say what to do."""
   values = resume.current_config(workdir)
   if values is None:
     raise MissingFileError(f"{workdir!r} is not a training run directory: no config.json; give "

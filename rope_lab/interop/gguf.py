@@ -38,7 +38,7 @@ from rope_lab import pe
 from rope_lab.errors import CheckpointError, ConfigError, check
 from rope_lab.interop import hf
 from rope_lab.interop.hf_rope import encoding_from_hf
-from rope_lab.model import ModelConfig
+from rope_lab.model.skeleton import ModelConfig
 
 ARCHITECTURES = ("llama",)
 ROTARY_LAYOUTS = ("half", "interleaved")

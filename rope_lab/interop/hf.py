@@ -26,7 +26,7 @@ from safetensors.numpy import save_file
 from rope_lab import pe
 from rope_lab.errors import CheckpointError, ConfigError
 from rope_lab.interop.hf_rope import HFConfigError, encoding_from_hf, encoding_to_hf
-from rope_lab.model import ModelConfig, Transformer
+from rope_lab.model.skeleton import ModelConfig, Transformer
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
@@ -71,7 +71,7 @@ def model_config_from_hf(config: dict[str, Any], **overrides) -> ModelConfig:
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         qkv_bias=model_type == "qwen2",
-        # A pretrained model's identical blocks compile once (rope_lab.layer_scan): a 30-layer
+        # A pretrained model's identical blocks compile once (rope_lab.model.layer_scan): a 30-layer
         # SmolLM2's decode program compiles in a third of the time; overridable.
         **{"sliding_window": model_sliding_window(config), "scan_layers": True, **overrides},
     )

@@ -33,6 +33,8 @@ def register(cls):
 from rope_lab import errors  # noqa: E402
 from rope_lab.errors import ConfigError  # noqa: E402  (one class for every config error)
 from rope_lab.typed_values import coerce  # noqa: E402  (the one coercer)
+from rope_lab.pe import rotary  # noqa: E402
+from rope_lab.pe.rotary import RotaryTables  # noqa: E402,F401  (the hooks' tables; defined beside their maths)
 
 
 def check(condition: bool, method: str, field: str, valid: str, value: Any) -> None:
@@ -41,32 +43,6 @@ def check(condition: bool, method: str, field: str, valid: str, value: Any) -> N
 
 
 # ----------------------------------------------------------------------------- hooks
-
-
-@struct.dataclass
-class RotaryTables:
-  """cos/sin of position x frequency as coarse and fine tables (angle addition).
-
-  angle(p) = angle(hi * fine_size) + angle(lo) with p = hi * fine_size + lo. Both
-  parts are reduced modulo 2*pi in float64 on the host before rounding to float32, so
-  the result stays at float32 rounding level at any position the tables cover.
-  ``near_*`` hold plain (unscaled) rows for positions < near_count (LongRoPE's n_hat);
-  they are empty when unused. near_count is an array so that candidates with different
-  n_hat can share one table shape (a LongRoPE population scored in one call).
-  """
-
-  cos_coarse: jnp.ndarray  # [n_coarse, P]
-  sin_coarse: jnp.ndarray
-  cos_fine: jnp.ndarray  # [fine_size, P]
-  sin_fine: jnp.ndarray
-  cos_near: jnp.ndarray  # [n_near, P]; n_near may be 0
-  sin_near: jnp.ndarray
-  near_count: jnp.ndarray  # int32 scalar (or [N] for a population): positions below use near rows
-  fine_size: int = struct.field(pytree_node=False)
-  rotary_dim: int = struct.field(pytree_node=False)
-  layout: str = struct.field(pytree_node=False)  # "half" (GPT-NeoX/Llama) or "interleaved"
-  # Positions [0, length) are covered; a gather beyond reads NaN instead of a clamped row.
-  length: int = struct.field(pytree_node=False, default=0)
 
 
 @struct.dataclass
@@ -288,8 +264,6 @@ class Encoding:
 
   def hooks(self, *, head_dim: int, n_heads: int, d_model: int, seq_len: int) -> Hooks:
     """Resolves every hook for sequences of ``seq_len`` tokens."""
-    from rope_lab.pe import rotary  # local import: rotary imports this module
-
     if seq_len < 1:
       raise ConfigError(f"{self.name}: seq_len must be >= 1, got {seq_len}")
     tables = None

@@ -13,11 +13,37 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from rope_lab.errors import ConfigError
-from rope_lab.pe.base import RotaryTables
 
 TWO_PI = 2.0 * math.pi
+
+
+@struct.dataclass
+class RotaryTables:
+  """cos/sin of position x frequency as coarse and fine tables (angle addition).
+
+  angle(p) = angle(hi * fine_size) + angle(lo) with p = hi * fine_size + lo. Both
+  parts are reduced modulo 2*pi in float64 on the host before rounding to float32, so
+  the result stays at float32 rounding level at any position the tables cover.
+  ``near_*`` hold plain (unscaled) rows for positions < near_count (LongRoPE's n_hat);
+  they are empty when unused. near_count is an array so that candidates with different
+  n_hat can share one table shape (a LongRoPE population scored in one call).
+  """
+
+  cos_coarse: jnp.ndarray  # [n_coarse, P]
+  sin_coarse: jnp.ndarray
+  cos_fine: jnp.ndarray  # [fine_size, P]
+  sin_fine: jnp.ndarray
+  cos_near: jnp.ndarray  # [n_near, P]; n_near may be 0
+  sin_near: jnp.ndarray
+  near_count: jnp.ndarray  # int32 scalar (or [N] for a population): positions below use near rows
+  fine_size: int = struct.field(pytree_node=False)
+  rotary_dim: int = struct.field(pytree_node=False)
+  layout: str = struct.field(pytree_node=False)  # "half" (GPT-NeoX/Llama) or "interleaved"
+  # Positions [0, length) are covered; a gather beyond reads NaN instead of a clamped row.
+  length: int = struct.field(pytree_node=False, default=0)
 
 
 def default_inv_freq(rotary_dim: int, base: float) -> np.ndarray:

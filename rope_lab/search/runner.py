@@ -18,10 +18,12 @@ from typing import Any
 
 import jax
 
-from rope_lab import checkpoint, pe
+from rope_lab import pe
+
+from rope_lab.training import checkpoint
 from rope_lab.data import DataConfig, DocumentError, get_tokenizer, long_documents
 from rope_lab.evaluate import document_windows, load_run, read_experiment, stride_for
-from rope_lab.model import ModelConfig
+from rope_lab.model.skeleton import ModelConfig
 from rope_lab.search import scoring
 from rope_lab.search.config import SearchSetupError
 from rope_lab.search.evolution import run_search

@@ -33,11 +33,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rope_lab import pe
-from rope_lab import sharding
+from rope_lab.running import sharding
 from rope_lab.data import Window
 from rope_lab.evaluate.perplexity import eval_model_config, stack_windows, window_nll
-from rope_lab.forward import encoding_hooks, token_losses
-from rope_lab.model import ModelConfig, Transformer
+from rope_lab.model.forward import encoding_hooks, token_losses
+from rope_lab.model.skeleton import ModelConfig, Transformer
 from rope_lab.pe.longrope import LongRoPE, longrope_attention_factor
 from rope_lab.pe.rotary import default_inv_freq, rotary_tables
 

@@ -10,6 +10,7 @@ from rope_lab import config as config_lib
 from rope_lab import pe
 from rope_lab import results as results_lib
 from rope_lab.errors import ConfigError, check
+from rope_lab.study import runs
 from rope_lab.study.declarations import RunDeclaration, parse_runs
 
 CONFIG_FILE = "study_config.json"
@@ -143,7 +144,6 @@ class StudyConfig:
             "config.retrieval_min_length", f"0 or in [2, the training length {self.train_length}]",
             self.retrieval_min_length)
     if self.base is not None:  # every declared run's experiment is built (and checked) now
-      from rope_lab.study import runs  # pylint: disable=g-import-not-at-top
       runs.declared_runs(self, base_dir="")
 
   @property

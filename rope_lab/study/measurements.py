@@ -46,7 +46,7 @@ def trained_elsewhere(spec: RunSpec, workdir: str) -> dict | None:
   """The final metrics of ``spec`` if ``workdir`` holds it finished with exactly its
   experiment, trained outside the study (``sweep=base|finetune`` of configs/study.py);
   else None. A run with a different experiment is left to the trainer's resume check."""
-  from rope_lab.checkpoint import committed_latest_step  # pylint: disable=g-import-not-at-top
+  from rope_lab.training.checkpoint import committed_latest_step  # pylint: disable=g-import-not-at-top
   from rope_lab.sweep.local import run_metrics  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(workdir, "config.json")
   if spec.data_mix or not os.path.exists(config_path):
@@ -115,7 +115,7 @@ class Study:
 
   def train(self, spec: RunSpec) -> str:
     """Trains (or resumes, or finds finished) ``spec``; records its final losses once."""
-    from rope_lab import train as train_lib  # pylint: disable=g-import-not-at-top
+    from rope_lab.training import loop as train_lib  # pylint: disable=g-import-not-at-top
     workdir = self.path("runs", spec.name)
     chash = self.measure_hash(spec)
     key = f"train|{spec.name}"
@@ -135,7 +135,7 @@ class Study:
     start = time.perf_counter()
     result = train_lib.run(spec.exp, workdir, data_source=source)
     if result.status == "preempted":  # saved at SIGTERM; the study stops, a rerun resumes it
-      from rope_lab.cli import Terminated  # pylint: disable=g-import-not-at-top
+      from rope_lab.running.cli import Terminated  # pylint: disable=g-import-not-at-top
       raise Terminated()
     self.record("train", key, chash, spec, {
         "train_loss": result.train_loss, "eval_loss": result.eval_loss, "steps": result.step,

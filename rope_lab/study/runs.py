@@ -19,7 +19,7 @@ from rope_lab.evaluate import plans as plans_lib
 from rope_lab.study import declarations
 from rope_lab.study.declarations import RunDeclaration
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a type-only reference: study.config imports this module, not the reverse
   from rope_lab.study.config import StudyConfig
 
 

@@ -56,7 +56,7 @@ class ZeroShotConfig:
   passkey_samples: int = 1
   needle_lengths: tuple[int, ...] = (16384,)
   needle_depths: tuple[float, ...] = (0.5,)
-  generation_cache: str = "rerotate"  # see rope_lab.generate: exact recomputes per step under dynamic methods
+  generation_cache: str = "rerotate"  # see rope_lab.model.generate: exact recomputes per step under dynamic methods
   heatmap_length: int = 16384  # analytic similarity maps with the model's mean q/k, up to here
   seed: int = 0
   resamples: int = 2000  # bootstrap draws per interval

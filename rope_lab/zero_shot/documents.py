@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from rope_lab import assets
+from rope_lab.data import assets
 from rope_lab.data import corpora
 from rope_lab.errors import DataError
 

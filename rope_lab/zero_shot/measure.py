@@ -21,12 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rope_lab import attention, generate, pe
+from rope_lab import pe
+
+from rope_lab.model import attention
+
+from rope_lab.model import generate
 from rope_lab.data import synthetic
 from rope_lab.evaluate.attention_maps import is_qk_projection, distance_bins
 from rope_lab.evaluate.perplexity import LOSS_BLOCK_TOKENS, eval_model_config
-from rope_lab.forward import blockwise_token_losses, encoding_hooks
-from rope_lab.model import ModelConfig, Transformer, token_meta
+from rope_lab.model.forward import blockwise_token_losses, encoding_hooks
+from rope_lab.model.skeleton import ModelConfig, Transformer, token_meta
 from rope_lab.pe.rotary import cos_sin
 
 

@@ -231,7 +231,7 @@ def write_outputs(workdir: str) -> str:
       "blocks; the length-L figures read the first L tokens (a forward pass of its own wherever an encoding acts "
       "differently at L, as Dynamic NTK/YaRN do). Code: " + ", ".join(f"`{c}`" for c in commits) + ".", "",
       "Every interval is a 95% moving-block bootstrap over the blocks (paired wherever two methods are compared: "
-      "the same tokens on both sides). Retrieval: greedy generation with the KV cache (`rope_lab.generate`, cache "
+      "the same tokens on both sides). Retrieval: greedy generation with the KV cache (`rope_lab.model.generate`, cache "
       f"mode `{cfg.generation_cache}`), passkey correct when the key's digits appear in the continuation, needle "
       "correct when 'Dolores Park' does (Giraffe's presence accuracy).", "",
       "## Claims (rules fixed before the run)", "",

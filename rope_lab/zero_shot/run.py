@@ -15,7 +15,9 @@ import time
 
 import numpy as np
 
-from rope_lab import assets, generate
+from rope_lab.data import assets
+
+from rope_lab.model import generate
 from rope_lab import results as results_lib
 from rope_lab.data.tokenizers import HFTokenizer
 from rope_lab.evaluate import analytic

@@ -14,9 +14,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from rope_lab import pe, sharding
-from rope_lab.encoding_range import check_xpos_length
-from rope_lab.model import ModelConfig, Transformer, output_logits
+from rope_lab import pe
+
+from rope_lab.running import sharding
+from rope_lab.pe.length_range import check_xpos_length
+from rope_lab.model.skeleton import ModelConfig, Transformer, output_logits
 
 
 def encoding_hooks(model: ModelConfig, encoding: pe.Encoding, seq_len: int, *,

@@ -44,9 +44,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rope_lab import attention, layer_scan, pe
+from rope_lab import pe
+
+from rope_lab.model import attention
+
+from rope_lab.model import layer_scan
 from rope_lab.errors import ConfigError, check
-from rope_lab.model import MLP, Dense, ModelConfig, Norm, stack_layers, token_meta
+from rope_lab.model.skeleton import MLP, Dense, ModelConfig, Norm, stack_layers, token_meta
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.rotary import cos_sin
 

@@ -1,7 +1,7 @@
 """LoRA adapters (Hu et al. 2021) for LongLoRA fine-tunes (Chen et al. 2023), as transforms
 of the parameter tree: the model skeleton knows nothing of them.
 
-A target projection's kernel W (rope_lab.model.Dense layout [in..., out...]) gains an
+A target projection's kernel W (rope_lab.model.skeleton.Dense layout [in..., out...]) gains an
 adapter ``a`` [in..., r] (uniform in +-1/sqrt(fan_in), as PEFT's Kaiming init of lora_A)
 and ``b`` [r, out...] (zeros), so the layer computes
 
@@ -125,7 +125,7 @@ def merge(params, adapters, scale: float) -> dict:
 @contextlib.contextmanager
 def unmerged(adapters, scale: float):
   """Within this context every adapted Dense adds (alpha / r) (x a) b to its output."""
-  from rope_lab.model import Dense  # the model imports nothing from here
+  from rope_lab.model.skeleton import Dense  # the model imports nothing from here
 
   by_module = _by_module(adapters)
 

@@ -1,6 +1,6 @@
 """Device memory of a long-context fine-tuning step, computed from the model shape and the mesh.
 
-What a training step of ``rope_lab.train_step`` holds on each device (no activation
+What a training step of ``rope_lab.training.step`` holds on each device (no activation
 rematerialisation besides the attention blocks, which ``chunked`` and the fused kernels
 recompute; nothing quadratic in L is stored):
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 from rope_lab.errors import check
-from rope_lab.model import ModelConfig
+from rope_lab.model.skeleton import ModelConfig
 
 GIB = 2 ** 30
 STATE_BYTES_PER_PARAM = 16  # float32 parameter, gradient, Adam m and v
@@ -51,7 +51,7 @@ class MemoryPlan:
 
 
 def parameter_count(cfg: ModelConfig) -> int:
-  """Every parameter of ``rope_lab.model.Transformer`` (no learned position table)."""
+  """Every parameter of ``rope_lab.model.skeleton.Transformer`` (no learned position table)."""
   d, h, k, dh, f, v = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
   norm = d if cfg.norm == "rms" else 2 * d
   attention = d * (h + 2 * k) * dh + h * dh * d + (((h + 2 * k) * dh) if cfg.qkv_bias else 0)

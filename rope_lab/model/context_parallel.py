@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from rope_lab import attention
+from rope_lab.model import attention_paths as paths
 from rope_lab.pe.base import Hooks
 
 AXIS = "sequence"
@@ -50,7 +50,7 @@ def causal_work(chunks: tuple[int, ...], chunk_len: int) -> int:
   return sum(sum(c * chunk_len + i + 1 for i in range(chunk_len)) for c in chunks)
 
 
-def attend(rot: attention.Rotated, v_BxLxKxD, meta: attention.TokenMeta, hooks: Hooks, *,
+def attend(rot: paths.Rotated, v_BxLxKxD, meta: paths.TokenMeta, hooks: Hooks, *,
            chunk_size: int, soft_cap: float | None) -> jnp.ndarray:
   """out [B, L, H, Dh] of rotated q/k and v whose L is split over the sequence axis."""
   mesh = jax.sharding.get_abstract_mesh()
@@ -74,7 +74,7 @@ def attend(rot: attention.Rotated, v_BxLxKxD, meta: attention.TokenMeta, hooks: 
   args = {"q": rot.q, "q_far": rot.q_far, "k": rot.k, "k_far": rot.k_far, "v": v_BxLxKxD,
           "meta": meta, "hooks": hooks.replace(alibi_slopes=None), "slopes": slopes}
   specs = {"q": grouped, "q_far": grouped, "k": per_kv, "k_far": per_kv, "v": per_kv,
-           "meta": attention.TokenMeta(row, row, row, row),
+           "meta": paths.TokenMeta(row, row, row, row),
            "hooks": jax.tree.map(lambda _: P(), hooks.replace(alibi_slopes=None)),
            "slopes": P(heads, None)}
   specs = {k: (None if args[k] is None else spec) for k, spec in specs.items()}
@@ -90,14 +90,14 @@ def attend(rot: attention.Rotated, v_BxLxKxD, meta: attention.TokenMeta, hooks: 
       take = lambda start: jax.lax.dynamic_slice_in_dim(x, start, chunk, axis=1)
       return jnp.concatenate([take(starts[0]), take(starts[1])], axis=1)
 
-    k_meta = attention.TokenMeta(*map(gather, a["meta"]))
-    q_meta = attention.TokenMeta(*map(mine, k_meta))
-    q_rot = attention.Rotated(mine(gather(a["q"])), None, mine(gather(a["q_far"])), None)
-    k_rot = attention.Rotated(None, gather(a["k"]), None, gather(a["k_far"]))
+    k_meta = paths.TokenMeta(*map(gather, a["meta"]))
+    q_meta = paths.TokenMeta(*map(mine, k_meta))
+    q_rot = paths.Rotated(mine(gather(a["q"])), None, mine(gather(a["q_far"])), None)
+    k_rot = paths.Rotated(None, gather(a["k"]), None, gather(a["k_far"]))
     local_hooks = a["hooks"]
     if a["slopes"] is not None:
       local_hooks = local_hooks.replace(alibi_slopes=a["slopes"].reshape(-1))
-    out = attention.chunked_cross(q_rot, q_meta, k_rot, gather(a["v"]), k_meta, local_hooks,
+    out = paths.chunked_cross(q_rot, q_meta, k_rot, gather(a["v"]), k_meta, local_hooks,
                                   chunk_size=chunk_size, soft_cap=soft_cap)  # [B, 2C, H', Dh]
     # Back to the contiguous layout: chunk t of the row was computed by device t (front)
     # or 2n-1-t (back); this device keeps chunks 2s and 2s+1.

@@ -52,7 +52,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rope_lab import attention, attention_fused, layer_scan
+from rope_lab.model import attention
+
+from rope_lab.model import attention_fused
+
+from rope_lab.model import layer_scan
 from rope_lab.errors import ConfigError, check
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.base import Hooks
@@ -107,7 +111,7 @@ class ModelConfig:
   sliding_window: int | None = None
   # True: the layers run as one lax.scan over their stacked weights (one period of a
   # per-layer pattern compiled once: compile time no longer grows with depth; one copy of
-  # the layer weights per call; rope_lab.layer_scan). Same numbers; same parameter tree.
+  # the layer weights per call; rope_lab.model.layer_scan). Same numbers; same parameter tree.
   # False: a Python loop, every layer in the program (what LoRA's per-module adapters need).
   scan_layers: bool = False
 

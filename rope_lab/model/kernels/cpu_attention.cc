@@ -5,7 +5,7 @@
 // kernel does all four on a block of 192 queries x 256 keys while it is in cache, with the
 // online softmax of the chunked path (running max m, running sum l, rescaled accumulator).
 //
-// Contract (rope_lab/kernels/cpu_flash.py checks it before calling):
+// Contract (rope_lab/model/kernels/cpu_flash.py checks it before calling):
 //   q [B, L, H, D], k and v [B, L, K, D], float32, H a multiple of K (grouped kv heads),
 //   D a multiple of 16 and at most 256; out [B, L, H, D] = softmax(scale * q.k^T, causal) v,
 //   query i seeing keys 0..i of its own row (no segments, bias or soft cap).

@@ -24,17 +24,19 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from rope_lab import resume, sharding
-from rope_lab import workdir as workdir_lib
-from rope_lab.checkpoint import Checkpointer, committed_latest_step, latest_step_of
-from rope_lab.checkpoint import check_safetensors_complete, restore_params
+from rope_lab.training import resume
+
+from rope_lab.running import sharding
+from rope_lab.running import workdir as workdir_lib
+from rope_lab.training.checkpoint import Checkpointer, committed_latest_step, latest_step_of
+from rope_lab.training.checkpoint import check_safetensors_complete, restore_params
 from rope_lab.config import HF_SCHEME, ConfigError, ExperimentConfig, TrainConfig, experiment_to_dict
 from rope_lab.interop import hf
 from rope_lab.data import DataConfig, get_tokenizer, make_train_iterator, save_tokenizer_spec
 from rope_lab.data.position_skips import pose_positions
 from rope_lab.errors import RopeLabError
-from rope_lab.train_log import MetricsLog, Progress
-from rope_lab.train_step import Program, TrainSetup, TrainState, build_program
+from rope_lab.training.log import MetricsLog, Progress
+from rope_lab.training.step import Program, TrainSetup, TrainState, build_program
 
 
 class NonFiniteLossError(RopeLabError, RuntimeError):
@@ -228,8 +230,8 @@ def run(exp: ExperimentConfig, workdir: str, *, data_source: DataSource | None =
 
   ``data_source`` replaces the project's data pipeline (tests, notebooks); ``devices``
   restricts the mesh to some of the devices (single-process only). The work directory is
-  locked for the whole call (``rope_lab.workdir``); a resume is validated against the
-  stored config before anything is written (``rope_lab.resume``).
+  locked for the whole call (``rope_lab.running.workdir``); a resume is validated against the
+  stored config before anything is written (``rope_lab.training.resume``).
   """
   exp = with_checkpoint_architecture(exp)
   workdir = os.path.abspath(workdir)  # orbax needs absolute paths

@@ -4,7 +4,7 @@ A checkpoint step holds three items:
 
 * ``params``: the parameters (also what a fine-tuning run reads, see :func:`restore_params`);
 * ``optimizer``: the step counter and the optimizer state (and, for a LoRA run, its
-  adapters and the frozen kernels under them: ``rope_lab.train_step.TrainState``);
+  adapters and the frozen kernels under them: ``rope_lab.training.step.TrainState``);
 * ``data``: one JSON file per process with its iterator's ``get_state()``.
 
 Orbax writes each step into a temporary directory and renames it when every item and

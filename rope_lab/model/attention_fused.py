@@ -1,6 +1,6 @@
 """The ``fused`` attention implementation: the platform's fused kernel, chosen per call.
 
-Same contract as :mod:`rope_lab.attention`. q and k arrive rotated (rotary, xPos and
+Same contract as :mod:`rope_lab.model.attention`. q and k arrive rotated (rotary, xPos and
 LongRoPE tables, at the mapped positions), so every RoPE-family method runs fused; the
 temperature (``hooks.logit_scale``, a traced array) multiplies q, because the kernels
 take their softmax scale as a compile-time number. The kernels:
@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from rope_lab.errors import ConfigError
-from rope_lab.kernels import cpu_flash
+from rope_lab.model.kernels import cpu_flash
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.base import Hooks
 
@@ -263,7 +263,7 @@ def _on_mesh(fn, q, k, v, segments, positions, hooks):
     return fn(q, k, v, segments, positions, hooks)
   from jax.sharding import PartitionSpec as P
 
-  from rope_lab import sharding
+  from rope_lab.running import sharding
   batch = tuple(a for a in sharding.BATCH_AXES if a in mesh.shape)
   tensor = mesh.shape.get("tensor", 1)
   heads = "tensor" if k.shape[2] % tensor == 0 else None

@@ -6,7 +6,7 @@ names (set in the model with ``nn.with_logical_partitioning`` /
 split over data and fsdp together, so fsdp is data parallelism whose parameters and
 optimizer state are also sharded. The sequence axis splits activations along the row
 (context parallelism): the model's 'length' axis maps to it, and attention over a split
-row runs in ``rope_lab.context_parallel``; the input batch itself stays whole along the
+row runs in ``rope_lab.model.context_parallel``; the input batch itself stays whole along the
 row, so data loading does not change. The same code runs on one CPU, simulated CPU devices,
 a GPU and a multi-host TPU slice: only the mesh shape changes.
 """

@@ -5,7 +5,7 @@ created directly in their final layout, never gathered on one device. The steps 
 jitted with explicit in/out shardings and donate the old state, so parameters and
 optimizer moments are updated in place.
 
-A LoRA run (``config.lora_rank``, ``rope_lab.lora``) differentiates and updates only its
+A LoRA run (``config.lora_rank``, ``rope_lab.model.lora``) differentiates and updates only its
 trainable values (the adapters and the extras: embeddings, norms); the optimizer state
 covers those alone, and the frozen kernels pass through the step unchanged. Its
 checkpoints hold the merged weights (:func:`make_checkpoint_conversions`).
@@ -24,12 +24,12 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rope_lab import lora as lora_lib
-from rope_lab import sharding
+from rope_lab.model import lora as lora_lib
+from rope_lab.running import sharding
 from rope_lab.config import ConfigError, ExperimentConfig
-from rope_lab.forward import encoding_hooks, param_initializer, param_layout, token_losses
-from rope_lab.model import Transformer
-from rope_lab.optimizer import learning_rate_schedule, make_optimizer
+from rope_lab.model.forward import encoding_hooks, param_initializer, param_layout, token_losses
+from rope_lab.model.skeleton import Transformer
+from rope_lab.training.optimizer import learning_rate_schedule, make_optimizer
 from rope_lab.pe import Hooks
 
 Batch = dict[str, jax.Array]
@@ -40,7 +40,7 @@ class TrainState:
   step: jax.Array  # int32 scalar: optimizer updates applied so far
   params: Any  # with LoRA: the frozen base kernels and the trained embeddings/norms
   opt_state: Any  # of the trainable values (see TrainSetup.trainable_of)
-  # LoRA adapters (rope_lab.lora), None without. In the checkpoint form of a state
+  # LoRA adapters (rope_lab.model.lora), None without. In the checkpoint form of a state
   # (Program.to_checkpoint) params are the merged weights and this holds
   # {"adapters": ..., "frozen": the base kernels under them}.
   adapters: Any = None
