@@ -8,7 +8,7 @@ setuptools.setup(
     description="Positional encodings and context-window extension methods on one JAX model skeleton.",
     packages=setuptools.find_packages(include=["rope_lab", "rope_lab.*", "experiments", "configs"]),
     # The CPU attention kernel's source, compiled on first use (rope_lab/model/kernels/cpu_flash.py).
-    package_data={"rope_lab.model.kernels": ["*.cc"]},
+    package_data={"rope_lab.model.kernels": ["*.cc", "*.h"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.4.35",

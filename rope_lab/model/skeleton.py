@@ -57,6 +57,7 @@ from rope_lab.model import attention
 from rope_lab.model import attention_fused
 
 from rope_lab.model import layer_scan
+from rope_lab.model.kernels import cpu_matmul
 from rope_lab.errors import ConfigError, check
 from rope_lab.pe import apply as pe_apply
 from rope_lab.pe.base import Hooks
@@ -99,6 +100,10 @@ class ModelConfig:
   fused_kernel: str = "auto"  # attention='fused': "auto" or a kernel of attention_fused.KERNELS (forced)
   chunk_size: int = 512  # query/key block length of the 'chunked' implementation
   compute_dtype: str = "float32"  # "float32" or "bfloat16"; parameters stay float32
+  # bfloat16 only: the dense layers and the output layer on rope_lab's AVX512-BF16 CPU kernel
+  # (rope_lab.model.kernels.cpu_matmul). "auto": where it can run, else XLA's dot (logged once);
+  # "on": forced (a ConfigError naming why where it cannot run); "off": XLA's dot.
+  cpu_matmul: str = "auto"
   segment_masking: bool = True  # no attention across packed segments
   init_std: float = 0.02  # stddev of the normal initialiser of every kernel and embedding
   # Token embeddings are multiplied by this before any absolute table is added. Vaswani et al.
@@ -140,6 +145,11 @@ class ModelConfig:
     check(self.fused_kernel in attention_fused.CHOICES_ALLOWED, "ModelConfig.fused_kernel",
           f"one of {attention_fused.CHOICES_ALLOWED}", self.fused_kernel, ModelConfigError)
     check(self.compute_dtype in DTYPES, "ModelConfig.compute_dtype", f"one of {tuple(DTYPES)}", self.compute_dtype,
+          ModelConfigError)
+    check(self.cpu_matmul in cpu_matmul.MODES, "ModelConfig.cpu_matmul", f"one of {cpu_matmul.MODES}",
+          self.cpu_matmul, ModelConfigError)
+    check(self.cpu_matmul != "on" or self.compute_dtype == "bfloat16", "ModelConfig.cpu_matmul",
+          "'auto' or 'off' with compute_dtype='float32' (the kernel computes in bfloat16)", self.cpu_matmul,
           ModelConfigError)
     check(_is_real(self.init_std) and self.init_std > 0, "ModelConfig.init_std", "a number > 0", self.init_std,
           ModelConfigError)
@@ -206,6 +216,7 @@ class Dense(nn.Module):
   dtype: Any = jnp.float32  # compute dtype of inputs and kernel
   out_dtype: Any = None  # accumulate and return in this dtype (None: dtype)
   init_std: float = 0.02
+  cpu_matmul: str = "off"  # ModelConfig.cpu_matmul: the bfloat16 CPU kernel ("auto", "on", "off")
 
   @nn.compact
   def __call__(self, x):
@@ -214,8 +225,12 @@ class Dense(nn.Module):
     # One 2-D GEMM [tokens, in] x [in, out]: XLA:CPU runs the weight gradient of a dot that
     # contracts both batch and length ~3x slower than the same product on flattened tokens.
     x_2d = x.astype(self.dtype).reshape(math.prod(lead), math.prod(fan_in))
-    w_2d = kernel.astype(self.dtype).reshape(math.prod(fan_in), math.prod(self.features))
-    y = jnp.dot(x_2d, w_2d, preferred_element_type=self.out_dtype).reshape(lead + tuple(self.features))
+    if cpu_matmul.choose(self.cpu_matmul, self.dtype):  # float32 sums, the kernel cast to bfloat16 at the call
+      y = cpu_matmul.matmul(x_2d, kernel.reshape(math.prod(fan_in), math.prod(self.features)),
+                            self.out_dtype or self.dtype).reshape(lead + tuple(self.features))
+    else:
+      w_2d = kernel.astype(self.dtype).reshape(math.prod(fan_in), math.prod(self.features))
+      y = jnp.dot(x_2d, w_2d, preferred_element_type=self.out_dtype).reshape(lead + tuple(self.features))
     if self.use_bias:
       bias_init = nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.n_in:])
       y = y + self.param("bias", bias_init, tuple(self.features), jnp.float32).astype(y.dtype).reshape(
@@ -257,7 +272,7 @@ class Attention(nn.Module):
     h, k, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     proj = lambda name, heads, axes: Dense(
         (heads, dh), ("embed", axes, "head_dim"), use_bias=cfg.qkv_bias, dtype=cfg.dtype,
-        init_std=cfg.init_std, name=name)(x_BxLxD)
+        init_std=cfg.init_std, cpu_matmul=cfg.cpu_matmul, name=name)(x_BxLxD)
     q = nn.with_logical_constraint(proj("q", h, "heads"), ("batch", "length", "heads", "head_dim"))
     kv_axes = ("batch", "length", "kv_heads", "head_dim")
     key = nn.with_logical_constraint(proj("k", k, "kv_heads"), kv_axes)
@@ -274,7 +289,7 @@ class Attention(nn.Module):
         out = attention.attend(q, key, value, meta, hooks, **options)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
     o = Dense((cfg.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=cfg.dtype,
-              init_std=cfg.init_std, name="o")
+              init_std=cfg.init_std, cpu_matmul=cfg.cpu_matmul, name="o")
     return o(out), probs
 
 
@@ -285,7 +300,7 @@ class MLP(nn.Module):
   def __call__(self, x_BxLxD):
     cfg = self.cfg
     dense = lambda name, features, axes: Dense((features,), axes, dtype=cfg.dtype, init_std=cfg.init_std,
-                                               name=name)
+                                               cpu_matmul=cfg.cpu_matmul, name=name)
     up = dense("up", cfg.mlp_dim, ("embed", "mlp"))(x_BxLxD)
     if cfg.mlp == "swiglu":
       hidden = nn.silu(dense("gate", cfg.mlp_dim, ("embed", "mlp"))(x_BxLxD)) * up
@@ -383,7 +398,7 @@ class Transformer(nn.Module):
       logits = output_logits(cfg, {"embed": {"embedding": embed.embedding}}, x)
     else:
       logits = Dense((cfg.vocab_size,), ("embed", "vocab"), dtype=cfg.dtype, out_dtype=jnp.float32,
-                     init_std=cfg.init_std, name="lm_head")(x)
+                     init_std=cfg.init_std, cpu_matmul=cfg.cpu_matmul, name="lm_head")(x)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     if return_attention:
       return logits, all_probs
@@ -403,11 +418,14 @@ def output_logits(cfg: ModelConfig, params, x_BxLxD) -> jnp.ndarray:
   compute-dtype inputs, float32 accumulation, one 2-D GEMM over the tokens."""
   params = nn.meta.unbox(params)
   if cfg.tied_embeddings:
-    w_DxV = params["embed"]["embedding"].astype(cfg.dtype).T
+    w_DxV = params["embed"]["embedding"].T
   else:
-    w_DxV = params["lm_head"]["kernel"].astype(cfg.dtype)
+    w_DxV = params["lm_head"]["kernel"]
   x_2d = x_BxLxD.astype(cfg.dtype).reshape(-1, cfg.d_model)
-  logits = jnp.dot(x_2d, w_DxV, preferred_element_type=jnp.float32)
+  if cpu_matmul.choose(cfg.cpu_matmul, cfg.dtype):
+    logits = cpu_matmul.matmul(x_2d, w_DxV, jnp.float32)
+  else:
+    logits = jnp.dot(x_2d, w_DxV.astype(cfg.dtype), preferred_element_type=jnp.float32)
   return logits.reshape(x_BxLxD.shape[:-1] + (cfg.vocab_size,))
 
 

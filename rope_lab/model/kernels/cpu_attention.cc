@@ -23,9 +23,11 @@
 #include <memory>
 #include <mutex>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using rope_lab_kernels::parallel_for;
 
 namespace {
 
@@ -267,34 +269,6 @@ BlockFn block_fn(int64_t head_dim) {
     case 16: return query_block<16>;
     default: return nullptr;
   }
-}
-
-// Runs task(i) for i in [0, n) on the calling thread and the XLA pool's threads. Workers
-// that start after every task is taken (the call may have returned by then) only read the
-// shared counters, which they keep alive.
-template <typename Task>
-void parallel_for(ffi::ThreadPool& pool, int64_t n, const Task& task) {
-  struct Counters {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::mutex mu;
-    std::condition_variable all_done;
-  };
-  auto counters = std::make_shared<Counters>();
-  auto work = [counters, n, &task]() {
-    for (int64_t i; (i = counters->next.fetch_add(1)) < n;) {
-      task(i);
-      if (counters->done.fetch_add(1) + 1 == n) {
-        std::lock_guard<std::mutex> lock(counters->mu);
-        counters->all_done.notify_all();
-      }
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n - 1);
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work]() { work(); });
-  work();
-  std::unique_lock<std::mutex> lock(counters->mu);
-  counters->all_done.wait(lock, [&] { return counters->done.load() == n; });
 }
 
 ffi::Error forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import glob
 import hashlib
 import os
 import platform
@@ -60,18 +61,24 @@ def _kernel_dir() -> str:
                                                                "kernels")
 
 
-def _build(compiler: str) -> str:
-  """Path of the built library (building it unless a matching build is cached)."""
-  with open(SOURCE, "rb") as f:
+def _build(compiler: str, source_path: str | None = None, flags: tuple[str, ...] | None = None) -> str:
+  """Path of the library built from ``source_path`` (default ``SOURCE``; building it unless a
+  matching build is cached); the other CPU kernels of this package are built by it too."""
+  source_path, flags = source_path or SOURCE, flags or FLAGS
+  with open(source_path, "rb") as f:
     source = f.read()
+  for header in sorted(glob.glob(os.path.join(os.path.dirname(source_path), "*.h"))):  # what it may include
+    with open(header, "rb") as f:
+      source += b"\0" + f.read()
   # The compiler by its resolved path, size and time stamp: no subprocess unless building.
   real = os.path.realpath(compiler)
   stat = os.stat(real)
   version = f"{real}:{stat.st_size}:{stat.st_mtime_ns}"
-  key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
+  key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                     jaxlib.__version__.encode(), _cpu_identity().encode()])).hexdigest()[:16]
   directory = _kernel_dir()
-  library = os.path.join(directory, f"cpu_attention_{key}.so")
+  stem = os.path.splitext(os.path.basename(source_path))[0]
+  library = os.path.join(directory, f"{stem}_{key}.so")
   if os.path.exists(library):
     return library
   os.makedirs(directory, exist_ok=True)
@@ -79,11 +86,11 @@ def _build(compiler: str) -> str:
   # half-written library.
   fd, partial = tempfile.mkstemp(suffix=".so", dir=directory)
   os.close(fd)
-  command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", SOURCE, "-o", partial]
+  command = [compiler, *flags, f"-I{jax.ffi.include_dir()}", source_path, "-o", partial]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode != 0:
     os.unlink(partial)
-    raise RuntimeError(f"building {SOURCE} failed ({' '.join(command)}):\n{result.stderr[-2000:]}")
+    raise RuntimeError(f"building {source_path} failed ({' '.join(command)}):\n{result.stderr[-2000:]}")
   os.replace(partial, library)
   return library
 
