@@ -42,7 +42,7 @@ def _tokens(length: int):
   return np.asarray(ids[:length + 1], np.int32)
 
 
-def worker_rope_lab(length: int, repeats: int, threads: int, unrolled: bool = False) -> dict:
+def worker_rope_lab(length: int, repeats: int, threads: int, unrolled: bool = False, dtype: str = "float32") -> dict:
   os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=true "
                              f"intra_op_parallelism_threads={threads}")
   import jax  # pylint: disable=g-import-not-at-top
@@ -51,7 +51,7 @@ def worker_rope_lab(length: int, repeats: int, threads: int, unrolled: bool = Fa
   from rope_lab.data import Window  # pylint: disable=g-import-not-at-top
   from rope_lab.evaluate import encoding_hooks, eval_model_config, window_nll  # pylint: disable=g-import-not-at-top
   from rope_lab.interop import gguf  # pylint: disable=g-import-not-at-top
-  model = gguf.load(assets.smollm2_gguf(), scan_layers=not unrolled)
+  model = gguf.load(assets.smollm2_gguf(), scan_layers=not unrolled, compute_dtype=dtype)
   tokens = _tokens(length)
   window = Window(tokens[:-1], tokens[1:], np.ones(length, np.float32))
   cfg = eval_model_config(model.config, length)
@@ -62,11 +62,13 @@ def worker_rope_lab(length: int, repeats: int, threads: int, unrolled: bool = Fa
     nll = window_nll(cfg, model.params, [window], hooks, batch_size=1)
     times.append(time.perf_counter() - start)
   return {"nll": nll.total, "first_s": times[0], "steady_s": min(times[1:] or times),
-          "detail": f"jax {jax.__version__}, {cfg.attention} attention, chunk {cfg.chunk_size}, "
+          "detail": f"jax {jax.__version__}, {cfg.compute_dtype} (cpu_matmul {cfg.cpu_matmul}), "
+                    f"{cfg.attention} attention, chunk {cfg.chunk_size}, "
                     f"{'scanned' if cfg.scan_layers else 'unrolled'} layers"}
 
 
-def worker_transformers(length: int, repeats: int, threads: int, unrolled: bool = False) -> dict:
+def worker_transformers(length: int, repeats: int, threads: int, unrolled: bool = False,
+                        dtype: str = "float32") -> dict:
   del unrolled  # rope_lab's option
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -74,7 +76,7 @@ def worker_transformers(length: int, repeats: int, threads: int, unrolled: bool 
   torch.set_num_threads(threads)
   path = assets.smollm2_gguf()
   model = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32,
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=getattr(torch, dtype),
       attn_implementation="sdpa").eval()
   tokens = torch.from_numpy(_tokens(length)).long()[None]
   times = []
@@ -85,16 +87,17 @@ def worker_transformers(length: int, repeats: int, threads: int, unrolled: bool 
       nll = torch.nn.functional.cross_entropy(logits[0], tokens[0, 1:], reduction="sum")
       times.append(time.perf_counter() - start)
   return {"nll": float(nll), "first_s": times[0], "steady_s": min(times[1:] or times),
-          "detail": f"torch {torch.__version__}, transformers {transformers.__version__}, sdpa, "
+          "detail": f"torch {torch.__version__}, transformers {transformers.__version__}, {dtype}, sdpa, "
                     f"{torch.get_num_threads()} threads"}
 
 
 WORKERS = {"rope_lab": worker_rope_lab, "transformers": worker_transformers}
 
 
-def measure(system: str, length: int, repeats: int, threads: int, timeout: int, unrolled: bool) -> dict:
+def measure(system: str, length: int, repeats: int, threads: int, timeout: int, unrolled: bool,
+            dtype: str = "float32") -> dict:
   command = [sys.executable, "-m", "benchmarks.real_model_forward", f"--worker={system}", f"--lengths={length}",
-             f"--repeats={repeats}", f"--threads={threads}"] + (["--unrolled"] if unrolled else [])
+             f"--repeats={repeats}", f"--threads={threads}", f"--dtype={dtype}"] + (["--unrolled"] if unrolled else [])
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   try:
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
@@ -116,20 +119,24 @@ def main() -> None:
   parser.add_argument("--timeout", type=int, default=3600, help="seconds per measurement")
   parser.add_argument("--unrolled", action="store_true",
                       help="rope_lab runs its 30 layers unrolled (default: one lax.scan, as gguf.load gives)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="compute dtype of both systems (rope_lab bfloat16: its CPU matmul kernel where it can run)")
   parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
   args = parser.parse_args()
   lengths = [int(n) for n in args.lengths.split(",")]
   if args.worker:
-    result = WORKERS[args.worker](lengths[0], args.repeats, args.threads, args.unrolled)
+    result = WORKERS[args.worker](lengths[0], args.repeats, args.threads, args.unrolled, args.dtype)
     result["vm_hwm_kib"] = _vm_hwm_kib()
     print(json.dumps(result))
     return
-  print(f"SmolLM2-135M-Instruct Q4_1 GGUF, one window per length, {args.threads} threads per side")
+  print(f"SmolLM2-135M-Instruct Q4_1 GGUF, one window per length, {args.threads} threads per side, {args.dtype}, "
+        f"load average {os.getloadavg()[0]:.2f}")
   print(f"{'system':<13} {'tokens':>7} {'first s':>8} {'steady s':>9} {'peak MiB':>9} {'NLL/token':>10}")
   for length in lengths:
     rows = {}
     for system in WORKERS:
-      rows[system] = r = measure(system, length, args.repeats, args.threads, args.timeout, args.unrolled)
+      rows[system] = r = measure(system, length, args.repeats, args.threads, args.timeout, args.unrolled,
+                                 args.dtype)
       if "error" in r:
         print(f"{system:<13} {length:>7} {r['error']}")
         continue

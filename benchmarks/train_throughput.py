@@ -47,6 +47,11 @@ def parse_args(argv):
   parser.add_argument("--attention", default="dot_product", help="rope_lab attention implementation")
   parser.add_argument("--encodings", default="nope,yarn,xpos",
                       help="encodings whose step time is compared ('' skips; the first is the baseline)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="CPU compute dtype of both sides (parameters and optimizer state stay float32; "
+                           "PyTorch runs bfloat16 under autocast)")
+  parser.add_argument("--cpu_matmul", choices=("auto", "on", "off"), default="auto",
+                      help="rope_lab's ModelConfig.cpu_matmul (the bfloat16 CPU kernel)")
   parser.add_argument("--batch", type=int, default=None, help="rows per step")
   parser.add_argument("--seq_len", type=int, default=None, help="tokens per row")
   parser.add_argument("--peak_tflops", type=float, default=None, help="GPU peak, if not known")
@@ -123,7 +128,7 @@ class RopeLabTrainer:
 class TorchLlamaTrainer:
   """LlamaForCausalLM (sdpa attention) with AdamW and clipping, float32, eager."""
 
-  def __init__(self, *, batch: int, seq_len: int, threads: int, seed: int = 0):
+  def __init__(self, *, batch: int, seq_len: int, threads: int, seed: int = 0, dtype: str = "float32"):
     import torch  # pylint: disable=g-import-not-at-top
     from transformers import LlamaConfig, LlamaForCausalLM  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(threads)
@@ -141,10 +146,12 @@ class TorchLlamaTrainer:
     self.inputs, self.targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     self.tokens_per_step = batch * seq_len
     self.last_loss = None
+    self.bfloat16 = dtype == "bfloat16"
 
   def step(self):
     torch = self._torch
-    logits = self.model(input_ids=self.inputs).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):  # float32 master weights
+      logits = self.model(input_ids=self.inputs).logits.float()
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                              self.targets.reshape(-1))
     loss.backward()
@@ -179,13 +186,15 @@ def cpu_report(args) -> None:
         f"torch {torch.__version__}")
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"shape: vocab 256, width 256, 4 layers, 4 heads, SwiGLU 1024, RoPE, "
-        f"seq {seq_len}, batch {batch}, float32, AdamW + clipping")
+        f"seq {seq_len}, batch {batch}, {args.dtype} (rope_lab cpu_matmul={args.cpu_matmul}), AdamW + clipping")
   trainers = {}
   if args.which in ("both", "jax"):
     trainers["rope_lab"] = RopeLabTrainer(rope_lab_experiment(
-        encoding="rope", attention=args.attention, batch=batch, seq_len=seq_len))
+        encoding="rope", attention=args.attention, batch=batch, seq_len=seq_len,
+        model={"compute_dtype": args.dtype, "cpu_matmul": args.cpu_matmul}))
   if args.which in ("both", "torch"):
-    trainers["transformers"] = TorchLlamaTrainer(batch=batch, seq_len=seq_len, threads=args.threads)
+    trainers["transformers"] = TorchLlamaTrainer(batch=batch, seq_len=seq_len, threads=args.threads,
+                                                 dtype=args.dtype)
   for trainer in trainers.values():
     trainer.run(args.warmup)  # compiles (JAX) / warms the allocator (PyTorch)
   rates = {name: [] for name in trainers}
