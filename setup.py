@@ -31,6 +31,8 @@ setuptools.setup(
         # GGUF checkpoints (ggml's reader, numpy only) and Hugging Face tokenizers.
         "gguf",
         "tokenizers",
+        # RULER's word lists (its needle keys and common words; rope_lab/evaluate/ruler_tasks.py).
+        "wonderwords",
     ],
     extras_require={
         "test": [

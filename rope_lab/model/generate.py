@@ -30,6 +30,11 @@ evicted keys are masked, not freed). "frozen" refuses remap rules.
 
 Prompts of different lengths are decoded in groups of equal length (no padding, so each
 row's encoding is resolved at its own length, as it would be alone).
+
+``prefill(model, prefix, capacity)`` puts a shared prompt prefix (a long context) into the
+cache once; ``generate_after`` and ``prefix_logits`` then continue it with one suffix each
+(a question), each writing into its own copy of the cache, with the tokens and logits of
+generating from the whole prompt.
 """
 
 from __future__ import annotations
@@ -239,11 +244,12 @@ def empty_cache(cfg: ModelConfig, batch: int, capacity: int, hooks: pe.Hooks) ->
   return cache
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled(cfg: ModelConfig, frozen: bool):
+@functools.lru_cache(maxsize=32)
+def _compiled(cfg: ModelConfig, frozen: bool, donate: bool = True):
   def step(params, layers, tokens, cache, start, hooks, last):
     return cached_forward(cfg, params, tokens, dict(cache), start, hooks, frozen, last, layers)
-  return jax.jit(step, donate_argnums=(3,))
+  # A donated cache is updated in place; a prefix's cache, read by several continuations, is not donated.
+  return jax.jit(step, donate_argnums=(3,) if donate else ())
 
 
 # ----------------------------------------------------------------------------- generation
@@ -256,48 +262,101 @@ def _next_token(logits_BxV, temperature: float, rng):
   return jax.random.categorical(key, logits_BxV / temperature, axis=-1), rng
 
 
-def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, temperature: float, rng,
-                    stop: set[int], cache_mode: str) -> np.ndarray:
-  cfg, params, encoding = model.config, model.params, model.encoding
+def _capacity(tokens: int) -> int:
+  """Buffers in whole CAPACITY_STEP units: prompts of nearby lengths share compiled programs."""
+  return -(-tokens // CAPACITY_STEP) * CAPACITY_STEP
+
+
+@dataclasses.dataclass(frozen=True)
+class _State:
+  """A sequence in a buffer of ``capacity`` slots whose first ``length`` tokens the cache holds,
+  computed under ``hooks``; ``logits`` (float32 [B, V], or [B, A, V] at chosen positions) are
+  those of the last forward."""
+
+  sequence: np.ndarray  # int64 [B, capacity]
+  length: int
+  logits: jax.Array
+  cache: Cache
+  hooks: pe.Hooks
+  layers: layer_scan.Stacked  # the blocks' weights, stacked once per generation
+  cache_mode: str
+
+
+def _full_prefill(model, sequence: np.ndarray, length: int, hooks: pe.Hooks, layers, frozen: bool, last):
+  # The whole buffer in one shape (one compilation): slots from ``length`` on hold zeros,
+  # in every real token's future, and are overwritten before any query can see them.
+  b, capacity = sequence.shape
+  return _compiled(model.config, frozen)(model.params, layers, jnp.asarray(sequence, jnp.int32),
+                                         empty_cache(model.config, b, capacity, hooks), jnp.int32(0), hooks, last)
+
+
+def _start(model, prompts_BxP: np.ndarray, capacity: int, cache_mode: str) -> _State:
+  """The prompts prefilled in a buffer of ``capacity`` slots."""
+  cfg, encoding = model.config, model.encoding
   b, prompt_len = prompts_BxP.shape
-  # Buffers in whole CAPACITY_STEP units: prompts of nearby lengths share compiled programs.
-  capacity = -(-(prompt_len + max_new_tokens) // CAPACITY_STEP) * CAPACITY_STEP
-  step = _compiled(cfg, cache_mode == "frozen")
   sequence = np.zeros((b, capacity), np.int64)
   sequence[:, :prompt_len] = prompts_BxP
-  length = prompt_len
-
-  def prefill(length, hooks):
-    # The whole buffer in one shape (one compilation): slots from ``length`` on hold zeros,
-    # in every real token's future, and are overwritten before any query can see them.
-    return step(params, layers, jnp.asarray(sequence, jnp.int32), empty_cache(cfg, b, capacity, hooks), jnp.int32(0),
-                hooks, jnp.int32(length - 1))
-
-  cache_hooks = resolve_hooks(cfg, encoding, length, capacity)
-  if cache_mode == "frozen" and cache_hooks.remap is not None:
+  hooks = resolve_hooks(cfg, encoding, prompt_len, capacity)
+  if cache_mode == "frozen" and hooks.remap is not None:
     raise ConfigError(f"generate: cache='frozen' stores keys rotated once, which cannot carry the relative-position "
                       f"remap rules of encoding {encoding.name!r} (several rotations per pair); use cache='exact' or 'rerotate'")
-  layers = stack_layers(cfg, params, cache_hooks)  # once: the decode steps share the stacked weights
-  logits, cache = prefill(length, cache_hooks)
+  layers = stack_layers(cfg, model.params, hooks)
+  logits, cache = _full_prefill(model, sequence, prompt_len, hooks, layers, cache_mode == "frozen",
+                                jnp.int32(prompt_len - 1))
+  return _State(sequence, prompt_len, logits, cache, hooks, layers, cache_mode)
+
+
+def _extend(model, state: _State, tokens_BxT: np.ndarray, *, donate: bool, last=None, padded: int = 0) -> _State:
+  """``state`` with T more tokens in the cache; the logits of the last one, or of new tokens
+  ``last`` (int32 [A], offsets among the T). ``donate=False`` leaves ``state``'s cache usable.
+  ``padded`` zero tokens follow the T in the same forward (one program for nearby T); like
+  the buffer's tail, they sit in every later token's future and are overwritten first."""
+  cfg, encoding = model.config, model.encoding
+  t = tokens_BxT.shape[1]
+  sequence = state.sequence.copy()
+  length = state.length + t
+  sequence[:, state.length:length] = tokens_BxT
+  hooks = resolve_hooks(cfg, encoding, length, sequence.shape[1])
+  reach = max(state.length, encoding.max_rotary_position(state.length))
+  frozen = state.cache_mode == "frozen"
+  last = jnp.int32(t - 1) if last is None else jnp.asarray(last, jnp.int32)
+  if state.cache_mode == "exact" and not same_on_prefix(hooks, state.hooks, reach):
+    # The hooks moved on cached tokens: recompute them all.
+    logits, cache = _full_prefill(model, sequence, length, hooks, state.layers, frozen, state.length + last)
+  else:
+    tokens = sequence[:, state.length:length + padded]
+    logits, cache = _compiled(cfg, frozen, donate)(model.params, state.layers, jnp.asarray(tokens, jnp.int32),
+                                                   state.cache, jnp.int32(state.length), hooks, last)
+  return dataclasses.replace(state, sequence=sequence, length=length, logits=logits, cache=cache, hooks=hooks)
+
+
+def _decode(model, state: _State, max_new_tokens: int, temperature: float, rng, stop: set[int],
+            donate: bool = True) -> np.ndarray:
+  """Up to ``max_new_tokens`` tokens after ``state`` (each row until its stop token);
+  ``donate=False``: ``state``'s cache stays usable."""
+  begin, b = state.length, state.sequence.shape[0]
   done = np.zeros(b, bool)
   for _ in range(max_new_tokens):
-    token, rng = _next_token(logits, temperature, rng)
-    token = np.asarray(token)
-    sequence[:, length] = token
-    done |= np.isin(token, list(stop))
-    length += 1
-    if done.all() or length == prompt_len + max_new_tokens:
-      break
-    hooks = resolve_hooks(cfg, encoding, length, capacity)
-    cached = length - 1  # tokens whose keys and values the cache holds
-    reach = max(cached, encoding.max_rotary_position(cached))
-    if cache_mode == "exact" and not same_on_prefix(hooks, cache_hooks, reach):
-      logits, cache = prefill(length, hooks)  # the hooks moved on cached tokens: recompute them all
-    else:
-      logits, cache = step(params, layers, jnp.asarray(sequence[:, cached:length], jnp.int32), cache, jnp.int32(cached),
-                           hooks, jnp.int32(0))
-    cache_hooks = hooks
-  return sequence[:, prompt_len:length]
+    token, rng = _next_token(state.logits, temperature, rng)
+    token = np.asarray(token)[:, None]
+    done |= np.isin(token[:, 0], list(stop))
+    if done.all() or state.length + 1 == begin + max_new_tokens:
+      return np.concatenate([state.sequence[:, begin:state.length], token], axis=1)
+    state = _extend(model, state, token, donate=donate or state.length > begin)
+  return state.sequence[:, begin:state.length]
+
+
+def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, temperature: float, rng,
+                    stop: set[int], cache_mode: str) -> np.ndarray:
+  state = _start(model, prompts_BxP, _capacity(prompts_BxP.shape[1] + max_new_tokens), cache_mode)
+  return _decode(model, state, max_new_tokens, temperature, rng, stop)
+
+
+def _check_ids(model, where: str, ids) -> np.ndarray:
+  ids, vocab = np.asarray(ids), model.config.vocab_size
+  check(ids.ndim == 1 and ids.size >= 1 and ids.min() >= 0 and ids.max() < vocab, where,
+        f"a non-empty list of token ids in [0, {vocab})", f"ids from {ids.min()} to {ids.max()}" if ids.size else [])
+  return ids.astype(np.int64)
 
 
 def generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 0.0,
@@ -316,11 +375,8 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, 
     raise ConfigError("generate: temperature > 0 samples and needs an rng (jax.random.key(seed))")
   check(len(prompts) >= 1 and all(len(p) >= 1 for p in prompts), "generate: prompts",
         "a non-empty list of non-empty token lists", [len(p) for p in prompts])
-  vocab = model.config.vocab_size
   for i, prompt in enumerate(prompts):
-    ids = np.asarray(prompt)
-    check(ids.ndim == 1 and ids.min() >= 0 and ids.max() < vocab, f"generate: prompts[{i}]",
-          f"token ids in [0, {vocab})", f"ids from {ids.min()} to {ids.max()}")
+    _check_ids(model, f"generate: prompts[{i}]", prompt)
   rng = jax.random.key(0) if rng is None else rng
   stop = {int(s) for s in stop_tokens}
   out: list[list[int]] = [[] for _ in prompts]
@@ -333,7 +389,83 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, 
     new = _generate_group(model, np.asarray([list(prompts[i]) for i in rows], np.int64), max_new_tokens,
                           float(temperature), group_rng, stop, cache)
     for row, i in enumerate(rows):
-      tokens = [int(t) for t in new[row]]
-      cut = next((j + 1 for j, t in enumerate(tokens) if t in stop), len(tokens))
-      out[i] = tokens[:cut]
+      out[i] = _until_stop(new[row], stop)
   return out
+
+
+def _until_stop(tokens, stop: set[int]) -> list[int]:
+  tokens = [int(t) for t in tokens]
+  return tokens[:next((j + 1 for j, t in enumerate(tokens) if t in stop), len(tokens))]
+
+
+# ----------------------------------------------------------------------------- one prefix, many continuations
+
+# Continuations are fed in whole SUFFIX_STEP units (zero-padded): nearby lengths share one program.
+SUFFIX_STEP = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefix:
+  """A prompt's first part in the cache, prefilled once (``prefill``). ``prefix_logits`` and
+  ``generate_after`` continue it with a suffix each; each continuation writes into a copy of
+  the cache (its arrays are never donated), so the prefix serves any number of them."""
+
+  state: _State
+
+  @property
+  def length(self) -> int:
+    return self.state.length
+
+  @property
+  def capacity(self) -> int:
+    return self.state.sequence.shape[1]
+
+
+def prefill(model: Any, prefix: Sequence[int], capacity: int, *, cache: str = "exact") -> Prefix:
+  """``prefix`` prefilled in a cache of at least ``capacity`` tokens: the longest prefix, suffix
+  and generated tokens any continuation will hold."""
+  check(cache in CACHE_MODES, "prefill: cache", f"one of {CACHE_MODES}", cache)
+  ids = _check_ids(model, "prefill: prefix", prefix)
+  check(isinstance(capacity, int) and capacity > len(ids), "prefill: capacity", f"an int above the prefix's {len(ids)} tokens",
+        capacity)
+  return Prefix(_start(model, ids[None], _capacity(capacity), cache))
+
+
+def _continue(model, prefix: Prefix, suffix: Sequence[int], last=None) -> _State:
+  ids = _check_ids(model, "prefix continuation: suffix", suffix)
+  room = prefix.capacity - prefix.length
+  check(len(ids) <= room, "prefix continuation: suffix", f"at most the {room} tokens the prefix's cache has left",
+        len(ids))
+  padded = min(-(-len(ids) // SUFFIX_STEP) * SUFFIX_STEP, room) - len(ids)
+  return _extend(model, prefix.state, ids[None], donate=False, last=last, padded=padded)
+
+
+def prefix_logits(model: Any, prefix: Prefix, suffix: Sequence[int], positions: Sequence[int]) -> np.ndarray:
+  """float32 [len(positions), V]: the next-token logits after each of ``suffix``'s ``positions``
+  (offsets into the suffix), the suffix following ``prefix``: one forward over the suffix.
+
+  As a forward over prefix + suffix computes them (``generate`` would see the same logits);
+  in "exact" mode an encoding whose hooks move on the prefix's tokens at the longer length
+  (Dynamic NTK / YaRN beyond their original length) recomputes the whole sequence instead."""
+  positions = np.asarray(positions, np.int64)
+  check(positions.ndim == 1 and positions.size >= 1 and positions.min() >= 0 and positions.max() < len(suffix),
+        "prefix_logits: positions", f"offsets in [0, {len(suffix)})", positions.tolist())
+  bucket = -(-len(positions) // SUFFIX_STEP) * SUFFIX_STEP  # one program for nearby counts
+  index = np.concatenate([positions, np.full(bucket - len(positions), positions[-1])])
+  return np.asarray(_continue(model, prefix, suffix, last=index).logits)[0, :len(positions)]
+
+
+def generate_after(model: Any, prefix: Prefix, suffix: Sequence[int], max_new_tokens: int, *,
+                   temperature: float = 0.0, rng: jax.Array | None = None,
+                   stop_tokens: Sequence[int] = ()) -> list[int]:
+  """``generate`` of prompt prefix + ``suffix``, continuing the prefilled ``prefix``."""
+  check(isinstance(max_new_tokens, int) and max_new_tokens >= 1, "generate_after: max_new_tokens", "an int >= 1",
+        max_new_tokens)
+  check(len(suffix) + max_new_tokens <= prefix.capacity - prefix.length, "generate_after: suffix + max_new_tokens",
+        f"at most the {prefix.capacity - prefix.length} tokens the prefix's cache has left", len(suffix) + max_new_tokens)
+  if temperature > 0 and rng is None:
+    raise ConfigError("generate_after: temperature > 0 samples and needs an rng (jax.random.key(seed))")
+  stop = {int(s) for s in stop_tokens}
+  state = _continue(model, prefix, suffix)
+  return _until_stop(_decode(model, state, max_new_tokens, float(temperature),
+                             jax.random.key(0) if rng is None else rng, stop)[0], stop)
