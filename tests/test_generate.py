@@ -125,3 +125,9 @@ def test_stop_tokens_sampling_and_bad_arguments(params):
     gen.generate(model, PROMPTS, 4, temperature=0.7)
   with pytest.raises(ConfigError, match=r"prompts\[1\] must be token ids in \[0, 64\)"):
     gen.generate(model, [[1, 2], [3, 99]], 4)
+
+
+def test_float_prompt_ids_are_refused_not_truncated(params):
+  model = gen.Model(CFG, params, ENCODINGS["rope"])
+  with pytest.raises(ConfigError, match=r"prompts\[0\] must be token ids in \[0, 64\).*float64 ids"):
+    gen.generate(model, [[1.0, 2.7]], 2)

@@ -354,8 +354,11 @@ def _generate_group(model, prompts_BxP: np.ndarray, max_new_tokens: int, tempera
 
 def _check_ids(model, where: str, ids) -> np.ndarray:
   ids, vocab = np.asarray(ids), model.config.vocab_size
-  check(ids.ndim == 1 and ids.size >= 1 and ids.min() >= 0 and ids.max() < vocab, where,
-        f"a non-empty list of token ids in [0, {vocab})", f"ids from {ids.min()} to {ids.max()}" if ids.size else [])
+  # Integer ids only: float ids would otherwise be truncated to other tokens without a word.
+  integral = ids.size == 0 or np.issubdtype(ids.dtype, np.integer)
+  check(ids.ndim == 1 and ids.size >= 1 and integral and ids.min() >= 0 and ids.max() < vocab, where,
+        f"token ids in [0, {vocab}) (a non-empty list of ints)",
+        f"{ids.dtype} ids from {ids.min()} to {ids.max()}" if ids.size else [])
   return ids.astype(np.int64)
 
 
