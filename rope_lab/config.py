@@ -35,9 +35,12 @@ from rope_lab.running.sharding import DEFAULT_RULES, MESH_AXES
 
 LR_SCHEDULES = ("cosine", "constant")
 # Schemes init_from understands: a local run directory or one on a remote file system
-# that orbax (etils.epath) opens, or "hf:<dir>", a local Hugging Face model directory.
-INIT_FROM_SCHEMES = ("gs://", "hf:")
+# that orbax (etils.epath) opens, "hf:<dir>", a local Hugging Face model directory, or
+# "gguf:<file>", a local llama-architecture GGUF file.
+INIT_FROM_SCHEMES = ("gs://", "hf:", "gguf:")
 HF_SCHEME = "hf:"
+GGUF_SCHEME = "gguf:"
+CHECKPOINT_SCHEMES = (HF_SCHEME, GGUF_SCHEME)  # pretrained checkpoints, whose files fix the architecture
 
 
 from rope_lab.errors import ConfigError, check  # noqa: E402  (one class for every config error)
@@ -70,10 +73,14 @@ class TrainConfig:
     checkpoint_every: steps between checkpoints; 0 saves only at the end (and on SIGTERM).
     keep_checkpoints: how many of the newest checkpoints to keep.
     async_checkpointing: write checkpoints in a background thread.
-    init_from: start from the parameters of another run (its work directory) or of a
-      Hugging Face Llama/Mistral/Qwen2 directory (``hf:<dir>``, whose config.json then
-      fixes config.model's architecture fields); the optimizer, step and data position
-      start fresh. None trains from scratch.
+    init_from: start from the parameters of another run (its work directory), of a
+      Hugging Face Llama/Mistral/Qwen2 directory (``hf:<dir>``) or of a llama GGUF file
+      (``gguf:<file>``, dequantized to float32); a checkpoint's config.json or metadata then
+      fixes config.model's architecture fields. The optimizer, step and data position start
+      fresh. None trains from scratch.
+    init_from_layers: with an ``hf:``/``gguf:`` init_from, keep only its first N decoder
+      blocks (with the embedding, final norm and head): a quick model for tests and
+      pipeline checks, not the checkpoint's function. 0: every block.
     mesh_shape: device counts along ``MESH_AXES`` = (data, fsdp, tensor, sequence), or
       three sizes (data, fsdp, tensor) without a sequence split; one entry may be -1 (all
       remaining devices).
@@ -117,6 +124,7 @@ class TrainConfig:
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
   init_from: str | None = None
+  init_from_layers: int = 0
   mesh_shape: tuple[int, ...] = (-1, 1, 1)
   logical_rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = DEFAULT_RULES
   tensorboard: bool = True
@@ -166,6 +174,8 @@ class TrainConfig:
             f"pairs mapping to mesh axes in {MESH_AXES} (rule for {logical!r})", mesh_axes)
     if self.init_from is not None:
       check_init_from(self.init_from)
+    check(self.init_from_layers >= 0, "config.init_from_layers", "an int >= 0 (0: every block)",
+          self.init_from_layers)
     check(self.lora_rank >= 0, "config.lora_rank", "an int >= 0 (0: no adapters)", self.lora_rank)
     check(self.lora_alpha > 0, "config.lora_alpha", "> 0", self.lora_alpha)
     check(len(self.lora_targets) >= 1 and set(self.lora_targets) <= set(lora.TARGETS)
@@ -190,7 +200,7 @@ def check_init_from(path: str) -> None:
   if scheme and not path.startswith(INIT_FROM_SCHEMES):
     raise ConfigError(
         f"config.init_from={path!r}: unknown scheme {scheme + ':'!r}; supported: a local run "
-        f"directory, gs://<run dir> or hf:<Hugging Face model dir>")
+        f"directory, gs://<run dir>, hf:<Hugging Face model dir> or gguf:<file.gguf>")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -79,10 +79,11 @@ def model_config_from_hf(config: dict[str, Any], **overrides) -> ModelConfig:
     raise HFConfigError(f"config: field {e.args[0]!r} is required") from None
 
 
-def model_config_for_run(model_dir: str, run_model: ModelConfig) -> ModelConfig:
-  """The checkpoint's architecture with the run's attention path, chunk, dtype and masking."""
+def model_config_for_run(config: dict[str, Any], run_model: ModelConfig) -> ModelConfig:
+  """A checkpoint's architecture (its config.json dictionary) with the run's attention path,
+  chunk, dtype, masking and layer scan."""
   return model_config_from_hf(
-      read_config(model_dir), attention=run_model.attention, chunk_size=run_model.chunk_size,
+      config, attention=run_model.attention, chunk_size=run_model.chunk_size,
       compute_dtype=run_model.compute_dtype, segment_masking=run_model.segment_masking,
       scan_layers=run_model.scan_layers)
 
@@ -361,6 +362,17 @@ def save_pretrained(out_dir: str, cfg: ModelConfig, params: dict, encoding: pe.E
     config["mlp_bias"] = False
   if model_type == "mistral":
     config["sliding_window"] = cfg.sliding_window
+  tensors = torch_tensors(cfg, params)
+  os.makedirs(out_dir, exist_ok=True)
+  tmp = os.path.join(out_dir, "model.safetensors.tmp")
+  save_file(tensors, tmp, metadata={"format": "pt"})
+  os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(config, f, indent=1)
+
+
+def torch_tensors(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
+  """Hugging Face tensor name -> float32 numpy tensor in torch's layout (the inverse of ``weight_map``)."""
   tensors = {}
   for path, (hf_name, _) in weight_map(cfg).items():
     value = np.asarray(_get(params, path), np.float32)
@@ -373,12 +385,7 @@ def save_pretrained(out_dir: str, cfg: ModelConfig, params: dict, encoding: pe.E
     elif path[-1] == "kernel":
       value = value.T
     tensors[hf_name] = np.ascontiguousarray(value)
-  os.makedirs(out_dir, exist_ok=True)
-  tmp = os.path.join(out_dir, "model.safetensors.tmp")
-  save_file(tensors, tmp, metadata={"format": "pt"})
-  os.replace(tmp, os.path.join(out_dir, "model.safetensors"))
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(config, f, indent=1)
+  return tensors
 
 
 def _get(tree: dict, path: tuple[str, ...]):

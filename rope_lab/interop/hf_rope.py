@@ -18,6 +18,8 @@ from rope_lab import pe
 from rope_lab.errors import ConfigError
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
+# The rope_lab encodings those rope types express (encoding_to_hf refuses any other).
+ENCODINGS_TO_HF = ("rope", "pi", "dynamic_ntk", "yarn", "longrope", "llama3", "proportional")
 
 
 class HFConfigError(ConfigError):
@@ -184,6 +186,9 @@ def encoding_to_hf(encoding: pe.Encoding, *, max_position_embeddings: int) -> di
   if enc.name == "per_layer":
     raise HFConfigError("per_layer: its Hugging Face form spans config fields; use per_layer_to_hf(encoding, "
                         "n_layers=...)")
+  if enc.name not in ENCODINGS_TO_HF:
+    raise HFConfigError(f"encoding {enc.name!r} has no Hugging Face rope_type; supported: "
+                        f"{', '.join(ENCODINGS_TO_HF)}")
   if getattr(enc, "layout", "half") != "half":
     raise HFConfigError(f"{enc.name}: layout {enc.layout!r} has no Hugging Face equivalent (rotate-half only)")
   out: dict[str, Any] = {"rope_theta": enc.base}
@@ -214,11 +219,8 @@ def encoding_to_hf(encoding: pe.Encoding, *, max_position_embeddings: int) -> di
                factor=enc.extension_ratio() or 1.0)
     if enc.attention_factor is not None:
       out["attention_factor"] = enc.attention_factor
-  elif enc.name == "llama3":
+  else:  # llama3
     out.update(rope_type="llama3", factor=enc.factor, low_freq_factor=enc.low_freq_factor,
                high_freq_factor=enc.high_freq_factor,
                original_max_position_embeddings=enc.original_max_position_embeddings)
-  else:
-    raise HFConfigError(f"encoding {enc.name!r} has no Hugging Face rope_type; supported: rope, pi, "
-                        "dynamic_ntk, yarn, longrope, llama3, proportional")
   return out

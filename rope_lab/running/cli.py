@@ -2,7 +2,7 @@
 
 * Paths from flags and configs are made absolute once, here, before the library sees
   them (orbax refuses relative paths, and a relative path means something else after a
-  ``chdir``). Remote paths (``gs://...``) and the ``hf:`` prefix are kept.
+  ``chdir``). Remote paths (``gs://...``) and the ``hf:``/``gguf:`` prefixes are kept.
 * Quiet by default: the terminal shows the run's own progress lines, warnings and the
   final paths; orbax's INFO lines, absl's messages and TFDS progress bars go only to
   ``<workdir>/log.txt`` (everything at INFO). ``--verbosity=0`` (or higher) shows them on
@@ -39,11 +39,12 @@ class Terminated(BaseException):
 
 
 def absolute_path(path: str | None) -> str | None:
-  """``path`` made absolute (``~`` expanded); None, remote URLs and ``hf:<dir>``'s prefix kept."""
+  """``path`` made absolute (``~`` expanded); None, remote URLs and an ``hf:``/``gguf:`` prefix kept."""
   if path is None or path.startswith(_REMOTE_PREFIXES):
     return path
-  if path.startswith("hf:"):
-    return "hf:" + absolute_path(path[len("hf:"):])
+  for prefix in ("hf:", "gguf:"):
+    if path.startswith(prefix):
+      return prefix + absolute_path(path[len(prefix):])
   return os.path.abspath(os.path.expanduser(path))
 
 

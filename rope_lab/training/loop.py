@@ -30,7 +30,9 @@ from rope_lab.running import sharding
 from rope_lab.running import workdir as workdir_lib
 from rope_lab.training.checkpoint import Checkpointer, committed_latest_step, latest_step_of
 from rope_lab.training.checkpoint import check_safetensors_complete, restore_params
-from rope_lab.config import HF_SCHEME, ConfigError, ExperimentConfig, TrainConfig, experiment_to_dict
+from rope_lab.config import (CHECKPOINT_SCHEMES, GGUF_SCHEME, HF_SCHEME, ConfigError, ExperimentConfig,
+                             TrainConfig, experiment_to_dict)
+from rope_lab.interop import gguf
 from rope_lab.interop import hf
 from rope_lab.data import DataConfig, get_tokenizer, make_train_iterator, save_tokenizer_spec
 from rope_lab.data.position_skips import pose_positions
@@ -202,10 +204,11 @@ def _start_state(program: Program, checkpointer: Checkpointer, cfg: TrainConfig,
     train_iter.set_state(data_state)
     progress.message(f"resumed from {checkpointer.directory} at step {latest}")
     return program.from_checkpoint(stored)
-  if cfg.init_from is not None and cfg.init_from.startswith(HF_SCHEME):
+  if cfg.init_from is not None and cfg.init_from.startswith(CHECKPOINT_SCHEMES):
     shardings = jax.tree_util.tree_map(lambda leaf: leaf.sharding, setup.abstract_state.params)
-    params = hf.load_params(cfg.init_from[len(HF_SCHEME):], setup.exp.model, setup.hooks, shardings)
-    progress.message(f"parameters from {cfg.init_from}; optimizer and data fresh")
+    params = _checkpoint_params(cfg, setup.exp.model, setup.hooks, shardings)
+    kept = f" (its first {cfg.init_from_layers} blocks)" if cfg.init_from_layers else ""
+    progress.message(f"parameters from {cfg.init_from}{kept}; optimizer and data fresh")
     return program.state_from_params(params)
   if cfg.init_from is not None:
     step = latest_step_of(cfg.init_from)
@@ -215,13 +218,36 @@ def _start_state(program: Program, checkpointer: Checkpointer, cfg: TrainConfig,
   return program.init_state(cfg.seed)
 
 
+def _checkpoint_params(cfg: TrainConfig, model, hooks, shardings):
+  """init_from=hf:/gguf:'s parameters (its first ``init_from_layers`` blocks) on the run's shardings."""
+  if cfg.init_from.startswith(GGUF_SCHEME):
+    loaded = gguf.load(cfg.init_from[len(GGUF_SCHEME):], n_layers=cfg.init_from_layers or None)
+    return jax.device_put(loaded.params, shardings)
+  # The blocks past init_from_layers are the tensors a truncated model leaves unread.
+  return hf.load_params(cfg.init_from[len(HF_SCHEME):], model, hooks, shardings,
+                        strict=not cfg.init_from_layers)
+
+
 def with_checkpoint_architecture(exp: ExperimentConfig) -> ExperimentConfig:
-  """With init_from=hf:<dir>, ``exp`` with the checkpoint's architecture (its config.json);
-  config.model keeps only how the model runs (attention path, chunk, dtype, masking)."""
-  init_from = exp.train.init_from
-  if init_from is None or not init_from.startswith(HF_SCHEME):
+  """With init_from=hf:<dir> or gguf:<file>, ``exp`` with the checkpoint's architecture (its
+  config.json or metadata; ``init_from_layers`` blocks if set); config.model keeps only how the
+  model runs (attention path, chunk, dtype, masking, layer scan)."""
+  train = exp.train
+  if train.init_from is None or not train.init_from.startswith(CHECKPOINT_SCHEMES):
+    if train.init_from_layers:
+      raise ConfigError(f"config.init_from_layers={train.init_from_layers} needs init_from=hf:<dir> or "
+                        f"gguf:<file>, got init_from={train.init_from!r}")
     return exp
-  return dataclasses.replace(exp, model=hf.model_config_for_run(init_from[len(HF_SCHEME):], exp.model))
+  if train.init_from.startswith(GGUF_SCHEME):
+    config = gguf.hf_config(gguf.read_file(train.init_from[len(GGUF_SCHEME):]))
+  else:
+    config = hf.read_config(train.init_from[len(HF_SCHEME):])
+  if train.init_from_layers:
+    blocks = int(config["num_hidden_layers"])
+    if train.init_from_layers > blocks:
+      raise ConfigError(f"config.init_from_layers={train.init_from_layers}: {train.init_from} has {blocks} blocks")
+    config = {**config, "num_hidden_layers": train.init_from_layers}
+  return dataclasses.replace(exp, model=hf.model_config_for_run(config, exp.model))
 
 
 def run(exp: ExperimentConfig, workdir: str, *, data_source: DataSource | None = None,
@@ -257,6 +283,8 @@ def _run_locked(exp: ExperimentConfig, workdir: str, *, data_source: DataSource 
     if cfg.init_from.startswith(HF_SCHEME):
       hf.read_config(cfg.init_from[len(HF_SCHEME):])
       check_safetensors_complete(cfg.init_from[len(HF_SCHEME):])
+    elif cfg.init_from.startswith(GGUF_SCHEME):
+      gguf.read_file(cfg.init_from[len(GGUF_SCHEME):])
     else:
       latest_step_of(cfg.init_from)
   program = build_program(exp, devices)
